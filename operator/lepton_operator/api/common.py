@@ -1,0 +1,177 @@
+"""Types shared by the three resources: the model base, conditions, refs, GPUs.
+
+``ApiModel`` fixes the conventions once: camelCase on the wire, unknown fields
+refused, and field docstrings become the descriptions ``kubectl explain`` shows.
+Optional fields default to ``None`` and are left out of serialised objects, so a
+field the user did not set never appears as ``null`` in a manifest we write.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic.alias_generators import to_camel
+
+from lepton_operator.api.quantity import Quantity
+
+# RFC 1123 label: the shape of names that become hostnames and Service names.
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# RFC 1123 subdomain: the shape of object names (Secrets, claims, datasets).
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+ObjectName = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+LabelName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL)]
+ShortText = Annotated[str, StringConstraints(max_length=1024)]
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One ``x-kubernetes-validations`` entry; ``field_path`` names the offending field."""
+    entry = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+def validations(*rules: dict[str, str]) -> dict[str, Any]:
+    """``json_schema_extra`` carrying CEL rules for a model's schema."""
+    return {"x-kubernetes-validations": list(rules)}
+
+
+class ApiModel(BaseModel):
+    """Base of every API model: camelCase aliases, no unknown fields, documented fields."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as the API server stores it: camelCase keys, unset fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(ApiModel):
+    """A kstatus-style condition (Ready, Reconciling, Stalled and kind-specific ones)."""
+
+    type: Annotated[str, StringConstraints(min_length=1, max_length=316)]
+    """Condition type, e.g. Ready, Reconciling, Stalled, Validated."""
+    status: ConditionStatus
+    """True, False or Unknown."""
+    reason: Annotated[str, StringConstraints(max_length=1024, pattern=r"^([A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?)?$")] = ""
+    """One CamelCase word a machine can switch on."""
+    message: Annotated[str, StringConstraints(max_length=32768)] = ""
+    """What happened, for a person."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The metadata.generation this condition was computed from."""
+    last_transition_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    """When the status last changed (RFC 3339)."""
+
+
+Conditions = Annotated[
+    list[Condition],
+    Field(
+        max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    ),
+]
+
+
+class LocalObjectReference(ApiModel):
+    """A reference to an object in the same namespace."""
+
+    name: ObjectName
+    """Name of the referenced object."""
+
+
+class SecretReference(ApiModel):
+    """A Secret in the same namespace, and which of its keys to use.
+
+    The operator passes the keys to pods by reference (secretKeyRef); their
+    values are never copied into any object, event or log the operator writes.
+    """
+
+    name: ObjectName
+    """Name of the Secret."""
+    keys: dict[str, Annotated[str, StringConstraints(min_length=1, max_length=253)]] | None = Field(
+        default=None, max_length=16
+    )
+    """Map from the credential the source needs (e.g. accessKeyId, secretAccessKey, token)
+    to the key in the Secret that holds it. Unset: the Secret's keys are used by those names."""
+
+
+class ResourceRequirements(ApiModel):
+    """CPU, memory and other resources for a container, as in a Pod spec."""
+
+    requests: dict[str, Quantity] | None = Field(default=None, max_length=16)
+    """Minimum resources the scheduler reserves (e.g. cpu: 2, memory: 8Gi)."""
+    limits: dict[str, Quantity] | None = Field(default=None, max_length=16)
+    """Maximum resources the container may use."""
+
+
+class Toleration(ApiModel):
+    """A Pod toleration, letting pods land on nodes with a matching taint."""
+
+    key: Annotated[str, StringConstraints(max_length=316)] | None = None
+    """Taint key; empty with operator Exists matches every taint."""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """Exists matches any value; Equal needs value to match."""
+    value: Annotated[str, StringConstraints(max_length=63)] | None = None
+    """Taint value, for operator Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match; empty matches all effects."""
+    toleration_seconds: int | None = Field(default=None, ge=0)
+    """For NoExecute: how long the pod stays bound after the taint appears."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                "a toleration with operator Exists must not set value",
+                ".value",
+            )
+        )
+    )
+
+    @model_validator(mode="after")
+    def _exists_has_no_value(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists must not set value")
+        return self
+
+
+GPU_PRODUCT_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+
+
+class GPUSpec(ApiModel):
+    """NVIDIA GPUs per pod, through the device plugin's ``nvidia.com/gpu`` resource.
+
+    ``count`` becomes the ``nvidia.com/gpu`` limit; ``product`` a node selector on
+    the GPU feature discovery label ``nvidia.com/gpu.product``; the pods also get
+    the toleration for the ``nvidia.com/gpu`` taint that GPU node pools carry.
+    """
+
+    count: int = Field(default=1, ge=1, le=16)
+    """GPUs per pod."""
+    product: Annotated[str, StringConstraints(max_length=63, pattern=GPU_PRODUCT_PATTERN)] | None = None
+    """Value of the node label nvidia.com/gpu.product to require, e.g. NVIDIA-H100-80GB-HBM3."""
+
+
+class EnvVar(ApiModel):
+    """An environment variable for the main container."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")]
+    """Variable name."""
+    value: Annotated[str, StringConstraints(max_length=32768)] = ""
+    """Variable value."""
+
+
+NodeSelector = Annotated[dict[str, Annotated[str, StringConstraints(max_length=63)]], Field(max_length=32)]
+Tolerations = Annotated[list[Toleration], Field(max_length=32)]
+EnvVars = Annotated[list[EnvVar], Field(max_length=128)]
+Args = Annotated[list[Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=256)]

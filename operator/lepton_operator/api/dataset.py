@@ -1,0 +1,242 @@
+"""``LeptonDataset``: data declared once, prepared once into verified shards on a PVC.
+
+The spec says where the data is and how to shard it; the status says how far
+preparation got and what came out (integer sizes, shard count, manifest digest),
+so a TrainingJob can wait for ``Ready`` and mount the claim read-only. Rules that
+only make sense against the previous object (the claim may grow but not shrink,
+its storage class is fixed) exist only as CEL transition rules: the operator
+never sees the old object.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
+
+from lepton_operator.api.common import (
+    ApiModel,
+    Conditions,
+    NodeSelector,
+    ObjectName,
+    ResourceRequirements,
+    SecretReference,
+    Tolerations,
+    cel,
+    validations,
+)
+from lepton_operator.api.quantity import Quantity
+
+SOURCE_URI_PATTERN = (
+    r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?"
+    r"|https?://[^\s/?#]+(/\S*)?"
+    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?)$"
+)
+Modality = Literal["image", "audio", "text", "tabular", "multimodal"]
+DatasetPhase = Literal["Pending", "Preparing", "Ready", "Failed"]
+SPLIT_TOLERANCE = 1e-6
+
+
+class DataSource(ApiModel):
+    """Where the raw data lives and how to authenticate."""
+
+    uri: Annotated[str, StringConstraints(min_length=6, max_length=2048, pattern=SOURCE_URI_PATTERN)]
+    """s3://bucket/prefix, https://host/path (http:// too), or pvc://claim/path in this namespace."""
+    secret_ref: SecretReference | None = None
+    """Credentials for the source (S3 keys, an HTTP bearer token); passed to the preparer by reference."""
+    endpoint: Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://\S+$")] | None = None
+    """S3 endpoint URL for S3-compatible stores (MinIO, Ceph, versitygw); s3:// sources only."""
+    region: Annotated[str, StringConstraints(max_length=64)] | None = None
+    """S3 region; s3:// sources only."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "(!has(self.endpoint) && !has(self.region)) || self.uri.startsWith('s3://')",
+                "endpoint and region apply to s3:// sources only",
+                ".endpoint",
+            )
+        )
+    )
+
+    @model_validator(mode="after")
+    def _s3_options_need_s3(self) -> DataSource:
+        if (self.endpoint or self.region) and not self.uri.startswith("s3://"):
+            raise ValueError("endpoint and region apply to s3:// sources only")
+        return self
+
+
+class ShardSpec(ApiModel):
+    """How records are grouped into shards: by target size or by count (at most one)."""
+
+    target_size_bytes: int | None = Field(default=None, ge=1024, le=2**40)
+    """Close each shard once it holds about this many bytes. Default when neither is set: 256 MiB."""
+    count: int | None = Field(default=None, ge=1, le=100000)
+    """Exactly this many shards (records spread evenly)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!(has(self.targetSizeBytes) && has(self.count))",
+                "set shards.targetSizeBytes or shards.count, not both",
+                ".count",
+            )
+        )
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_shard(self) -> ShardSpec:
+        if self.target_size_bytes is not None and self.count is not None:
+            raise ValueError("set shards.targetSizeBytes or shards.count, not both")
+        return self
+
+
+class SplitSpec(ApiModel):
+    """Train/validation split of the records, made once and recorded in the manifest."""
+
+    train: float = Field(default=0.9, ge=0.0, le=1.0)
+    """Fraction of records in the train split."""
+    validation: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Fraction in the validation split. Unset: everything not in train."""
+    seed: int = Field(default=0, ge=0)
+    """Seed of the shuffle that assigns records to splits."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                f"!has(self.validation) || self.train + self.validation <= {1 + SPLIT_TOLERANCE}",
+                "splits.train + splits.validation must not exceed 1",
+                ".validation",
+            )
+        )
+    )
+
+    @model_validator(mode="after")
+    def _fractions_fit(self) -> SplitSpec:
+        if self.validation is not None and self.train + self.validation > 1 + SPLIT_TOLERANCE:
+            raise ValueError("splits.train + splits.validation must not exceed 1")
+        return self
+
+
+class VerifySpec(ApiModel):
+    """Integrity checks on the fetched data."""
+
+    sha256: Annotated[str, StringConstraints(pattern=r"^[a-f0-9]{64}$")] | None = None
+    """Expected sha256 of the source object (single-file sources); preparation fails on mismatch."""
+
+
+AccessMode = Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]
+
+
+class StorageSpec(ApiModel):
+    """The PersistentVolumeClaim that holds the prepared shards."""
+
+    size: Quantity = "10Gi"
+    """Claim size; may grow later, never shrink."""
+    storage_class_name: Annotated[str, StringConstraints(max_length=253)] | None = None
+    """Storage class of the claim; the cluster default when unset. Fixed after creation."""
+    access_modes: Annotated[list[AccessMode], Field(min_length=1, max_length=4)] = ["ReadWriteOnce"]
+    """Access modes of the claim; ReadWriteMany lets jobs on several nodes share it."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) >= 0",
+                "storage.size may grow but not shrink (a PVC cannot shrink)",
+                ".size",
+            ),
+            cel(
+                "has(self.storageClassName) == has(oldSelf.storageClassName)"
+                " && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
+                "storage.storageClassName is immutable",
+                ".storageClassName",
+            ),
+        )
+    )
+
+
+class PrepareSpec(ApiModel):
+    """The Job that fetches, validates and shards the data."""
+
+    image: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
+    """Preparer image; the operator's configured workloads image when unset."""
+    resources: ResourceRequirements | None = None
+    """Resources of the preparer container."""
+    node_selector: NodeSelector | None = None
+    """Node labels the preparer pod must match."""
+    tolerations: Tolerations | None = None
+    """Tolerations of the preparer pod."""
+    backoff_limit: int = Field(default=3, ge=0, le=100)
+    """Retries of the preparer pod before the dataset is Failed."""
+    timeout_seconds: int = Field(default=3600, ge=10, le=7 * 24 * 3600)
+    """Deadline for the whole preparation."""
+
+
+class LeptonDatasetSpec(ApiModel):
+    """Desired state of a LeptonDataset."""
+
+    source: DataSource
+    """Where the raw data is."""
+    modality: Modality
+    """What the records are: image (files + labels), audio (wav + transcripts), text, tabular or multimodal."""
+    format: Literal["webdataset"] = "webdataset"
+    """Shard format written to the claim: webdataset-style tar shards."""
+    shards: ShardSpec = Field(default_factory=ShardSpec)
+    """How records are grouped into shards."""
+    splits: SplitSpec = Field(default_factory=SplitSpec)
+    """Train/validation split."""
+    verify: VerifySpec | None = None
+    """Integrity checks on the source."""
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    """The claim that holds the shards."""
+    prepare: PrepareSpec = Field(default_factory=PrepareSpec)
+    """The preparation Job."""
+
+
+class DatasetProgress(ApiModel):
+    """How far preparation has got."""
+
+    bytes_done: int = Field(default=0, ge=0)
+    """Bytes fetched and written so far."""
+    bytes_total: int | None = Field(default=None, ge=0)
+    """Bytes to fetch, when the source says."""
+
+
+class LeptonDatasetStatus(ApiModel):
+    """Observed state of a LeptonDataset."""
+
+    phase: DatasetPhase | None = None
+    """Pending, Preparing, Ready or Failed; recomputed on every reconcile."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The metadata.generation this status describes."""
+    conditions: Conditions | None = None
+    """Validated, Prepared, Ready, Reconciling, Stalled."""
+    claim_name: str | None = None
+    """The PVC holding the shards and manifest.json."""
+    size_bytes: int | None = Field(default=None, ge=0)
+    """Total bytes of the prepared shards."""
+    records: int | None = Field(default=None, ge=0)
+    """Number of records."""
+    shards: int | None = Field(default=None, ge=0)
+    """Number of shards."""
+    digest: str | None = None
+    """sha256 of manifest.json, e.g. sha256:ab12..."""
+    progress: DatasetProgress | None = None
+    """Preparation progress."""
+    start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    """When preparation started."""
+    completion_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    """When preparation finished."""
+
+
+class LeptonDataset(ApiModel):
+    """Data declared once, prepared into verified shards on a PVC, shared read-only with jobs."""
+
+    api_version: Literal["lepton.ai/v1alpha1"] = "lepton.ai/v1alpha1"
+    kind: Literal["LeptonDataset"] = "LeptonDataset"
+    metadata: dict[str, object] = Field(default_factory=dict)
+    spec: LeptonDatasetSpec
+    status: LeptonDatasetStatus | None = None
+
+
+__all__ = ["LeptonDataset", "LeptonDatasetSpec", "LeptonDatasetStatus", "ObjectName"]
