@@ -346,3 +346,10 @@ class TrainingJob(ApiModel):
     metadata: dict[str, object] = Field(default_factory=dict)
     spec: TrainingJobSpec
     status: TrainingJobStatus | None = None
+
+    @model_validator(mode="after")
+    def _name_fits_hostnames(self) -> TrainingJob:
+        name = self.metadata.get("name")
+        if isinstance(name, str) and len(name) > MAX_JOB_NAME_LENGTH:
+            raise ValueError(JOB_NAME_RULE["message"])
+        return self
