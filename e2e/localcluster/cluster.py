@@ -1,0 +1,321 @@
+"""Bring the test cluster up, reuse it, tear it down.
+
+Three modes, chosen by environment:
+
+* default: the **local cluster**, a real kube-apiserver, etcd, kube-controller-manager and
+  kube-scheduler plus kwok-controller, started as plain processes by ``kwokctl --runtime binary``
+  from the binaries ``build.py`` caches. Named ``lepton``; state in ``$LEPTON_STATE_DIR`` or the
+  repo's gitignored ``.lepton/`` (``KWOK_WORKDIR=.lepton/kwok``, kubeconfig ``.lepton/kubeconfig``).
+* ``LEPTON_E2E_CLUSTER=kind``: a kind cluster named ``lepton`` whose workers get fake GPU capacity
+  (``kind.py``; needs a container engine, which the project's CI machines lack).
+* ``LEPTON_E2E_KUBECONFIG=PATH``: an existing cluster, used as is; never created or deleted.
+
+:func:`up` is idempotent: a healthy running cluster is reused (and its default node pool topped
+up), anything else is deleted and created afresh. It returns once ``/readyz`` passes, every node
+is Ready and the ``default`` ServiceAccount exists in ``default`` (pods are refused until then).
+A cluster that cannot start raises :class:`ClusterError` with the tail of the component logs; it
+is an error, never a skip. A file lock serialises concurrent ``up``/``down`` calls, and a small
+registry of live user pids (:func:`register_user`) lets a pytest session that created the
+cluster avoid deleting it under another session still using it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from localcluster import build, config, nodes, versions
+from localcluster.kube import Kubectl, KubectlError, node_ready, wait_until
+
+CLUSTER_NAME = "lepton"
+MODE_LOCAL, MODE_KIND, MODE_EXISTING = "local", "kind", "existing"
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be started or reached."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A reachable cluster: how to talk to it, and whether this call created it."""
+
+    mode: str
+    name: str
+    kubeconfig: Path
+    kubectl_binary: Path
+    created: bool
+    #: Whether fake nodes can be added at run time (local kwok cluster only).
+    fake_nodes: bool
+
+    def kubectl(self, namespace: str | None = None) -> Kubectl:
+        return Kubectl(self.kubectl_binary, self.kubeconfig, namespace)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """``os.environ`` plus ``KUBECONFIG`` for processes that should act on this cluster."""
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+
+# ---------------------------------------------------------------------------------------------
+# paths and modes
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def state_dir() -> Path:
+    """``$LEPTON_STATE_DIR`` or ``<repo>/.lepton``."""
+    explicit = os.environ.get("LEPTON_STATE_DIR")
+    return Path(explicit).expanduser().resolve() if explicit else repo_root() / ".lepton"
+
+
+def kwok_workdir() -> Path:
+    return state_dir() / "kwok"
+
+
+def cluster_mode() -> str:
+    """``existing`` if ``LEPTON_E2E_KUBECONFIG`` is set, else ``LEPTON_E2E_CLUSTER`` (default local)."""
+    if os.environ.get("LEPTON_E2E_KUBECONFIG"):
+        return MODE_EXISTING
+    raw = os.environ.get("LEPTON_E2E_CLUSTER", "").strip().lower()
+    if raw in ("", "local", "kwok"):
+        return MODE_LOCAL
+    if raw == "kind":
+        return MODE_KIND
+    raise ClusterError(f"LEPTON_E2E_CLUSTER={raw!r}: expected 'local' (default) or 'kind'")
+
+
+def kubeconfig_path(mode: str | None = None) -> Path:
+    """The kubeconfig of the cluster of ``mode`` (default: the current mode)."""
+    mode = mode or cluster_mode()
+    if mode == MODE_EXISTING:
+        return Path(os.environ["LEPTON_E2E_KUBECONFIG"]).expanduser().resolve()
+    return state_dir() / ("kind-kubeconfig" if mode == MODE_KIND else "kubeconfig")
+
+
+def kubectl_path(build_missing: bool = True) -> Path:
+    """The kubectl built at the cluster's version (built first when missing and allowed)."""
+    path = versions.path_of("kubectl")
+    if not path.is_file() and build_missing:
+        build.ensure_built(("kubernetes",))
+    return path
+
+
+def kwok_env() -> dict[str, str]:
+    return {**os.environ, "KWOK_WORKDIR": str(kwok_workdir())}
+
+
+def logs_dir() -> Path:
+    return kwok_workdir() / "clusters" / CLUSTER_NAME / "logs"
+
+
+def logs_tail(lines: int = 25) -> str:
+    """The last lines of every component log of the local cluster, for error messages."""
+    parts = []
+    for log in sorted(logs_dir().glob("*.log")) if logs_dir().is_dir() else []:
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+        parts.append(f"--- {log} (last {len(text)} lines)\n" + "\n".join(text))
+    return "\n".join(parts) or f"(no logs under {logs_dir()})"
+
+
+@contextmanager
+def _lock() -> Iterator[None]:
+    state_dir().mkdir(parents=True, exist_ok=True)
+    with open(state_dir() / "cluster.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------------------------
+# health
+
+
+def api_ready(kubectl: Kubectl) -> bool:
+    """``GET /readyz`` answers ok."""
+    try:
+        return kubectl.run("get", "--raw", "/readyz", timeout=5, check=False).stdout.strip() == "ok"
+    except KubectlError:
+        return False
+
+
+def wait_ready(kubectl: Kubectl, timeout: float = 90.0, on_error: str = "") -> None:
+    """Wait for /readyz, every node Ready and the ``default`` ServiceAccount in ``default``."""
+    try:
+        wait_until(lambda: api_ready(kubectl), timeout, "kube-apiserver /readyz")
+        nodes.wait_nodes_ready(kubectl, timeout=timeout)
+        wait_until(lambda: kubectl.in_namespace("default").get_or_none("serviceaccount", "default"),
+                   timeout, "ServiceAccount default/default")
+    except AssertionError as exc:
+        raise ClusterError(f"{exc}\n{on_error}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# local kwok cluster
+
+
+def _kwokctl(*args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
+    cmd = [str(versions.path_of("kwokctl")), *args]
+    return subprocess.run(cmd, env=kwok_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _local_exists() -> bool:
+    return (kwok_workdir() / "clusters" / CLUSTER_NAME).is_dir()
+
+
+def _write_local_config() -> Path:
+    binaries = {b.name: versions.binary_path(b) for b in versions.BINARIES}
+    docs = config.kwokctl_config(binaries, config.load_stages(), kube_version=versions.KUBERNETES_VERSION)
+    path = state_dir() / "kwokctl.yaml"
+    path.write_text(config.dump_documents(docs))
+    return path
+
+
+def _local_delete() -> None:
+    if versions.path_of("kwokctl").is_file() and _local_exists():
+        proc = _kwokctl("delete", "cluster", "--name", CLUSTER_NAME, timeout=120)
+        if proc.returncode != 0:
+            raise ClusterError(f"kwokctl delete cluster failed:\n{proc.stdout}{proc.stderr}")
+    shutil.rmtree(kwok_workdir() / "clusters" / CLUSTER_NAME, ignore_errors=True)
+    kubeconfig_path(MODE_LOCAL).unlink(missing_ok=True)
+
+
+def _local_create() -> None:
+    kubeconfig = kubeconfig_path(MODE_LOCAL)
+    kubeconfig.unlink(missing_ok=True)
+    cfg = _write_local_config()
+    proc = _kwokctl("create", "cluster", "--name", CLUSTER_NAME, "--config", str(cfg),
+                    "--kubeconfig", str(kubeconfig))
+    if proc.returncode != 0:
+        raise ClusterError(f"kwokctl create cluster failed (exit {proc.returncode}):\n"
+                           f"{proc.stdout}{proc.stderr}\n{logs_tail()}")
+
+
+def _up_local(cpu_nodes: int | None, gpu_nodes: int | None, timeout: float) -> Cluster:
+    build.ensure_built()
+    kubeconfig = kubeconfig_path(MODE_LOCAL)
+    k = Kubectl(versions.path_of("kubectl"), kubeconfig)
+    created = False
+    if not (kubeconfig.is_file() and _local_exists() and api_ready(k)):
+        if _local_exists():
+            build.log("found a stale local cluster; deleting it")
+            _local_delete()
+        build.log("creating local cluster 'lepton' (kwokctl --runtime binary)")
+        _local_create()
+        created = True
+    try:
+        wait_until(lambda: api_ready(k), timeout, "kube-apiserver /readyz")
+        nodes.ensure_nodes(k, cpu_nodes, gpu_nodes, timeout=timeout)
+    except (AssertionError, KubectlError) as exc:
+        raise ClusterError(f"local cluster did not become ready: {exc}\n{logs_tail()}") from None
+    wait_ready(k, timeout, on_error=logs_tail())
+    return Cluster(MODE_LOCAL, CLUSTER_NAME, kubeconfig, versions.path_of("kubectl"), created, True)
+
+
+def _up_existing(timeout: float) -> Cluster:
+    kubeconfig = kubeconfig_path(MODE_EXISTING)
+    if not kubeconfig.is_file():
+        raise ClusterError(f"LEPTON_E2E_KUBECONFIG={kubeconfig} does not exist")
+    k = Kubectl(kubectl_path(), kubeconfig)
+    wait_ready(k, timeout, on_error=f"(existing cluster from {kubeconfig})")
+    return Cluster(MODE_EXISTING, "existing", kubeconfig, kubectl_path(), False, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def up(cpu_nodes: int | None = None, gpu_nodes: int | None = None, timeout: float = 120.0) -> Cluster:
+    """Start (or reuse) the cluster of the current mode and wait until it is usable."""
+    start = time.monotonic()
+    mode = cluster_mode()
+    with _lock():
+        if mode == MODE_EXISTING:
+            cluster = _up_existing(timeout)
+        elif mode == MODE_KIND:
+            from localcluster import kind
+
+            cluster = kind.up(kubeconfig_path(MODE_KIND), kubectl_path(), cpu_nodes, gpu_nodes, timeout)
+        else:
+            cluster = _up_local(cpu_nodes, gpu_nodes, timeout)
+    verb = "created" if cluster.created else "reused"
+    build.log(f"cluster {cluster.name} ({mode}) {verb}, ready in {time.monotonic() - start:.1f} s; "
+              f"KUBECONFIG={cluster.kubeconfig}")
+    return cluster
+
+
+def down() -> bool:
+    """Delete the cluster of the current mode; return whether there was one. No-op for existing."""
+    mode = cluster_mode()
+    with _lock():
+        if mode == MODE_EXISTING:
+            return False
+        if mode == MODE_KIND:
+            from localcluster import kind
+
+            return kind.down(kubeconfig_path(MODE_KIND))
+        existed = _local_exists()
+        _local_delete()
+        return existed
+
+
+def status() -> dict[str, Any]:
+    """Mode, kubeconfig, whether the API answers, node counts, and which binaries are cached."""
+    mode = cluster_mode()
+    kubeconfig = kubeconfig_path(mode)
+    info: dict[str, Any] = {"mode": mode, "kubeconfig": str(kubeconfig), "running": False,
+                            "binaries": {b.name: versions.binary_path(b).is_file() for b in versions.BINARIES}}
+    kubectl_bin = versions.path_of("kubectl")
+    if kubeconfig.is_file() and kubectl_bin.is_file():
+        k = Kubectl(kubectl_bin, kubeconfig)
+        info["running"] = api_ready(k)
+        if info["running"]:
+            all_nodes = k.get("nodes")
+            info["nodes"] = len(all_nodes)
+            info["nodes_ready"] = sum(1 for n in all_nodes if node_ready(n))
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# sharing one cluster between concurrent sessions
+
+
+def _users_dir() -> Path:
+    return state_dir() / "users"
+
+
+def register_user() -> None:
+    """Record this process as a user of the cluster (see :func:`other_users`)."""
+    _users_dir().mkdir(parents=True, exist_ok=True)
+    (_users_dir() / str(os.getpid())).touch()
+
+
+def unregister_user() -> None:
+    (_users_dir() / str(os.getpid())).unlink(missing_ok=True)
+
+
+def other_users() -> list[int]:
+    """Live pids other than this one that registered as users (stale entries are removed)."""
+    pids = []
+    for entry in _users_dir().glob("*") if _users_dir().is_dir() else []:
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            os.kill(int(entry.name), 0)
+            pids.append(int(entry.name))
+        except ProcessLookupError:
+            entry.unlink(missing_ok=True)
+        except PermissionError:
+            pids.append(int(entry.name))
+    return pids
