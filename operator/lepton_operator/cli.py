@@ -10,8 +10,12 @@ import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from lepton_operator import crdgen
+
+if TYPE_CHECKING:
+    from lepton_operator.controllers.config import OperatorOptions
 
 
 def package_version() -> str:
@@ -35,6 +39,76 @@ def _crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_options(args: argparse.Namespace) -> OperatorOptions:
+    """The operator options from parsed ``run`` flags."""
+    from lepton_operator.controllers.config import OperatorOptions  # noqa: PLC0415
+
+    fields: dict[str, Any] = {
+        "namespaces": tuple(args.namespace),
+        "metrics_port": args.metrics_port,
+        "health_port": args.health_port,
+        "standalone": args.standalone,
+        "peering_name": args.peering_name,
+        "verbose": args.verbose,
+    }
+    if args.priority is not None:
+        fields["priority"] = args.priority
+    return OperatorOptions(**fields)
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Imported here so that `crds` and `version` do not load kopf.
+    from lepton_operator.controllers import runner  # noqa: PLC0415
+
+    return runner.run(run_options(args))
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port (1-65535)")
+    return port
+
+
+def _add_run(commands: Any) -> None:
+    run = commands.add_parser(
+        "run",
+        help="run the operator (kubeconfig from KUBECONFIG, ~/.kube/config or the in-cluster service account)",
+    )
+    run.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="serve this namespace (repeatable; kopf globs such as 'team-*' allowed); default: all namespaces",
+    )
+    run.add_argument(
+        "--metrics-port", type=_port, default=8080, help="port of the Prometheus /metrics endpoint (default: 8080)"
+    )
+    run.add_argument(
+        "--health-port", type=_port, default=8081, help="port of the /healthz liveness endpoint (default: 8081)"
+    )
+    run.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority: of the operators sharing a peering name, only the highest acts"
+        " (default: random in 1..999999, so replicas never tie)",
+    )
+    run.add_argument(
+        "--peering-name",
+        default="lepton-operator",
+        help="ClusterKopfPeering shared by the replicas (default: lepton-operator)",
+    )
+    run.add_argument(
+        "--standalone",
+        action="store_true",
+        help="no peering: act even if another operator runs (development only)",
+    )
+    run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    run.set_defaults(handler=_run)
+
+
 def _version(_: argparse.Namespace) -> int:
     print(package_version())
     return 0
@@ -43,6 +117,7 @@ def _version(_: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lepton-operator", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_run(commands)
     crds = commands.add_parser("crds", help="generate crds/*.yaml from the API models")
     crds.add_argument("--output-dir", default="crds", help="directory to write (default: crds)")
     crds.add_argument("--check", action="store_true", help="fail if the directory is stale instead of writing")

@@ -1,0 +1,140 @@
+"""The operator's run-time options and the kopf settings derived from them.
+
+Every kopf setting the operator depends on is set here, on purpose, with the
+reason next to it; nothing is left to a kopf default that might change under us.
+:func:`configure` is a plain function of (settings, options) so a unit test can
+check the result; the ``on.startup`` handler in ``startup.py`` applies it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import kopf
+
+ANNOTATION_PREFIX = "lepton.ai"
+DEFAULT_PEERING_NAME = "lepton-operator"
+DEFAULT_METRICS_PORT = 8080
+DEFAULT_HEALTH_PORT = 8081
+HEALTH_PATH = "/healthz"
+
+#: Highest priority a replica picks for itself when ``--priority`` is not given.
+#: kopf pauses *every* operator when two peers share a priority, so replicas of
+#: one Deployment must differ: each draws one from [1, AUTO_PRIORITY_MAX]. An
+#: explicit ``--priority`` above this (e.g. 1000000 on a developer's machine)
+#: takes over from every deployed replica.
+AUTO_PRIORITY_MAX = 999_999
+
+# API requests: a short atomic request (GET/PATCH) that takes 20 s is failing;
+# give up and let the backoffs below retry it instead of hanging a handler for
+# kopf's default of 5 minutes.
+REQUEST_TIMEOUT = 20.0
+CONNECT_TIMEOUT = 5.0
+# Retries of failed API requests: 4 tries more within ~15 s, then the error
+# reaches the handler (which is retried by kopf with its own backoff).
+API_ERROR_BACKOFFS = (1.0, 2.0, 4.0, 8.0)
+# Watches: the server ends each watch after 5 minutes (kopf reconnects from the
+# last resourceVersion), the client waits a little longer so the server always
+# closes first, and a stream silent for 70 s (Kubernetes sends a bookmark every
+# minute and keeps events for 75 s) is presumed dead and reopened.
+WATCH_SERVER_TIMEOUT = 300.0
+WATCH_CLIENT_TIMEOUT = 330.0
+WATCH_INACTIVITY_TIMEOUT = 70.0
+WATCH_RECONNECT_BACKOFF = 0.5
+# Unexpected errors in kopf's own per-object processing: back off, bounded at 60 s.
+FRAMEWORK_ERROR_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+# Handler retries: exponential from 5 s, capped at 5 minutes (see retry_delay).
+HANDLER_BACKOFF_BASE = 5.0
+HANDLER_BACKOFF_MAX = 300.0
+# Seconds a peer's keep-alive stays valid; a replica that dies without saying
+# goodbye blocks the others this long at most.
+PEERING_LIFETIME = 60
+# Seconds a stuck graceful shutdown may take before the process exits anyway;
+# above a pod's default terminationGracePeriodSeconds (30 s).
+EXIT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class OperatorOptions:
+    """What ``lepton-operator run`` was asked to do."""
+
+    namespaces: Sequence[str] = ()
+    """Namespaces (kopf patterns, globs allowed) to serve; empty: all namespaces."""
+    metrics_port: int = DEFAULT_METRICS_PORT
+    health_port: int = DEFAULT_HEALTH_PORT
+    priority: int = field(default_factory=lambda: random.randint(1, AUTO_PRIORITY_MAX))  # noqa: S311
+    """Peering priority: among running replicas, the highest acts, the others stand by."""
+    standalone: bool = False
+    """Skip peering (development on a private cluster)."""
+    peering_name: str = DEFAULT_PEERING_NAME
+    verbose: bool = False
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+    @property
+    def liveness_endpoint(self) -> str:
+        return f"http://0.0.0.0:{self.health_port}{HEALTH_PATH}"
+
+
+def configure(settings: kopf.OperatorSettings, options: OperatorOptions) -> None:
+    """Set every kopf setting the operator relies on."""
+    net = settings.networking
+    net.request_timeout = REQUEST_TIMEOUT
+    net.connect_timeout = CONNECT_TIMEOUT
+    net.error_backoffs = API_ERROR_BACKOFFS
+
+    watch = settings.watching
+    watch.server_timeout = WATCH_SERVER_TIMEOUT
+    watch.client_timeout = WATCH_CLIENT_TIMEOUT
+    watch.connect_timeout = CONNECT_TIMEOUT
+    watch.inactivity_timeout = WATCH_INACTIVITY_TIMEOUT
+    watch.reconnect_backoff = WATCH_RECONNECT_BACKOFF
+
+    settings.queueing.error_delays = FRAMEWORK_ERROR_DELAYS
+    settings.execution.default_backoff = HANDLER_BACKOFF_BASE * 6
+
+    # Events: only what needs a person (warnings, errors), including kopf's own
+    # per-object messages such as a handler failing; INFO chatter stays in logs.
+    settings.posting.enabled = True
+    settings.posting.loggers = True
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "lepton-operator"
+    settings.posting.event_name_prefix = "lepton-"
+
+    # Handler progress and the diff-base live in annotations: the CRDs' status
+    # schemas are structural and prune kopf's default ``status.kopf``. The
+    # diff-base keeps only the spec (metadata is ignored), which keeps the
+    # annotation small (kopf #1087: 256 KiB limit on all annotations together)
+    # and means label/annotation edits do not trigger a reconcile.
+    persistence = settings.persistence
+    persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration", ignored_fields=["metadata"]
+    )
+    persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
+
+    # Peering: replicas with one peering name see each other; only the one with
+    # the highest priority acts. Cluster-wide peering even for a namespaced
+    # operator, so operators serving different namespace sets still see each
+    # other through one object. Mandatory unless standalone: without the peering
+    # object an operator must not act (it might be the second one).
+    peering = settings.peering
+    peering.name = options.peering_name
+    peering.priority = options.priority
+    peering.standalone = options.standalone
+    peering.mandatory = not options.standalone
+    peering.clusterwide = True
+    peering.lifetime = PEERING_LIFETIME
+    peering.stealth = True
+
+    settings.process.ultimate_exiting_timeout = EXIT_TIMEOUT
+
+
+def retry_delay(retry: int) -> float:
+    """Seconds before retry number ``retry + 1`` of a failed reconcile: 5, 10, 20, ... up to 300."""
+    return min(HANDLER_BACKOFF_MAX, HANDLER_BACKOFF_BASE * 2.0 ** max(0, min(retry, 16)))

@@ -1,0 +1,119 @@
+"""The kopf settings the operator sets on purpose, and the start-up wiring."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+import pytest
+
+from lepton_operator.controllers import config, startup
+from lepton_operator.controllers.config import OperatorOptions, configure, retry_delay
+
+
+def configured(**options: object) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    configure(settings, OperatorOptions(**options))  # type: ignore[arg-type]
+    return settings
+
+
+def test_timeouts_and_backoffs_are_bounded() -> None:
+    settings = configured(priority=7)
+    assert settings.networking.request_timeout == 20
+    assert settings.networking.connect_timeout == 5
+    assert settings.networking.error_backoffs == (1, 2, 4, 8)
+    assert settings.watching.inactivity_timeout == 70
+    assert settings.watching.server_timeout is not None and settings.watching.client_timeout is not None
+    assert settings.watching.server_timeout < settings.watching.client_timeout
+    assert max(settings.queueing.error_delays) == 60
+    assert settings.process.ultimate_exiting_timeout == 60
+
+
+def test_only_warnings_and_errors_become_events() -> None:
+    settings = configured(priority=7)
+    assert settings.posting.enabled and settings.posting.loggers
+    assert settings.posting.level == logging.WARNING
+    assert settings.posting.reporting_component == "lepton-operator"
+
+
+def test_progress_and_diffbase_live_in_small_lepton_annotations() -> None:
+    settings = configured(priority=7)
+    progress = settings.persistence.progress_storage
+    diffbase = settings.persistence.diffbase_storage
+    assert isinstance(progress, kopf.AnnotationsProgressStorage)
+    assert isinstance(diffbase, kopf.AnnotationsDiffBaseStorage)
+    body = kopf.Body(
+        {
+            "apiVersion": "lepton.ai/v1alpha1",
+            "kind": "TrainingJob",
+            "metadata": {
+                "name": "j",
+                "namespace": "n",
+                "labels": {"team": "a"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "x" * 10_000, "note": "y"},
+            },
+            "spec": {"image": "trainer:1"},
+            "status": {"phase": "Pending"},
+        }
+    )
+    essence = diffbase.build(body=body)
+    assert essence == {"spec": {"image": "trainer:1"}}  # metadata and status are not part of it
+    patch = kopf.Patch()
+    diffbase.store(body=body, patch=patch, essence=essence)
+    progress.store(key=kopf.HandlerId("reconcile"), record={"started": "2026-01-01T00:00:00"}, body=body, patch=patch)
+    assert "status" not in patch
+    keys = set(patch["metadata"]["annotations"])
+    assert keys and all(key.startswith("lepton.ai/") for key in keys)
+    assert patch["metadata"]["annotations"]["lepton.ai/last-handled-configuration"] == '{"spec":{"image":"trainer:1"}}\n'
+    assert settings.persistence.finalizer.startswith("lepton.ai/")
+
+
+def test_peering_is_mandatory_clusterwide_and_named() -> None:
+    settings = configured(priority=42, peering_name="lepton-a", namespaces=("team-*",))
+    peering = settings.peering
+    assert (peering.name, peering.priority, peering.mandatory, peering.standalone) == ("lepton-a", 42, True, False)
+    assert peering.clusterwide  # one ClusterKopfPeering even for a namespaced operator
+
+
+def test_standalone_skips_peering() -> None:
+    peering = configured(priority=1, standalone=True).peering
+    assert peering.standalone and not peering.mandatory
+
+
+def test_options_defaults() -> None:
+    options = OperatorOptions()
+    assert options.clusterwide and options.namespaces == ()
+    assert (options.metrics_port, options.health_port) == (8080, 8081)
+    assert 1 <= options.priority <= config.AUTO_PRIORITY_MAX
+    assert options.liveness_endpoint == "http://0.0.0.0:8081/healthz"
+    assert not OperatorOptions(namespaces=("a",)).clusterwide
+    drawn = {OperatorOptions().priority for _ in range(50)}
+    assert len(drawn) > 1  # replicas do not tie
+
+
+@pytest.mark.parametrize(("retry", "delay"), [(0, 5), (1, 10), (2, 20), (5, 160), (6, 300), (50, 300), (10**6, 300)])
+def test_retry_delay_is_exponential_and_capped(retry: int, delay: float) -> None:
+    assert retry_delay(retry) == delay
+
+
+def test_startup_options_come_from_the_memo() -> None:
+    options = OperatorOptions(priority=3)
+    assert startup.options_of(kopf.Memo(options=options)) is options
+    assert isinstance(startup.options_of(kopf.Memo()), OperatorOptions)
+
+
+def test_peering_object_is_a_cluster_kopf_peering() -> None:
+    obj = startup.peering_object("lepton-x")
+    assert obj["apiVersion"] == "kopf.dev/v1" and obj["kind"] == "ClusterKopfPeering"
+    assert obj["metadata"]["name"] == "lepton-x"
+
+
+def test_startup_applies_settings_without_touching_the_cluster_when_standalone() -> None:
+    settings = kopf.OperatorSettings()
+    memo = kopf.Memo(options=OperatorOptions(priority=9, standalone=True))
+    handler: Any = startup.startup  # kopf types the decorated function as its protocol
+    asyncio.run(handler(settings=settings, memo=memo, logger=logging.getLogger("test")))
+    assert settings.networking.request_timeout == config.REQUEST_TIMEOUT
+    assert settings.peering.standalone

@@ -1,0 +1,155 @@
+"""The shared reconcile and the per-kind kopf handlers, without a cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import kopf
+import pytest
+
+from lepton_operator import controllers, metrics
+from lepton_operator.api import RESOURCES
+from lepton_operator.controllers import dataset, inference, reconcile, training
+from lepton_operator.status import validation
+
+LOGGER = logging.getLogger("test")
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+SPECS: dict[str, dict[str, Any]] = {
+    "LeptonDataset": {"source": {"uri": "https://data.example.com/a.tar"}, "modality": "image"},
+    "TrainingJob": {"image": "trainer:1"},
+    "InferenceService": {"model": {"name": "m", "source": {"claim": {"name": "models"}}}},
+}
+
+
+def body_of(kind: str, spec: Any, generation: int = 1, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "lepton.ai/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": "x", "namespace": "ns", "uid": "u-1", "generation": generation},
+        "spec": spec,
+    }
+    if status is not None:
+        body["status"] = status
+    return body
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def __call__(self, reason: str, message: str) -> None:
+        self.events.append((reason, message))
+
+
+def run(kind: str, body: dict[str, Any], retry: int = 0) -> tuple[str, dict[str, Any], Recorder]:
+    patch: dict[str, Any] = {}
+    warn = Recorder()
+    outcome = reconcile.reconcile(kind, body, patch, retry=retry, logger=LOGGER, warn=warn, now=NOW)
+    return outcome, patch, warn
+
+
+def total(kind: str, outcome: str) -> float:
+    return metrics.REGISTRY.get_sample_value("lepton_reconcile_total", {"kind": kind, "outcome": outcome}) or 0.0
+
+
+@pytest.mark.parametrize("kind", sorted(SPECS))
+def test_valid_object_gets_pending_status_and_is_counted(kind: str) -> None:
+    before = total(kind, "accepted")
+    outcome, patch, warn = run(kind, body_of(kind, SPECS[kind], generation=4))
+    assert outcome == "accepted"
+    assert patch["phase"] == "Pending" and patch["observedGeneration"] == 4
+    assert {c["type"]: c["status"] for c in patch["conditions"]}["Validated"] == "True"
+    assert warn.events == []
+    assert total(kind, "accepted") == before + 1
+
+
+def test_invalid_object_is_failed_with_one_warning_event_and_no_exception() -> None:
+    before = total("TrainingJob", "invalid")
+    outcome, patch, warn = run("TrainingJob", body_of("TrainingJob", {"image": "x", "workers": {"replicas": 0}}, 2))
+    assert outcome == "invalid"
+    assert patch["phase"] == "Failed"
+    assert warn.events == [("InvalidSpec", "spec.workers.replicas: Input should be greater than or equal to 1")]
+    assert total("TrainingJob", "invalid") == before + 1
+
+
+def test_an_up_to_date_status_is_not_patched_again() -> None:
+    kind, bad = "LeptonDataset", {"modality": "image"}
+    _, first, _ = run(kind, body_of(kind, bad))
+    outcome, patch, warn = run(kind, body_of(kind, bad, status=first))
+    assert outcome == "invalid"
+    assert patch == {} and warn.events == []  # a resume does not repeat the event
+
+
+def test_missing_spec_and_generation_do_not_crash() -> None:
+    body = {"metadata": {"name": "x"}}
+    outcome, patch, _ = run("InferenceService", body)
+    assert outcome == "invalid" and patch["observedGeneration"] == 0
+
+
+def test_unexpected_error_is_recorded_then_retried_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("the disk is on fire")
+
+    monkeypatch.setattr(validation, "foundation_status", explode)
+    before = total("TrainingJob", "error")
+    patch: dict[str, Any] = {}
+    with pytest.raises(kopf.TemporaryError) as raised:
+        reconcile.reconcile("TrainingJob", body_of("TrainingJob", SPECS["TrainingJob"]), patch, retry=2,
+                            logger=LOGGER, warn=Recorder(), now=NOW)  # fmt: skip
+    assert raised.value.delay == 20
+    assert isinstance(raised.value.__cause__, RuntimeError)
+    ready = {c["type"]: c for c in patch["conditions"]}["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "ReconcileError")
+    assert "the disk is on fire" in ready["message"] and "retrying in 20 s" in ready["message"]
+    assert total("TrainingJob", "error") == before + 1
+
+
+def test_error_while_recording_the_error_still_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("nope")
+
+    monkeypatch.setattr(validation, "foundation_status", explode)
+    monkeypatch.setattr(validation, "error_status", explode)
+    patch: dict[str, Any] = {}
+    with pytest.raises(kopf.TemporaryError):
+        reconcile.reconcile("TrainingJob", body_of("TrainingJob", {}), patch, retry=0, logger=LOGGER, warn=Recorder())
+    assert patch == {}
+
+
+@pytest.mark.parametrize(
+    ("module", "info"),
+    [(dataset, RESOURCES[0]), (training, RESOURCES[1]), (inference, RESOURCES[2])],
+    ids=lambda x: getattr(x, "kind", getattr(x, "__name__", "")),
+)
+def test_each_kind_has_one_level_based_reconcile_for_create_update_resume(module: Any, info: Any) -> None:
+    handlers = [
+        h for h in controllers.REGISTRY._changing.get_all_handlers() if getattr(h.selector, "any_name", None) == info.plural
+    ]
+    assert {h.fn for h in handlers} == {getattr(module, f"reconcile_{module.__name__.rsplit('.', 1)[-1]}")}
+    reasons = {h.reason for h in handlers}
+    assert reasons == {kopf.Reason.CREATE, kopf.Reason.UPDATE, None}  # None + initial: resume
+    assert all(h.initial for h in handlers if h.reason is None)
+    update = next(h for h in handlers if h.reason == kopf.Reason.UPDATE)
+    assert update.field == ("spec",)
+    assert not any(h.requires_finalizer for h in handlers)  # no finalizer: nothing to clean up yet
+
+
+def test_no_field_handlers_on_status() -> None:
+    for handler in controllers.REGISTRY._changing.get_all_handlers():
+        assert handler.field is None or handler.field[0] != "status"
+
+
+def test_kopf_handler_writes_status_into_the_patch(monkeypatch: pytest.MonkeyPatch) -> None:
+    posted: list[tuple[str, str]] = []
+    monkeypatch.setattr(kopf, "warn", lambda body, reason, message: posted.append((reason, message)))
+    body = kopf.Body(cast(kopf.RawBody, body_of("LeptonDataset", {"source": {"uri": "ftp://x/y"}, "modality": "image"}, 3)))
+    patch = kopf.Patch()
+    handler: Any = dataset.reconcile_dataset  # kopf types the decorated function as its protocol
+    asyncio.run(handler(body=body, patch=patch, logger=LOGGER, retry=0))
+    assert patch["status"]["phase"] == "Failed"
+    assert patch["status"]["observedGeneration"] == 3
+    assert posted and posted[0][0] == "InvalidSpec" and posted[0][1].startswith("spec.source.uri: ")
+    assert set(patch) == {"status"}
