@@ -27,6 +27,7 @@ def test_timeouts_and_backoffs_are_bounded() -> None:
     assert settings.watching.inactivity_timeout == 70
     assert settings.watching.server_timeout is not None and settings.watching.client_timeout is not None
     assert settings.watching.server_timeout < settings.watching.client_timeout
+    assert isinstance(settings.watching.server_timeout, int)  # sent as timeoutSeconds=300, "300.0" is a 400
     assert max(settings.queueing.error_delays) == 60
     assert settings.process.ultimate_exiting_timeout == 60
 
@@ -117,3 +118,16 @@ def test_startup_applies_settings_without_touching_the_cluster_when_standalone()
     asyncio.run(handler(settings=settings, memo=memo, logger=logging.getLogger("test")))
     assert settings.networking.request_timeout == config.REQUEST_TIMEOUT
     assert settings.peering.standalone
+
+
+def test_peering_object_creation_is_retried_until_it_succeeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = [False, False, True]
+    calls: list[str] = []
+
+    def fake_ensure(name: str, logger: Any) -> bool:
+        calls.append(name)
+        return answers.pop(0)
+
+    monkeypatch.setattr(startup, "ensure_peering", fake_ensure)
+    asyncio.run(startup.keep_ensuring_peering("lepton-y", logging.getLogger("test"), delays=(0.0,)))
+    assert calls == ["lepton-y"] * 3

@@ -39,8 +39,9 @@ API_ERROR_BACKOFFS = (1.0, 2.0, 4.0, 8.0)
 # Watches: the server ends each watch after 5 minutes (kopf reconnects from the
 # last resourceVersion), the client waits a little longer so the server always
 # closes first, and a stream silent for 70 s (Kubernetes sends a bookmark every
-# minute and keeps events for 75 s) is presumed dead and reopened.
-WATCH_SERVER_TIMEOUT = 300.0
+# minute and keeps events for 75 s) is presumed dead and reopened. The server
+# timeout goes into the URL as ``timeoutSeconds`` and must be an integer.
+WATCH_SERVER_TIMEOUT = 300
 WATCH_CLIENT_TIMEOUT = 330.0
 WATCH_INACTIVITY_TIMEOUT = 70.0
 WATCH_RECONNECT_BACKOFF = 0.5

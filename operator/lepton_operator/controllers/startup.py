@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import kopf
@@ -24,6 +25,7 @@ PEERING_VERSION = "v1"
 PEERING_PLURAL = "clusterkopfpeerings"
 PEERING_KIND = "ClusterKopfPeering"
 PEERING_TIMEOUT = 20.0
+PEERING_RETRY_DELAYS = (2.0, 5.0, 10.0, 30.0)
 
 
 def options_of(memo: Any) -> OperatorOptions:
@@ -73,13 +75,28 @@ def ensure_peering(name: str, logger: Logger) -> bool:
     return True
 
 
+async def keep_ensuring_peering(name: str, logger: Logger, delays: Sequence[float] = PEERING_RETRY_DELAYS) -> None:
+    """Retry :func:`ensure_peering` (the CRD may be applied, or RBAC fixed, later) until it succeeds."""
+    attempt = 0
+    while not await asyncio.to_thread(ensure_peering, name, logger):
+        await asyncio.sleep(delays[min(attempt, len(delays) - 1)])
+        attempt += 1
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """Apply the settings; with peering, ensure the peering object exists."""
+    """Apply the settings; with peering, ensure the peering object exists (retrying in the background)."""
     options = options_of(memo)
     configure(settings, options)
     if options.standalone:
         logger.warning("running standalone: no peering, so a second operator would act too")
         return
     logger.info(f"peering as {options.peering_name!r} with priority {options.priority}")
-    await asyncio.to_thread(ensure_peering, options.peering_name, logger)
+    if not await asyncio.to_thread(ensure_peering, options.peering_name, logger):
+        # kopf cancels the operator's tasks at exit; the set only keeps this one referenced.
+        task = asyncio.create_task(keep_ensuring_peering(options.peering_name, logger), name="ensure peering")
+        _background.add(task)
+        task.add_done_callback(_background.discard)
