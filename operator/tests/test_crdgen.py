@@ -69,9 +69,12 @@ def test_every_field_is_documented_for_kubectl_explain(kind: str) -> None:
     assert undocumented == []
 
 
-def test_nested_blocks_default_to_empty_objects_so_the_server_fills_their_defaults() -> None:
+def test_nested_blocks_default_to_their_models_defaults() -> None:
+    """In full: the API server checks a default against its object's CEL rules."""
     spec = schema_of("TrainingJob")["properties"]["spec"]["properties"]
-    assert spec["workers"]["default"] == {}
+    assert spec["workers"]["default"] == {"replicas": 1}
+    storage = schema_of("LeptonDataset")["properties"]["spec"]["properties"]["storage"]
+    assert storage["default"] == {"size": "10Gi", "accessModes": ["ReadWriteOnce"]}
     assert spec["workers"]["properties"]["replicas"]["default"] == 1
     assert spec["restartPolicy"]["properties"]["retryableExitCodes"]["default"] == [130, 137, 143]
 
