@@ -14,9 +14,10 @@ Three modes, chosen by environment:
 up), anything else is deleted and created afresh. It returns once ``/readyz`` passes, every node
 is Ready and the ``default`` ServiceAccount exists in ``default`` (pods are refused until then).
 A cluster that cannot start raises :class:`ClusterError` with the tail of the component logs; it
-is an error, never a skip. A file lock serialises concurrent ``up``/``down`` calls, and a small
-registry of live user pids (:func:`register_user`) lets a pytest session that created the
-cluster avoid deleting it under another session still using it.
+is an error, never a skip. A file lock serialises concurrent ``up``/``down`` calls. Sessions
+sharing one cluster (several engineers' pytest runs in one checkout) register their pid
+(:func:`register_user`); a cluster a test session created is marked ephemeral and deleted by
+whichever session ends last, never under another session still using it.
 """
 
 from __future__ import annotations
@@ -111,20 +112,44 @@ def kubectl_path(build_missing: bool = True) -> Path:
 
 
 def kwok_env() -> dict[str, str]:
-    return {**os.environ, "KWOK_WORKDIR": str(kwok_workdir())}
+    """kwokctl's environment: its workdir, and the pinned kubectl first on PATH (kwokctl runs
+    ``kubectl get --raw /version`` from PATH to wait for the API; /usr/bin/kubectl is too old)."""
+    path = f"{versions.path_of('kubectl').parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "KWOK_WORKDIR": str(kwok_workdir()), "PATH": path}
 
 
 def logs_dir() -> Path:
     return kwok_workdir() / "clusters" / CLUSTER_NAME / "logs"
 
 
-def logs_tail(lines: int = 25) -> str:
-    """The last lines of every component log of the local cluster, for error messages."""
+def _component_pids() -> dict[str, int]:
+    """Component name -> pid, from the pid files kwokctl writes."""
+    pids = {}
+    for pid_file in (kwok_workdir() / "clusters" / CLUSTER_NAME / "pids").glob("*.pid"):
+        try:
+            pids[pid_file.stem] = int(pid_file.read_text().strip())
+        except ValueError:
+            pids[pid_file.stem] = -1
+    return pids
+
+
+def dead_components() -> list[str]:
+    """Components whose recorded process is gone (or a zombie)."""
+    return sorted(name for name, pid in _component_pids().items() if pid <= 0 or not pid_alive(pid))
+
+
+def logs_tail(lines: int = 20, width: int = 400) -> str:
+    """The last lines of every component log of the local cluster (dead components first)."""
+    if not logs_dir().is_dir():
+        return f"(no logs under {logs_dir()})"
+    dead = set(dead_components())
+    logs = sorted(logs_dir().glob("*.log"), key=lambda p: (p.stem not in dead, p.name))
     parts = []
-    for log in sorted(logs_dir().glob("*.log")) if logs_dir().is_dir() else []:
-        text = log.read_text(errors="replace").splitlines()[-lines:]
-        parts.append(f"--- {log} (last {len(text)} lines)\n" + "\n".join(text))
-    return "\n".join(parts) or f"(no logs under {logs_dir()})"
+    for log in logs:
+        text = [line[:width] for line in log.read_text(errors="replace").splitlines()[-lines:]]
+        state = " DEAD" if log.stem in dead else ""
+        parts.append(f"--- {log}{state} (last {len(text)} lines)\n" + "\n".join(text))
+    return "\n".join(parts)
 
 
 @contextmanager
@@ -174,6 +199,29 @@ def _local_exists() -> bool:
     return (kwok_workdir() / "clusters" / CLUSTER_NAME).is_dir()
 
 
+def _components_alive() -> bool:
+    """Every process kwokctl recorded in ``pids/`` still exists (an API answering /readyz is not
+    enough: a dead kwok-controller leaves nodes Ready until their leases expire)."""
+    return bool(_component_pids()) and not dead_components()
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a killed component may linger unreaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+
 def _write_local_config() -> Path:
     binaries = {b.name: versions.binary_path(b) for b in versions.BINARIES}
     docs = config.kwokctl_config(binaries, config.load_stages(), kube_version=versions.KUBERNETES_VERSION)
@@ -191,15 +239,40 @@ def _local_delete() -> None:
     kubeconfig_path(MODE_LOCAL).unlink(missing_ok=True)
 
 
-def _local_create() -> None:
+def _local_create(timeout: float) -> None:
+    """``kwokctl create cluster``; fail fast (with logs) when a component dies meanwhile.
+
+    kwokctl itself waits up to ~30 s per component for an API that may never come (e.g. a bad
+    flag made kube-apiserver exit), so its child processes are watched while it runs.
+    """
     kubeconfig = kubeconfig_path(MODE_LOCAL)
     kubeconfig.unlink(missing_ok=True)
     cfg = _write_local_config()
-    proc = _kwokctl("create", "cluster", "--name", CLUSTER_NAME, "--config", str(cfg),
-                    "--kubeconfig", str(kubeconfig))
-    if proc.returncode != 0:
-        raise ClusterError(f"kwokctl create cluster failed (exit {proc.returncode}):\n"
-                           f"{proc.stdout}{proc.stderr}\n{logs_tail()}")
+    cmd = [str(versions.path_of("kwokctl")), "create", "cluster", "--name", CLUSTER_NAME,
+           "--config", str(cfg), "--kubeconfig", str(kubeconfig)]
+    out_path = state_dir() / "kwokctl-create.log"
+    deadline = time.monotonic() + timeout
+    with out_path.open("w") as out:
+        proc = subprocess.Popen(cmd, env=kwok_env(), stdout=out, stderr=subprocess.STDOUT, text=True)
+        problem = ""
+        while proc.poll() is None:
+            dead = dead_components()
+            if dead:
+                problem = f"{', '.join(dead)} exited while kwokctl was starting the cluster"
+            elif time.monotonic() > deadline:
+                problem = f"kwokctl create cluster did not finish in {timeout:.0f} s"
+            if problem:
+                proc.kill()
+                proc.wait()
+                break
+            time.sleep(0.3)
+    if not problem and proc.returncode != 0:
+        problem = f"kwokctl create cluster failed (exit {proc.returncode})"
+    if problem:
+        kwokctl_out = "\n".join(out_path.read_text(errors="replace").splitlines()[-15:])
+        message = f"{problem}\n--- {out_path}\n{kwokctl_out}\n{logs_tail()}"
+        _kwokctl("stop", "cluster", "--name", CLUSTER_NAME, timeout=60)  # keep the logs, stop the rest
+        raise ClusterError(message)
 
 
 def _up_local(cpu_nodes: int | None, gpu_nodes: int | None, timeout: float) -> Cluster:
@@ -207,12 +280,12 @@ def _up_local(cpu_nodes: int | None, gpu_nodes: int | None, timeout: float) -> C
     kubeconfig = kubeconfig_path(MODE_LOCAL)
     k = Kubectl(versions.path_of("kubectl"), kubeconfig)
     created = False
-    if not (kubeconfig.is_file() and _local_exists() and api_ready(k)):
+    if not (kubeconfig.is_file() and _local_exists() and _components_alive() and api_ready(k)):
         if _local_exists():
             build.log("found a stale local cluster; deleting it")
             _local_delete()
         build.log("creating local cluster 'lepton' (kwokctl --runtime binary)")
-        _local_create()
+        _local_create(timeout)
         created = True
     try:
         wait_until(lambda: api_ready(k), timeout, "kube-apiserver /readyz")
@@ -236,8 +309,14 @@ def _up_existing(timeout: float) -> Cluster:
 # public API
 
 
-def up(cpu_nodes: int | None = None, gpu_nodes: int | None = None, timeout: float = 120.0) -> Cluster:
-    """Start (or reuse) the cluster of the current mode and wait until it is usable."""
+def up(cpu_nodes: int | None = None, gpu_nodes: int | None = None, timeout: float = 120.0,
+       ephemeral: bool = False) -> Cluster:
+    """Start (or reuse) the cluster of the current mode and wait until it is usable.
+
+    ``ephemeral=True`` (test sessions): a cluster created by this call is marked to be deleted
+    by the last session using it. Any other caller (CLI, ``make demo``) clears the mark: a cluster
+    someone asked for by hand is never deleted by tests.
+    """
     start = time.monotonic()
     mode = cluster_mode()
     with _lock():
@@ -249,6 +328,10 @@ def up(cpu_nodes: int | None = None, gpu_nodes: int | None = None, timeout: floa
             cluster = kind.up(kubeconfig_path(MODE_KIND), kubectl_path(), cpu_nodes, gpu_nodes, timeout)
         else:
             cluster = _up_local(cpu_nodes, gpu_nodes, timeout)
+        if not ephemeral:
+            mark_ephemeral(False)
+        elif cluster.created:
+            mark_ephemeral(True)
     verb = "created" if cluster.created else "reused"
     build.log(f"cluster {cluster.name} ({mode}) {verb}, ready in {time.monotonic() - start:.1f} s; "
               f"KUBECONFIG={cluster.kubeconfig}")
@@ -267,6 +350,7 @@ def down() -> bool:
             return kind.down(kubeconfig_path(MODE_KIND))
         existed = _local_exists()
         _local_delete()
+        mark_ephemeral(False)
         return existed
 
 
@@ -305,17 +389,32 @@ def unregister_user() -> None:
     (_users_dir() / str(os.getpid())).unlink(missing_ok=True)
 
 
+def _ephemeral_marker() -> Path:
+    return state_dir() / "ephemeral"
+
+
+def mark_ephemeral(value: bool = True) -> None:
+    """Record that a test session created the cluster and wants it gone when the last user ends
+    (``False``: someone asked for it explicitly, e.g. ``python -m localcluster up``; keep it)."""
+    if value:
+        state_dir().mkdir(parents=True, exist_ok=True)
+        _ephemeral_marker().touch()
+    else:
+        _ephemeral_marker().unlink(missing_ok=True)
+
+
+def is_ephemeral() -> bool:
+    return _ephemeral_marker().is_file()
+
+
 def other_users() -> list[int]:
     """Live pids other than this one that registered as users (stale entries are removed)."""
     pids = []
     for entry in _users_dir().glob("*") if _users_dir().is_dir() else []:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
-        try:
-            os.kill(int(entry.name), 0)
+        if pid_alive(int(entry.name)):
             pids.append(int(entry.name))
-        except ProcessLookupError:
+        else:
             entry.unlink(missing_ok=True)
-        except PermissionError:
-            pids.append(int(entry.name))
     return pids

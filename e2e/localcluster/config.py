@@ -58,6 +58,8 @@ GPU_TAINT: dict[str, str] = {"key": GPU_TAINT_KEY, "value": "present", "effect":
 GPU_TOLERATION: dict[str, str] = {"key": GPU_TAINT_KEY, "operator": "Equal", "value": "present",
                                   "effect": "NoSchedule"}
 
+#: Marks the nodes :func:`default_nodes` made, so a smaller pool can be selected for deletion.
+DEFAULT_POOL_LABEL = "lepton.ai/default-pool"
 DEFAULT_CPU_NODES = 2
 DEFAULT_GPU_NODES = 4
 GPUS_PER_NODE = 8
@@ -209,8 +211,11 @@ def default_nodes(cpu_nodes: int | None = None, gpu_nodes: int | None = None,
                   gpus_per_node: int = GPUS_PER_NODE) -> list[dict[str, Any]]:
     """The cluster's initial fake nodes (see :func:`node_counts`)."""
     cpu, gpu = node_counts(cpu_nodes, gpu_nodes)
-    return ([cpu_node(cpu_node_name(i)) for i in range(cpu)]
-            + [gpu_node(gpu_node_name(i), gpus=gpus_per_node) for i in range(gpu)])
+    nodes = ([cpu_node(cpu_node_name(i)) for i in range(cpu)]
+             + [gpu_node(gpu_node_name(i), gpus=gpus_per_node) for i in range(gpu)])
+    for node in nodes:
+        node["metadata"]["labels"][DEFAULT_POOL_LABEL] = "true"
+    return nodes
 
 
 def node_list(nodes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

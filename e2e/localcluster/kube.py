@@ -43,12 +43,19 @@ class WaitTimeout(AssertionError):
     """:func:`wait_until` ran out of time (an AssertionError so pytest shows it as a failure)."""
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.25) -> T:
+#: Exceptions a poll treats as "not yet": the object is not there (NotFound, API not up yet), a
+#: key or index is missing, or a value is still None. Anything else is a real error and propagates.
+RETRY_ON: tuple[type[BaseException], ...] = (KubectlError, LookupError, TypeError)
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.25,
+               retry_on: tuple[type[BaseException], ...] = RETRY_ON) -> T:
     """Poll ``predicate`` until it returns something truthy; return that value.
 
-    Fails with ``WaitTimeout("timed out after Ns waiting for <what>; last: ...")``. Exceptions
-    raised by ``predicate`` count as "not yet" and the last one is reported, so a predicate may
-    simply index into an object that is not there yet.
+    Fails with ``WaitTimeout("timed out after Ns waiting for <what>; last: ...")``. Exceptions in
+    ``retry_on`` count as "not yet" (the last one is reported), so a predicate may simply index
+    into an object that is not there yet; any other exception propagates at once (fail fast,
+    e.g. a process under test that exited).
     """
     deadline = time.monotonic() + timeout
     last: str = "never evaluated"
@@ -58,7 +65,7 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
             if value:
                 return value
             last = repr(value)
-        except Exception as exc:  # noqa: BLE001 - reported on timeout
+        except retry_on as exc:
             last = f"{type(exc).__name__}: {exc}"
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"timed out after {timeout:.0f} s waiting for {what}; last: {last}")

@@ -52,30 +52,28 @@ def ensure_nodes(kubectl: Kubectl, cpu_nodes: int | None = None, gpu_nodes: int 
                  timeout: float = 120.0) -> list[str]:
     """Make the default pool exactly ``kwok-cpu-0..N-1`` and ``kwok-gpu-0..M-1``; wait Ready.
 
-    Nodes added under other names (e.g. by :func:`add_gpu_node`) are left alone. Returns the
-    names of the default pool.
+    Nodes added by :func:`add_gpu_node` (without the default-pool label) are left alone. Returns
+    the names of the default pool.
     """
     cpu, gpu = config.node_counts(cpu_nodes, gpu_nodes)
     wanted = config.default_nodes(cpu, gpu)
     wanted_names = [n["metadata"]["name"] for n in wanted]
-    existing = {n["metadata"]["name"] for n in kwok_nodes(kubectl)}
+    current = kwok_nodes(kubectl)
+    existing = {n["metadata"]["name"] for n in current}
     missing = [n for n in wanted if n["metadata"]["name"] not in existing]
     if missing:
         create_nodes(kubectl, missing)
-    surplus = [name for name in existing
-               if _default_pool_index(name) is not None and name not in set(wanted_names)]
-    if surplus:
-        kubectl.in_namespace(None).delete("nodes", *surplus)
+    pool = {n["metadata"]["name"] for n in current
+            if n["metadata"].get("labels", {}).get(config.DEFAULT_POOL_LABEL) == "true"}
+    if pool - set(wanted_names):
+        # Delete by selector, never by a list of names: kubectl fetches named objects one by one
+        # (~0.2 s each here), a selector is one list call (500 nodes in about a second).
+        exclude = ",".join(f"metadata.name!={n}" for n in wanted_names)
+        args = ["nodes", "-l", f"{config.DEFAULT_POOL_LABEL}=true", "--wait=false"]
+        kubectl.in_namespace(None)("delete", *args, *(["--field-selector", exclude] if exclude else []),
+                                   timeout=120)
     wait_nodes_ready(kubectl, wanted_names, timeout)
     return wanted_names
-
-
-def _default_pool_index(name: str) -> int | None:
-    for prefix in ("kwok-cpu-", "kwok-gpu-"):
-        rest = name.removeprefix(prefix)
-        if rest != name and rest.isdigit():
-            return int(rest)
-    return None
 
 
 def add_gpu_node(kubectl: Kubectl, name: str | None = None, *, gpus: int = config.GPUS_PER_NODE,

@@ -3,13 +3,17 @@
 * ``cluster`` (session): :func:`localcluster.up` — builds the pinned binaries if the cache is
   cold (minutes, with progress), starts or reuses the local kwok cluster (or kind / an existing
   kubeconfig, see ``localcluster.cluster``). A cluster that cannot start is an ERROR, never a
-  skip. At session end it is deleted only if this session created it, ``LEPTON_E2E_KEEP`` is
-  unset and no other live session registered as a user.
+  skip. A cluster a test session created is deleted when the last session using it ends
+  (unless ``LEPTON_E2E_KEEP`` is set); one started by hand (``python -m localcluster up``,
+  ``make demo``) is left running.
 * ``cluster_kubectl`` (session): kubectl for cluster-scoped commands.
 * ``namespace`` (function): a fresh namespace, returned once its ``default`` ServiceAccount
   exists (pods are refused before), deleted afterwards without waiting.
 * ``kubectl`` (function): kubectl bound to that namespace. ``kubectl("get", "pods")`` -> stdout,
   ``kubectl.json(...)`` -> parsed, failures raise ``KubectlError`` with stderr.
+* ``lepton_crds`` (session): the generated CRDs applied and Established.
+* ``lepton_operator`` (session): the operator running as a local process against the cluster
+  (``localcluster.lepton.start_operator``, the same path as ``make demo``), stopped at the end.
 
 Wait on conditions with ``localcluster.kube.wait_until``; never sleep.
 """
@@ -26,21 +30,28 @@ import pytest
 import localcluster
 from localcluster import cluster as lc
 from localcluster.kube import Kubectl, wait_until
+from localcluster.lepton import OperatorProcess, install_crds, start_operator
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[localcluster.Cluster]:
-    c = localcluster.up()
-    lc.register_user()
+    lc.register_user()  # before up(): a session ending meanwhile must see us and keep the cluster
+    try:
+        c = localcluster.up(ephemeral=True)
+    except BaseException:
+        lc.unregister_user()
+        raise
     try:
         yield c
     finally:
         lc.unregister_user()
         others = lc.other_users()
-        if c.created and not os.environ.get("LEPTON_E2E_KEEP") and not others:
+        if os.environ.get("LEPTON_E2E_KEEP") or not (c.created or lc.is_ephemeral()):
+            pass
+        elif others:
+            print(f"\n[localcluster] leaving the cluster to the last of pids {others}")
+        else:
             localcluster.down()
-        elif c.created and others:
-            print(f"\n[localcluster] leaving the cluster up: still used by pids {others}")
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +79,17 @@ def namespace(request: pytest.FixtureRequest, cluster_kubectl: Kubectl) -> Itera
 @pytest.fixture
 def kubectl(cluster_kubectl: Kubectl, namespace: str) -> Kubectl:
     return cluster_kubectl.in_namespace(namespace)
+
+
+@pytest.fixture(scope="session")
+def lepton_crds(cluster_kubectl: Kubectl) -> None:
+    install_crds(cluster_kubectl)
+
+
+@pytest.fixture(scope="session")
+def lepton_operator(cluster: localcluster.Cluster, lepton_crds: None) -> Iterator[OperatorProcess]:
+    operator = start_operator(cluster.kubeconfig, localcluster.state_dir() / "operator-e2e.log")
+    try:
+        yield operator
+    finally:
+        operator.stop()

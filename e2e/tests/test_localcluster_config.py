@@ -145,6 +145,8 @@ def test_node_counts_from_args_env_and_defaults(monkeypatch: pytest.MonkeyPatch)
     assert config.node_counts(0, 1) == (0, 1)
     nodes = config.default_nodes(1, 3)
     assert [n["metadata"]["name"] for n in nodes] == ["kwok-cpu-0", "kwok-gpu-0", "kwok-gpu-1", "kwok-gpu-2"]
+    assert all(n["metadata"]["labels"][config.DEFAULT_POOL_LABEL] == "true" for n in nodes)
+    assert config.DEFAULT_POOL_LABEL not in config.gpu_node("extra")["metadata"]["labels"]
     monkeypatch.setenv("LEPTON_E2E_CPU_NODES", "-1")
     with pytest.raises(ValueError):
         config.node_counts()
