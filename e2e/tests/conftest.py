@@ -11,9 +11,8 @@
   exists (pods are refused before), deleted afterwards without waiting.
 * ``kubectl`` (function): kubectl bound to that namespace. ``kubectl("get", "pods")`` -> stdout,
   ``kubectl.json(...)`` -> parsed, failures raise ``KubectlError`` with stderr.
-* ``lepton_crds`` (session): the generated CRDs applied and Established.
-* ``lepton_operator`` (session): the operator running as a local process against the cluster
-  (``localcluster.lepton.start_operator``, the same path as ``make demo``), stopped at the end.
+* ``lepton_crds``, ``lepton_operator`` (session): from ``operator_fixtures`` (imported here rather
+  than via ``pytest_plugins``, which pytest refuses in a conftest that is not top-level).
 
 Wait on conditions with ``localcluster.kube.wait_until``; never sleep.
 """
@@ -21,7 +20,6 @@ Wait on conditions with ``localcluster.kube.wait_until``; never sleep.
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from collections.abc import Iterator
 
@@ -30,7 +28,7 @@ import pytest
 import localcluster
 from localcluster import cluster as lc
 from localcluster.kube import Kubectl, wait_until
-from localcluster.lepton import OperatorProcess, install_crds, start_operator
+from operator_fixtures import lepton_crds, lepton_operator, namespace_base  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +58,8 @@ def cluster_kubectl(cluster: localcluster.Cluster) -> Kubectl:
 
 
 def _namespace_name(test_name: str) -> str:
-    base = re.sub(r"[^a-z0-9-]+", "-", test_name.lower()).strip("-")[:40].strip("-")
-    return f"{base or 't'}-{uuid.uuid4().hex[:6]}"
+    # operator_fixtures.namespace_patterns relies on this shape: "<namespace_base>-<6 hex>".
+    return f"{namespace_base(test_name)}-{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture
@@ -80,16 +78,3 @@ def namespace(request: pytest.FixtureRequest, cluster_kubectl: Kubectl) -> Itera
 def kubectl(cluster_kubectl: Kubectl, namespace: str) -> Kubectl:
     return cluster_kubectl.in_namespace(namespace)
 
-
-@pytest.fixture(scope="session")
-def lepton_crds(cluster_kubectl: Kubectl) -> None:
-    install_crds(cluster_kubectl)
-
-
-@pytest.fixture(scope="session")
-def lepton_operator(cluster: localcluster.Cluster, lepton_crds: None) -> Iterator[OperatorProcess]:
-    operator = start_operator(cluster.kubeconfig, localcluster.state_dir() / "operator-e2e.log")
-    try:
-        yield operator
-    finally:
-        operator.stop()
