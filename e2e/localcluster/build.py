@@ -271,6 +271,15 @@ def _build_lock() -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _remove_leftovers() -> None:
+    """Delete temp dirs of builds that were killed (only called while holding the build lock)."""
+    bin_root = versions.cache_root() / "bin"
+    for leftover in bin_root.glob(".*") if bin_root.is_dir() else []:
+        if leftover.is_dir():
+            log(f"removing leftover of an interrupted build: {leftover}")
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _build_group(group: str, todo: Sequence[Binary]) -> float:
     start = time.monotonic()
     log(f"building {group} ({', '.join(b.name for b in todo)}) ...")
@@ -303,6 +312,7 @@ def ensure_built(groups: Sequence[str] = ("kubernetes", "etcd", "kwok")) -> dict
         return {}
     times: dict[str, float] = {}
     with _build_lock():
+        _remove_leftovers()
         for group in groups:
             todo = todo_of(group)  # re-check: a concurrent builder may have finished it
             if todo:

@@ -64,7 +64,8 @@ def unschedulable_message(kubectl: Kubectl, name: str) -> str:
 
 def needs_kwok(cluster: localcluster.Cluster) -> None:
     if not cluster.fake_nodes:
-        pytest.skip("needs kwok stages and fake nodes (the local cluster); kind runs real containers")
+        pytest.skip("needs the local kwok cluster (its stages and fake nodes); kind and "
+                    "LEPTON_E2E_KUBECONFIG clusters run real containers")
 
 
 def test_nodes_ready_and_gpu_nodes_advertise_8_gpus(cluster: localcluster.Cluster,
