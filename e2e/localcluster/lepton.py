@@ -103,7 +103,7 @@ def start_operator(
     kubeconfig: Path,
     log_path: Path,
     *,
-    priority: int = 0,
+    priority: int | None = None,
     extra_args: tuple[str, ...] = (),
     timeout: float = 60.0,
 ) -> OperatorProcess:
@@ -113,7 +113,7 @@ def start_operator(
         sys.executable, "-m", "lepton_operator.cli", "run",
         "--metrics-port", str(metrics_port),
         "--health-port", str(health_port),
-        "--priority", str(priority),
+        *(("--priority", str(priority)) if priority is not None else ()),
         *extra_args,
     ]  # fmt: skip
     log_path.parent.mkdir(parents=True, exist_ok=True)
