@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from lepton_operator.api import InferenceService, LeptonDataset, TrainingJob
+from lepton_operator.api.common import ApiModel, Rule
 
 CATALOGUE = Path(__file__).parent / "data" / "invalid_objects.yaml"
 CASES: list[dict[str, Any]] = yaml.safe_load(CATALOGUE.read_text())
@@ -59,3 +60,30 @@ def test_transition_cases_are_valid_objects_on_their_own(case: dict[str, Any]) -
     model = MODELS[case["object"]["kind"]]
     model.model_validate(full_object(case, "before"))
     model.model_validate(full_object(case))
+
+
+def all_rules() -> list[Rule]:
+    models: list[type[ApiModel]] = []
+    pending: list[type[ApiModel]] = [ApiModel]
+    while pending:
+        model = pending.pop()
+        models.append(model)
+        pending.extend(model.__subclasses__())
+    return [rule for model in models for rule in model.__dict__.get("__rules__", ())]
+
+
+def test_every_declared_rule_has_a_catalogue_case() -> None:
+    """A rule nobody breaks in the catalogue is a rule nobody tested on the API server."""
+    messages_seen = set()
+    for case in CASES:
+        if case.get("transition"):
+            continue
+        with pytest.raises(ValidationError) as caught:
+            MODELS[case["object"]["kind"]].model_validate(full_object(case))
+        messages_seen.update(error["msg"].removeprefix("Value error, ") for error in caught.value.errors())
+    transition_fields = {case["field"].rsplit(".", 1)[-1] for case in CASES if case.get("transition")}
+    for rule in all_rules():
+        if rule.holds is None:
+            assert rule.field_path and rule.field_path.lstrip(".") in transition_fields, rule.cel
+        else:
+            assert rule.message in messages_seen, f"no catalogue case breaks: {rule.message}"

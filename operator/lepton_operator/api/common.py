@@ -8,10 +8,14 @@ field the user did not set never appears as ``null`` in a manifest we write.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from lepton_operator.api.quantity import Quantity
 
@@ -25,17 +29,27 @@ LabelName = Annotated[str, StringConstraints(min_length=1, max_length=63, patter
 ShortText = Annotated[str, StringConstraints(max_length=1024)]
 
 
-def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
-    """One ``x-kubernetes-validations`` entry; ``field_path`` names the offending field."""
-    entry = {"rule": rule, "message": message}
-    if field_path:
-        entry["fieldPath"] = field_path
-    return entry
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field rule, declared once and enforced twice.
 
+    ``cel`` goes into the CRD as an ``x-kubernetes-validations`` entry, so the
+    API server refuses a breaking object at admission; ``holds`` is the same rule
+    in Python, checked whenever a model is built, so the operator (and offline
+    checks) refuse it too. A rule with ``holds=None`` compares an object with its
+    previous version (CEL's ``oldSelf``) and exists at admission only.
+    """
 
-def validations(*rules: dict[str, str]) -> dict[str, Any]:
-    """``json_schema_extra`` carrying CEL rules for a model's schema."""
-    return {"x-kubernetes-validations": list(rules)}
+    cel: str
+    message: str
+    holds: Callable[[Any], bool] | None
+    field_path: str | None = None
+
+    def schema(self) -> dict[str, str]:
+        entry = {"rule": self.cel, "message": self.message}
+        if self.field_path:
+            entry["fieldPath"] = self.field_path
+        return entry
 
 
 class ApiModel(BaseModel):
@@ -48,9 +62,40 @@ class ApiModel(BaseModel):
         use_attribute_docstrings=True,
     )
 
+    #: Cross-field rules of this model; see :class:`Rule`.
+    __rules__: ClassVar[tuple[Rule, ...]] = ()
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        rules = cls.__dict__.get("__rules__", ())
+        if rules:
+            handler.resolve_ref_schema(schema)["x-kubernetes-validations"] = [rule.schema() for rule in rules]
+        return schema
+
+    @model_validator(mode="after")
+    def _rules_hold(self) -> Self:
+        for rule in type(self).__rules__:
+            if rule.holds is not None and not rule.holds(self):
+                raise ValueError(rule.message)
+        return self
+
     def to_wire(self) -> dict[str, Any]:
         """The object as the API server stores it: camelCase keys, unset fields left out."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Resource(ApiModel):
+    """A whole object as stored: the base of the three top-level kinds.
+
+    Subclasses add ``kind``, ``spec`` and ``status``; their docstring becomes the
+    CRD's description and their ``__rules__`` the CEL rules at the CRD's root.
+    """
+
+    api_version: Literal["lepton.ai/v1alpha1"] = "lepton.ai/v1alpha1"
+    metadata: dict[str, object] = Field(default_factory=dict)
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -128,21 +173,14 @@ class Toleration(ApiModel):
     toleration_seconds: int | None = Field(default=None, ge=0)
     """For NoExecute: how long the pod stays bound after the taint appears."""
 
-    model_config = ConfigDict(
-        json_schema_extra=validations(
-            cel(
-                "self.operator != 'Exists' || !has(self.value) || self.value == ''",
-                "a toleration with operator Exists must not set value",
-                ".value",
-            )
-        )
+    __rules__ = (
+        Rule(
+            "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "a toleration with operator Exists must not set value",
+            lambda t: t.operator != "Exists" or not t.value,
+            ".value",
+        ),
     )
-
-    @model_validator(mode="after")
-    def _exists_has_no_value(self) -> Toleration:
-        if self.operator == "Exists" and self.value:
-            raise ValueError("a toleration with operator Exists must not set value")
-        return self
 
 
 GPU_PRODUCT_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"

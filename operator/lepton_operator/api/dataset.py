@@ -12,18 +12,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints
 
 from lepton_operator.api.common import (
     ApiModel,
     Conditions,
     NodeSelector,
     ObjectName,
+    Resource,
     ResourceRequirements,
+    Rule,
     SecretReference,
     Tolerations,
-    cel,
-    validations,
 )
 from lepton_operator.api.quantity import Quantity
 
@@ -49,21 +49,14 @@ class DataSource(ApiModel):
     region: Annotated[str, StringConstraints(max_length=64)] | None = None
     """S3 region; s3:// sources only."""
 
-    model_config = ConfigDict(
-        json_schema_extra=validations(
-            cel(
-                "(!has(self.endpoint) && !has(self.region)) || self.uri.startsWith('s3://')",
-                "endpoint and region apply to s3:// sources only",
-                ".endpoint",
-            )
-        )
+    __rules__ = (
+        Rule(
+            "(!has(self.endpoint) && !has(self.region)) || self.uri.startsWith('s3://')",
+            "endpoint and region apply to s3:// sources only",
+            lambda s: (s.endpoint is None and s.region is None) or s.uri.startswith("s3://"),
+            ".endpoint",
+        ),
     )
-
-    @model_validator(mode="after")
-    def _s3_options_need_s3(self) -> DataSource:
-        if (self.endpoint or self.region) and not self.uri.startswith("s3://"):
-            raise ValueError("endpoint and region apply to s3:// sources only")
-        return self
 
 
 class ShardSpec(ApiModel):
@@ -74,21 +67,14 @@ class ShardSpec(ApiModel):
     count: int | None = Field(default=None, ge=1, le=100000)
     """Exactly this many shards (records spread evenly)."""
 
-    model_config = ConfigDict(
-        json_schema_extra=validations(
-            cel(
-                "!(has(self.targetSizeBytes) && has(self.count))",
-                "set shards.targetSizeBytes or shards.count, not both",
-                ".count",
-            )
-        )
+    __rules__ = (
+        Rule(
+            "!(has(self.targetSizeBytes) && has(self.count))",
+            "set shards.targetSizeBytes or shards.count, not both",
+            lambda s: s.target_size_bytes is None or s.count is None,
+            ".count",
+        ),
     )
-
-    @model_validator(mode="after")
-    def _one_way_to_shard(self) -> ShardSpec:
-        if self.target_size_bytes is not None and self.count is not None:
-            raise ValueError("set shards.targetSizeBytes or shards.count, not both")
-        return self
 
 
 class SplitSpec(ApiModel):
@@ -101,21 +87,14 @@ class SplitSpec(ApiModel):
     seed: int = Field(default=0, ge=0)
     """Seed of the shuffle that assigns records to splits."""
 
-    model_config = ConfigDict(
-        json_schema_extra=validations(
-            cel(
-                f"!has(self.validation) || self.train + self.validation <= {1 + SPLIT_TOLERANCE}",
-                "splits.train + splits.validation must not exceed 1",
-                ".validation",
-            )
-        )
+    __rules__ = (
+        Rule(
+            f"!has(self.validation) || self.train + self.validation <= {1 + SPLIT_TOLERANCE}",
+            "splits.train + splits.validation must not exceed 1",
+            lambda s: s.validation is None or s.train + s.validation <= 1 + SPLIT_TOLERANCE,
+            ".validation",
+        ),
     )
-
-    @model_validator(mode="after")
-    def _fractions_fit(self) -> SplitSpec:
-        if self.validation is not None and self.train + self.validation > 1 + SPLIT_TOLERANCE:
-            raise ValueError("splits.train + splits.validation must not exceed 1")
-        return self
 
 
 class VerifySpec(ApiModel):
@@ -138,20 +117,20 @@ class StorageSpec(ApiModel):
     access_modes: Annotated[list[AccessMode], Field(min_length=1, max_length=4)] = ["ReadWriteOnce"]
     """Access modes of the claim; ReadWriteMany lets jobs on several nodes share it."""
 
-    model_config = ConfigDict(
-        json_schema_extra=validations(
-            cel(
-                "quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) >= 0",
-                "storage.size may grow but not shrink (a PVC cannot shrink)",
-                ".size",
-            ),
-            cel(
-                "has(self.storageClassName) == has(oldSelf.storageClassName)"
-                " && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
-                "storage.storageClassName is immutable",
-                ".storageClassName",
-            ),
-        )
+    __rules__ = (
+        Rule(
+            "quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) >= 0",
+            "storage.size may grow but not shrink (a PVC cannot shrink)",
+            None,
+            ".size",
+        ),
+        Rule(
+            "has(self.storageClassName) == has(oldSelf.storageClassName)"
+            " && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
+            "storage.storageClassName is immutable",
+            None,
+            ".storageClassName",
+        ),
     )
 
 
@@ -229,12 +208,10 @@ class LeptonDatasetStatus(ApiModel):
     """When preparation finished."""
 
 
-class LeptonDataset(ApiModel):
+class LeptonDataset(Resource):
     """Data declared once, prepared into verified shards on a PVC, shared read-only with jobs."""
 
-    api_version: Literal["lepton.ai/v1alpha1"] = "lepton.ai/v1alpha1"
     kind: Literal["LeptonDataset"] = "LeptonDataset"
-    metadata: dict[str, object] = Field(default_factory=dict)
     spec: LeptonDatasetSpec
     status: LeptonDatasetStatus | None = None
 

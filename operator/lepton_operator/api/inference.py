@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints
 
 from lepton_operator.api.common import (
     ApiModel,
@@ -21,10 +21,10 @@ from lepton_operator.api.common import (
     LocalObjectReference,
     NodeSelector,
     ObjectName,
+    Resource,
     ResourceRequirements,
+    Rule,
     Tolerations,
-    cel,
-    validations,
 )
 
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-zA-Z0-9][-a-zA-Z0-9_.]*$")]
@@ -57,21 +57,13 @@ class ModelSource(ApiModel):
     claim: ClaimPath | None = None
     """A directory on a PVC."""
 
-    model_config = ConfigDict(
-        json_schema_extra=validations(
-            cel(
-                "[has(self.trainingJobRef), has(self.uri), has(self.claim)].filter(x, x).size() == 1",
-                "model.source needs exactly one of trainingJobRef, uri, claim",
-            )
-        )
+    __rules__ = (
+        Rule(
+            "[has(self.trainingJobRef), has(self.uri), has(self.claim)].filter(x, x).size() == 1",
+            "model.source needs exactly one of trainingJobRef, uri, claim",
+            lambda s: [s.training_job_ref, s.uri, s.claim].count(None) == 2,
+        ),
     )
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> ModelSource:
-        chosen = [s for s in (self.training_job_ref, self.uri, self.claim) if s is not None]
-        if len(chosen) != 1:
-            raise ValueError("model.source needs exactly one of trainingJobRef, uri, claim")
-        return self
 
 
 class TensorSpec(ApiModel):
@@ -114,21 +106,14 @@ class ModelSpec(ApiModel):
     outputs: Annotated[list[TensorSpec], Field(max_length=32)] | None = None
     """Output tensors; taken from the exported config.pbtxt when unset."""
 
-    model_config = ConfigDict(
-        json_schema_extra=validations(
-            cel(
-                "!has(self.dynamicBatching) || self.maxBatchSize > 0",
-                "model.dynamicBatching needs model.maxBatchSize > 0",
-                ".maxBatchSize",
-            )
-        )
+    __rules__ = (
+        Rule(
+            "!has(self.dynamicBatching) || self.maxBatchSize > 0",
+            "model.dynamicBatching needs model.maxBatchSize > 0",
+            lambda m: m.dynamic_batching is None or m.max_batch_size > 0,
+            ".maxBatchSize",
+        ),
     )
-
-    @model_validator(mode="after")
-    def _batching_needs_batches(self) -> ModelSpec:
-        if self.dynamic_batching is not None and self.max_batch_size == 0:
-            raise ValueError("model.dynamicBatching needs model.maxBatchSize > 0")
-        return self
 
 
 class TritonSpec(ApiModel):
@@ -174,28 +159,20 @@ class AutoscalingSpec(ApiModel):
     prometheus: PrometheusSource | None = None
     """Prometheus to query; the operator's default when unset."""
 
-    model_config = ConfigDict(
-        json_schema_extra=validations(
-            cel(
-                "self.minReplicas <= self.maxReplicas",
-                "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
-                ".minReplicas",
-            ),
-            cel(
-                "!has(self.scaleToZeroAfterSeconds) || self.minReplicas == 0",
-                "autoscaling.scaleToZeroAfterSeconds needs autoscaling.minReplicas 0",
-                ".scaleToZeroAfterSeconds",
-            ),
-        )
+    __rules__ = (
+        Rule(
+            "self.minReplicas <= self.maxReplicas",
+            "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+            lambda a: a.min_replicas <= a.max_replicas,
+            ".minReplicas",
+        ),
+        Rule(
+            "!has(self.scaleToZeroAfterSeconds) || self.minReplicas == 0",
+            "autoscaling.scaleToZeroAfterSeconds needs autoscaling.minReplicas 0",
+            lambda a: a.scale_to_zero_after_seconds is None or a.min_replicas == 0,
+            ".scaleToZeroAfterSeconds",
+        ),
     )
-
-    @model_validator(mode="after")
-    def _bounds(self) -> AutoscalingSpec:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
-        if self.scale_to_zero_after_seconds is not None and self.min_replicas != 0:
-            raise ValueError("autoscaling.scaleToZeroAfterSeconds needs autoscaling.minReplicas 0")
-        return self
 
 
 class InferenceServiceSpec(ApiModel):
@@ -268,11 +245,9 @@ class InferenceServiceStatus(ApiModel):
     """The autoscaler's view."""
 
 
-class InferenceService(ApiModel):
+class InferenceService(Resource):
     """Triton Inference Server serving one model, scaled by Lepton on Triton's signals."""
 
-    api_version: Literal["lepton.ai/v1alpha1"] = "lepton.ai/v1alpha1"
     kind: Literal["InferenceService"] = "InferenceService"
-    metadata: dict[str, object] = Field(default_factory=dict)
     spec: InferenceServiceSpec
     status: InferenceServiceStatus | None = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints
 
 from lepton_operator.api.common import (
     ApiModel,
@@ -23,10 +23,10 @@ from lepton_operator.api.common import (
     LocalObjectReference,
     NodeSelector,
     ObjectName,
+    Resource,
     ResourceRequirements,
+    Rule,
     Tolerations,
-    cel,
-    validations,
 )
 from lepton_operator.api.quantity import Quantity
 
@@ -74,38 +74,27 @@ class WorkerSpec(ApiModel):
     tolerations: Tolerations | None = None
     """Extra tolerations (the nvidia.com/gpu toleration is added for GPU jobs)."""
 
-    model_config = ConfigDict(
-        json_schema_extra=validations(
-            cel(
-                "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
-                "workers.minReplicas must not exceed workers.maxReplicas",
-                ".minReplicas",
-            ),
-            cel(
-                "(!has(self.minReplicas) || self.minReplicas <= self.replicas)"
-                " && (!has(self.maxReplicas) || self.replicas <= self.maxReplicas)",
-                "workers.replicas must lie within [minReplicas, maxReplicas]",
-                ".replicas",
-            ),
-            cel(
-                "!has(self.nprocPerNode) || !has(self.gpu) || self.nprocPerNode <= self.gpu.count",
-                "workers.nprocPerNode must not exceed workers.gpu.count (one process per GPU at most)",
-                ".nprocPerNode",
-            ),
-        )
+    __rules__ = (
+        Rule(
+            "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+            "workers.minReplicas must not exceed workers.maxReplicas",
+            lambda w: w.min_replicas is None or w.max_replicas is None or w.min_replicas <= w.max_replicas,
+            ".minReplicas",
+        ),
+        Rule(
+            "(!has(self.minReplicas) || self.minReplicas <= self.replicas)"
+            " && (!has(self.maxReplicas) || self.replicas <= self.maxReplicas)",
+            "workers.replicas must lie within [minReplicas, maxReplicas]",
+            lambda w: (w.min_replicas or w.replicas) <= w.replicas <= (w.max_replicas or w.replicas),
+            ".replicas",
+        ),
+        Rule(
+            "!has(self.nprocPerNode) || !has(self.gpu) || self.nprocPerNode <= self.gpu.count",
+            "workers.nprocPerNode must not exceed workers.gpu.count (one process per GPU at most)",
+            lambda w: w.nproc_per_node is None or w.gpu is None or w.nproc_per_node <= w.gpu.count,
+            ".nprocPerNode",
+        ),
     )
-
-    @model_validator(mode="after")
-    def _bounds_are_coherent(self) -> WorkerSpec:
-        low = self.min_replicas if self.min_replicas is not None else self.replicas
-        high = self.max_replicas if self.max_replicas is not None else self.replicas
-        if low > high:
-            raise ValueError("workers.minReplicas must not exceed workers.maxReplicas")
-        if not low <= self.replicas <= high:
-            raise ValueError("workers.replicas must lie within [minReplicas, maxReplicas]")
-        if self.gpu is not None and self.nproc_per_node is not None and self.nproc_per_node > self.gpu.count:
-            raise ValueError("workers.nprocPerNode must not exceed workers.gpu.count (one process per GPU at most)")
-        return self
 
     @property
     def elastic(self) -> bool:
@@ -165,21 +154,14 @@ class CheckpointSpec(ApiModel):
     every_steps: int = Field(default=100, ge=1)
     """Checkpoint interval in optimizer steps."""
 
-    model_config = ConfigDict(
-        json_schema_extra=validations(
-            cel(
-                "!(has(self.claimName) && has(self.size))",
-                "checkpoint: set claimName (existing PVC) or size (new PVC), not both",
-                ".size",
-            )
-        )
+    __rules__ = (
+        Rule(
+            "!(has(self.claimName) && has(self.size))",
+            "checkpoint: set claimName (existing PVC) or size (new PVC), not both",
+            lambda c: c.claim_name is None or c.size is None,
+            ".size",
+        ),
     )
-
-    @model_validator(mode="after")
-    def _one_claim(self) -> CheckpointSpec:
-        if self.claim_name is not None and self.size is not None:
-            raise ValueError("checkpoint: set claimName (existing PVC) or size (new PVC), not both")
-        return self
 
 
 class RunPolicy(ApiModel):
@@ -238,28 +220,20 @@ class TrainingJobSpec(ApiModel):
     image_pull_secrets: Annotated[list[LocalObjectReference], Field(max_length=16)] | None = None
     """Secrets for pulling the image."""
 
-    model_config = ConfigDict(
-        json_schema_extra=validations(
-            cel(
-                "!(has(self.command) && has(self.entrypoint))",
-                "set command or entrypoint, not both",
-                ".entrypoint",
-            ),
-            cel(
-                "!has(self.args) || has(self.command)",
-                "args go with command (use entrypoint.args with entrypoint)",
-                ".args",
-            ),
-        )
+    __rules__ = (
+        Rule(
+            "!(has(self.command) && has(self.entrypoint))",
+            "set command or entrypoint, not both",
+            lambda s: s.command is None or s.entrypoint is None,
+            ".entrypoint",
+        ),
+        Rule(
+            "!has(self.args) || has(self.command)",
+            "args go with command (use entrypoint.args with entrypoint)",
+            lambda s: s.args is None or s.command is not None,
+            ".args",
+        ),
     )
-
-    @model_validator(mode="after")
-    def _one_way_to_start(self) -> TrainingJobSpec:
-        if self.command is not None and self.entrypoint is not None:
-            raise ValueError("set command or entrypoint, not both")
-        if self.args is not None and self.command is None:
-            raise ValueError("args go with command (use entrypoint.args with entrypoint)")
-        return self
 
 
 class WorkerCounts(ApiModel):
@@ -331,25 +305,19 @@ class TrainingJobStatus(ApiModel):
     """The exported model."""
 
 
-JOB_NAME_RULE = cel(
+JOB_NAME_RULE = Rule(
     f"self.metadata.name.size() <= {MAX_JOB_NAME_LENGTH}",
     f"metadata.name: a TrainingJob name is at most {MAX_JOB_NAME_LENGTH} characters"
     " (worker pod names derived from it are hostnames)",
+    lambda job: len(str(job.metadata.get("name", ""))) <= MAX_JOB_NAME_LENGTH,
 )
 
 
-class TrainingJob(ApiModel):
+class TrainingJob(Resource):
     """PyTorch DDP training across worker pods, restarted as a group, optionally elastic."""
 
-    api_version: Literal["lepton.ai/v1alpha1"] = "lepton.ai/v1alpha1"
     kind: Literal["TrainingJob"] = "TrainingJob"
-    metadata: dict[str, object] = Field(default_factory=dict)
     spec: TrainingJobSpec
     status: TrainingJobStatus | None = None
 
-    @model_validator(mode="after")
-    def _name_fits_hostnames(self) -> TrainingJob:
-        name = self.metadata.get("name")
-        if isinstance(name, str) and len(name) > MAX_JOB_NAME_LENGTH:
-            raise ValueError(JOB_NAME_RULE["message"])
-        return self
+    __rules__ = (JOB_NAME_RULE,)

@@ -1,25 +1,11 @@
 """kopf handlers for TrainingJob: one level-based reconcile on create, spec change and resume.
 
-In this version the reconcile validates the spec and reports it in status (see
-``reconcile.reconcile``); the training job behaviour itself arrives with its own issue
-and belongs in ``render``/``status``, leaving this module as thin as it is now.
+In this version the reconcile validates the spec and reports it in status
+(``reconcile.reconcile``); the TrainingJob behaviour arrives with its own issue and
+belongs in the pure ``render``/``status`` layers, keeping this module thin.
 """
 
-from __future__ import annotations
+from lepton_operator.api.meta import TRAINING_JOB
+from lepton_operator.controllers.reconcile import register
 
-from typing import Any
-
-import kopf
-
-from lepton_operator.api.meta import GROUP, VERSION, TRAINING_JOB as INFO
-from lepton_operator.controllers.reconcile import event_poster, reconcile
-
-HANDLER_ID = "reconcile"
-
-
-@kopf.on.resume(GROUP, VERSION, INFO.plural, id=HANDLER_ID)
-@kopf.on.create(GROUP, VERSION, INFO.plural, id=HANDLER_ID)
-@kopf.on.update(GROUP, VERSION, INFO.plural, id=HANDLER_ID, field="spec")
-async def reconcile_training(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, retry: int, **_: Any) -> None:
-    """Reconcile one TrainingJob."""
-    reconcile(INFO.kind, body, patch.status, retry=retry, logger=logger, warn=event_poster(body))
+reconcile_training = register(TRAINING_JOB)
