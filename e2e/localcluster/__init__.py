@@ -18,11 +18,11 @@ from localcluster.cluster import (
     down,
     kubeconfig_path,
     kubectl_path,
-    state_dir,
     status,
     up,
 )
 from localcluster.kube import Kubectl, KubectlError, WaitTimeout, wait_until
+from localcluster.paths import state_dir
 from localcluster.nodes import add_gpu_node, delete_node, ensure_nodes
 
 __all__ = [

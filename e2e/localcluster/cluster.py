@@ -35,6 +35,8 @@ from typing import Any
 
 from localcluster import build, config, nodes, versions
 from localcluster.kube import Kubectl, KubectlError, node_ready, wait_until
+from localcluster.paths import repo_root, state_dir
+from localcluster.sharing import mark_ephemeral, pid_alive
 
 CLUSTER_NAME = "lepton"
 MODE_LOCAL, MODE_KIND, MODE_EXISTING = "local", "kind", "existing"
@@ -67,16 +69,6 @@ class Cluster:
 
 # ---------------------------------------------------------------------------------------------
 # paths and modes
-
-
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
-def state_dir() -> Path:
-    """``$LEPTON_STATE_DIR`` or ``<repo>/.lepton``."""
-    explicit = os.environ.get("LEPTON_STATE_DIR")
-    return Path(explicit).expanduser().resolve() if explicit else repo_root() / ".lepton"
 
 
 def kwok_workdir() -> Path:
@@ -203,23 +195,6 @@ def _components_alive() -> bool:
     """Every process kwokctl recorded in ``pids/`` still exists (an API answering /readyz is not
     enough: a dead kwok-controller leaves nodes Ready until their leases expire)."""
     return bool(_component_pids()) and not dead_components()
-
-
-def pid_alive(pid: int) -> bool:
-    """The process exists and is not a zombie (a killed component may linger unreaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
 
 
 def _write_local_config() -> Path:
@@ -369,52 +344,3 @@ def status() -> dict[str, Any]:
             info["nodes"] = len(all_nodes)
             info["nodes_ready"] = sum(1 for n in all_nodes if node_ready(n))
     return info
-
-
-# ---------------------------------------------------------------------------------------------
-# sharing one cluster between concurrent sessions
-
-
-def _users_dir() -> Path:
-    return state_dir() / "users"
-
-
-def register_user() -> None:
-    """Record this process as a user of the cluster (see :func:`other_users`)."""
-    _users_dir().mkdir(parents=True, exist_ok=True)
-    (_users_dir() / str(os.getpid())).touch()
-
-
-def unregister_user() -> None:
-    (_users_dir() / str(os.getpid())).unlink(missing_ok=True)
-
-
-def _ephemeral_marker() -> Path:
-    return state_dir() / "ephemeral"
-
-
-def mark_ephemeral(value: bool = True) -> None:
-    """Record that a test session created the cluster and wants it gone when the last user ends
-    (``False``: someone asked for it explicitly, e.g. ``python -m localcluster up``; keep it)."""
-    if value:
-        state_dir().mkdir(parents=True, exist_ok=True)
-        _ephemeral_marker().touch()
-    else:
-        _ephemeral_marker().unlink(missing_ok=True)
-
-
-def is_ephemeral() -> bool:
-    return _ephemeral_marker().is_file()
-
-
-def other_users() -> list[int]:
-    """Live pids other than this one that registered as users (stale entries are removed)."""
-    pids = []
-    for entry in _users_dir().glob("*") if _users_dir().is_dir() else []:
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        if pid_alive(int(entry.name)):
-            pids.append(int(entry.name))
-        else:
-            entry.unlink(missing_ok=True)
-    return pids

@@ -26,25 +26,25 @@ from collections.abc import Iterator
 import pytest
 
 import localcluster
-from localcluster import cluster as lc
+from localcluster import sharing
 from localcluster.kube import Kubectl, wait_until
 from operator_fixtures import lepton_crds, lepton_operator, namespace_base  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[localcluster.Cluster]:
-    lc.register_user()  # before up(): a session ending meanwhile must see us and keep the cluster
+    sharing.register_user()  # before up(): a session ending meanwhile must see us and keep the cluster
     try:
         c = localcluster.up(ephemeral=True)
     except BaseException:
-        lc.unregister_user()
+        sharing.unregister_user()
         raise
     try:
         yield c
     finally:
-        lc.unregister_user()
-        others = lc.other_users()
-        if os.environ.get("LEPTON_E2E_KEEP") or not (c.created or lc.is_ephemeral()):
+        sharing.unregister_user()
+        others = sharing.other_users()
+        if os.environ.get("LEPTON_E2E_KEEP") or not (c.created or sharing.is_ephemeral()):
             pass
         elif others:
             print(f"\n[localcluster] leaving the cluster to the last of pids {others}")
