@@ -117,39 +117,3 @@ def test_error_while_recording_the_error_still_retries(monkeypatch: pytest.Monke
     with pytest.raises(kopf.TemporaryError):
         reconcile.reconcile("TrainingJob", body_of("TrainingJob", {}), patch, retry=0, logger=LOGGER, warn=Recorder())
     assert patch == {}
-
-
-@pytest.mark.parametrize(
-    ("module", "info"),
-    [(dataset, RESOURCES[0]), (training, RESOURCES[1]), (inference, RESOURCES[2])],
-    ids=lambda x: getattr(x, "kind", getattr(x, "__name__", "")),
-)
-def test_each_kind_has_one_level_based_reconcile_for_create_update_resume(module: Any, info: Any) -> None:
-    handlers = [
-        h for h in controllers.REGISTRY._changing.get_all_handlers() if getattr(h.selector, "any_name", None) == info.plural
-    ]
-    assert {h.fn for h in handlers} == {getattr(module, f"reconcile_{module.__name__.rsplit('.', 1)[-1]}")}
-    reasons = {h.reason for h in handlers}
-    assert reasons == {kopf.Reason.CREATE, kopf.Reason.UPDATE, None}  # None + initial: resume
-    assert all(h.initial for h in handlers if h.reason is None)
-    update = next(h for h in handlers if h.reason == kopf.Reason.UPDATE)
-    assert update.field == ("spec",)
-    assert not any(h.requires_finalizer for h in handlers)  # no finalizer: nothing to clean up yet
-
-
-def test_no_field_handlers_on_status() -> None:
-    for handler in controllers.REGISTRY._changing.get_all_handlers():
-        assert handler.field is None or handler.field[0] != "status"
-
-
-def test_kopf_handler_writes_status_into_the_patch(monkeypatch: pytest.MonkeyPatch) -> None:
-    posted: list[tuple[str, str]] = []
-    monkeypatch.setattr(kopf, "warn", lambda body, reason, message: posted.append((reason, message)))
-    body = kopf.Body(cast(kopf.RawBody, body_of("LeptonDataset", {"source": {"uri": "ftp://x/y"}, "modality": "image"}, 3)))
-    patch = kopf.Patch()
-    handler: Any = dataset.reconcile_dataset  # kopf types the decorated function as its protocol
-    asyncio.run(handler(body=body, patch=patch, logger=LOGGER, retry=0))
-    assert patch["status"]["phase"] == "Failed"
-    assert patch["status"]["observedGeneration"] == 3
-    assert posted and posted[0][0] == "InvalidSpec" and posted[0][1].startswith("spec.source.uri: ")
-    assert set(patch) == {"status"}

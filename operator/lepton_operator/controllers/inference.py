@@ -1,11 +1,12 @@
-"""kopf handlers for InferenceService: one level-based reconcile on create, spec change and resume.
+"""kopf wiring for InferenceService: one reconcile loop per object (see ``loop``).
 
-In this version the reconcile validates the spec and reports it in status
-(``reconcile.reconcile``); the InferenceService behaviour arrives with its own issue and
-belongs in the pure ``render``/``status`` layers, keeping this module thin.
+In this version the reconciler validates the spec and reports it in status
+(``reconcile.validating``); the InferenceService behaviour arrives with its own issue,
+as pure ``render``/``status`` functions called from a reconciler here.
 """
 
 from lepton_operator.api.meta import INFERENCE_SERVICE
-from lepton_operator.controllers.reconcile import register
+from lepton_operator.controllers import loop
+from lepton_operator.controllers.reconcile import validating
 
-reconcile_inference = register(INFERENCE_SERVICE)
+loop.register(INFERENCE_SERVICE, validating(INFERENCE_SERVICE.kind))

@@ -8,7 +8,7 @@ An *unexpected* exception is recorded as a ``ReconcileError`` condition and
 re-raised as ``kopf.TemporaryError`` with an exponential, capped delay, so kopf
 retries it and the object shows why it is not progressing meanwhile.
 
-Each kind module calls :func:`register` once; importing this module registers
+``loop.py`` runs a reconciler per object; importing this module registers
 nothing, so a test can call :func:`reconcile` with a plain body and patch.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,12 +24,10 @@ import kopf
 from pydantic import ValidationError
 
 from lepton_operator import metrics
-from lepton_operator.api.meta import GROUP, VERSION, ResourceInfo
 from lepton_operator.controllers.config import retry_delay
 from lepton_operator.status import validation
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
-HANDLER_ID = "reconcile"
 #: Posts a Warning event on the object: (reason, message).
 Warn = Callable[[str, str], None]
 
@@ -88,15 +86,18 @@ def event_poster(body: kopf.Body) -> Warn:
     return post
 
 
-def register(info: ResourceInfo) -> Callable[..., Awaitable[None]]:
-    """Register the level-based reconcile of one kind: on create, on a spec change, on resume."""
 
-    async def handler(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, retry: int, **_: Any) -> None:
-        reconcile(info.kind, body, patch.status, retry=retry, logger=logger, warn=event_poster(body))
+def validating(kind: str) -> Callable[..., float | None]:
+    """The reconciler of a kind whose behaviour has not landed yet: validate and report.
 
-    handler.__name__ = handler.__qualname__ = f"reconcile_{info.singular}"
-    handler.__doc__ = f"Reconcile one {info.kind}."
-    kopf.on.resume(GROUP, VERSION, info.plural, id=HANDLER_ID)(handler)
-    kopf.on.create(GROUP, VERSION, info.plural, id=HANDLER_ID)(handler)
-    kopf.on.update(GROUP, VERSION, info.plural, id=HANDLER_ID, field="spec")(handler)
-    return handler
+    It fits ``loop.Reconciler``; a kind's own reconciler replaces it and calls
+    :func:`reconcile` first for the same validation and conditions.
+    """
+
+    def reconciler(
+        body: Mapping[str, Any], status_patch: MutableMapping[str, Any], *, retry: int, logger: Logger, warn: Warn
+    ) -> float | None:
+        reconcile(kind, body, status_patch, retry=retry, logger=logger, warn=warn)
+        return None
+
+    return reconciler

@@ -1,0 +1,118 @@
+"""The controllers' synchronous access to the API server (kubernetes client).
+
+Reconcilers run in worker threads (``asyncio.to_thread``), so the plain
+synchronous client is the right tool; every call carries the operator's request
+timeout. Desired children are written with server-side apply under one field
+manager, which makes "create or update to match" a single idempotent request
+and leaves fields that other controllers own (e.g. a Deployment's replicas
+owned by an HPA) alone when we do not set them. Reads go through label
+selectors, the one way children are found.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError
+
+from lepton_operator.api.meta import GROUP, VERSION, ResourceInfo
+from lepton_operator.controllers.config import REQUEST_TIMEOUT
+
+FIELD_MANAGER = "lepton-operator"
+_lock = threading.Lock()
+_client: kubernetes.client.ApiClient | None = None
+_dynamic: DynamicClient | None = None
+
+
+def api_client() -> kubernetes.client.ApiClient:
+    """The shared client, configured in-cluster or from KUBECONFIG on first use."""
+    global _client
+    with _lock:
+        if _client is None:
+            try:
+                kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+            except kubernetes.config.ConfigException:
+                # KUBECONFIG is read now, not when the kubernetes package was imported.
+                kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
+            _client = kubernetes.client.ApiClient()
+        return _client
+
+
+def dynamic() -> DynamicClient:
+    """A discovery-backed client for any kind (children of every kind go through it)."""
+    global _dynamic
+    client = api_client()
+    with _lock:
+        if _dynamic is None:
+            _dynamic = DynamicClient(client)  # type: ignore[no-untyped-call]
+        return _dynamic
+
+
+def _resource(api_version: str, kind: str) -> Any:
+    return dynamic().resources.get(api_version=api_version, kind=kind)
+
+
+def apply(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """Server-side apply ``manifest`` (create or update to match); returns the object."""
+    resource = _resource(manifest["apiVersion"], manifest["kind"])
+    result = resource.server_side_apply(
+        body=dict(manifest),
+        name=manifest["metadata"]["name"],
+        namespace=manifest["metadata"].get("namespace"),
+        field_manager=FIELD_MANAGER,
+        force_conflicts=True,
+        _request_timeout=REQUEST_TIMEOUT,
+    )
+    applied: dict[str, Any] = result.to_dict()
+    return applied
+
+
+def delete(api_version: str, kind: str, namespace: str | None, name: str, propagation: str = "Background") -> bool:
+    """Delete one object; ``False`` when it was already gone."""
+    try:
+        _resource(api_version, kind).delete(
+            name=name,
+            namespace=namespace,
+            body={"propagationPolicy": propagation},
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+    except NotFoundError:
+        return False
+    return True
+
+
+def get(api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+    """One object, or ``None`` when it does not exist."""
+    try:
+        found: dict[str, Any] = (
+            _resource(api_version, kind).get(name=name, namespace=namespace, _request_timeout=REQUEST_TIMEOUT).to_dict()
+        )
+    except NotFoundError:
+        return None
+    return found
+
+
+def list_labelled(api_version: str, kind: str, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+    """Objects of ``kind`` matching a label selector (in ``namespace``, or all when ``None``)."""
+    listed = _resource(api_version, kind).get(
+        namespace=namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT
+    )
+    items: list[dict[str, Any]] = listed.to_dict().get("items", [])
+    return items
+
+
+def patch_status(info: ResourceInfo, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    """Merge-patch the status subresource of one Lepton object (a vanished object is fine)."""
+    api = kubernetes.client.CustomObjectsApi(api_client())
+    try:
+        api.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, info.plural, name, {"status": dict(status)}, _request_timeout=REQUEST_TIMEOUT
+        )
+    except kubernetes.client.ApiException as error:
+        if error.status != 404:
+            raise

@@ -1,0 +1,119 @@
+"""One reconcile loop per object: a kopf daemon that runs a pass, then sleeps until woken.
+
+This is the operator's reconcile model, level-based as in controller-runtime:
+a pass reads the object as it is now (kopf keeps the daemon's ``body`` live),
+runs the kind's reconciler in a worker thread (reconcilers use the synchronous
+API client), merge-patches the status it computed, and sleeps until the object's
+spec changes, a child changes (``wakeups``), the reconciler's requested
+deadline comes (a backoff, a TTL), or the periodic resync. Passes of one object
+never overlap; passes of different objects run side by side. kopf stops every
+daemon while peering has paused this replica, so a standby replica never acts.
+
+A reconciler never crashes the loop: it reports bad input as status, and the
+loop turns an unexpected exception into a retry with exponential backoff (the
+reconciler records the ``ReconcileError`` condition itself, see ``reconcile``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any, Protocol
+
+import kopf
+
+from lepton_operator.api.meta import GROUP, VERSION, ResourceInfo
+from lepton_operator.controllers import kube
+from lepton_operator.controllers.config import retry_delay
+from lepton_operator.controllers.reconcile import Logger, Warn, event_poster
+from lepton_operator.controllers.wakeups import WAKEUPS, ObjectKey, Wakeups
+
+#: Seconds between passes when nothing wakes the loop: a safety net for missed events.
+RESYNC_SECONDS = 300.0
+#: Seconds kopf waits for a stopping loop before cancelling it.
+CANCELLATION_TIMEOUT = 2.0
+
+
+class Reconciler(Protocol):
+    """One pass over one object: fill ``status_patch``; return seconds until the next pass is due.
+
+    Runs in a worker thread. Returns ``None`` when only a change should wake it
+    again. Raises ``kopf.TemporaryError`` (with a delay) for unexpected failures.
+    """
+
+    def __call__(
+        self, body: Mapping[str, Any], status_patch: MutableMapping[str, Any], *, retry: int, logger: Logger, warn: Warn
+    ) -> float | None: ...
+
+
+StatusWriter = Callable[[ResourceInfo, str, str, Mapping[str, Any]], None]
+
+
+def object_key(info: ResourceInfo, body: Mapping[str, Any]) -> ObjectKey:
+    metadata = body.get("metadata") or {}
+    return ObjectKey(info.kind, str(metadata.get("namespace", "")), str(metadata.get("name", "")))
+
+
+def plain(value: Any) -> Any:
+    """A deep, detached copy of kopf's live body (mappings and lists become dicts and lists)."""
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    return value
+
+
+async def run_loop(
+    info: ResourceInfo,
+    reconciler: Reconciler,
+    body: Mapping[str, Any],
+    stopped: Any,
+    logger: Logger,
+    warn: Warn,
+    *,
+    write_status: StatusWriter = kube.patch_status,
+    wakeups: Wakeups = WAKEUPS,
+    resync: float = RESYNC_SECONDS,
+) -> None:
+    """Reconcile ``body`` until ``stopped``; see the module docstring."""
+    key = object_key(info, body)
+    retry = 0
+    try:
+        while not stopped:
+            status_patch: dict[str, Any] = {}
+            snapshot = plain(body)
+            try:
+                due = await asyncio.to_thread(
+                    reconciler, snapshot, status_patch, retry=retry, logger=logger, warn=warn
+                )
+                retry = 0
+                delay = resync if due is None else min(max(due, 0.0), resync)
+            except kopf.TemporaryError as error:
+                retry += 1
+                delay = float(error.delay) if error.delay is not None else retry_delay(retry)
+                logger.warning(f"pass failed, retrying in {delay:.0f} s: {error}")
+            if status_patch:
+                await asyncio.to_thread(write_status, info, key.namespace, key.name, status_patch)
+            await wakeups.sleep(key, delay)
+    finally:
+        wakeups.forget(key)
+
+
+def register(info: ResourceInfo, reconciler: Reconciler) -> None:
+    """Run ``reconciler`` in one loop per ``info`` object, woken by changes of its spec."""
+    generations: dict[ObjectKey, int] = {}
+
+    @kopf.daemon(GROUP, VERSION, info.plural, id="loop", cancellation_timeout=CANCELLATION_TIMEOUT)
+    async def loop(body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
+        await run_loop(info, reconciler, body, stopped, logger, event_poster(body))
+
+    @kopf.on.event(GROUP, VERSION, info.plural, id="wake")
+    async def wake_on_spec_change(body: kopf.Body, type: str | None, **_: Any) -> None:
+        key = object_key(info, body)
+        if type == "DELETED":
+            generations.pop(key, None)
+            return
+        generation = int(body.get("metadata", {}).get("generation") or 0)
+        if generations.get(key, generation) != generation:
+            WAKEUPS.wake(key)
+        generations[key] = generation

@@ -1,0 +1,86 @@
+"""Pieces every rendered child shares: labels, owner references, GPU scheduling.
+
+Children are found by label (``lepton.ai/<kind>=<name>``, plus
+``lepton.ai/role``) and garbage-collected through a controller owner reference,
+so these two must be rendered the same way for every kind. GPU scheduling is
+the same for training workers and Triton replicas: the device plugin's
+``nvidia.com/gpu`` limit, a node selector on GPU feature discovery's product
+label, and a toleration for the taint GPU node pools carry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lepton_operator.api.common import GPUSpec, ResourceRequirements, Toleration
+from lepton_operator.api.meta import API_VERSION
+
+ROLE_LABEL = "lepton.ai/role"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_TOLERATION: dict[str, str] = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+
+
+def owner_label(kind: str) -> str:
+    """The label that names a child's owner: ``lepton.ai/trainingjob`` for a TrainingJob."""
+    return f"lepton.ai/{kind.lower()}"
+
+
+def selector_labels(kind: str, name: str, role: str) -> dict[str, str]:
+    """The labels that select one role of one object's children (stable: used in selectors)."""
+    return {owner_label(kind): name, ROLE_LABEL: role}
+
+
+def child_labels(kind: str, name: str, role: str) -> dict[str, str]:
+    """All labels of a child: the selector labels plus the standard app.kubernetes.io ones."""
+    return {**selector_labels(kind, name, role), PART_OF_LABEL: "lepton", MANAGED_BY_LABEL: "lepton-operator"}
+
+
+def label_selector(labels: Mapping[str, str]) -> str:
+    """``a=b,c=d`` for list calls."""
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
+def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
+    """A controller owner reference, so children go when their owner is deleted."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def container_resources(resources: ResourceRequirements | None, gpu: GPUSpec | None) -> dict[str, Any]:
+    """A container's ``resources``: the user's requests/limits plus the GPU limit."""
+    requests = dict(resources.requests or {}) if resources else {}
+    limits = dict(resources.limits or {}) if resources else {}
+    if gpu is not None:
+        limits[GPU_RESOURCE] = gpu.count
+    rendered: dict[str, Any] = {}
+    if requests:
+        rendered["requests"] = requests
+    if limits:
+        rendered["limits"] = limits
+    return rendered
+
+
+def node_selector(selector: Mapping[str, str] | None, gpu: GPUSpec | None) -> dict[str, str]:
+    """The user's node selector plus the GPU product label when a product is asked for."""
+    rendered = dict(selector or {})
+    if gpu is not None and gpu.product:
+        rendered[GPU_PRODUCT_LABEL] = gpu.product
+    return rendered
+
+
+def tolerations(extra: list[Toleration] | None, gpu: GPUSpec | None) -> list[dict[str, Any]]:
+    """The user's tolerations plus the ``nvidia.com/gpu`` one for GPU pods (no duplicates)."""
+    rendered = [toleration.to_wire() for toleration in extra or []]
+    if gpu is not None and GPU_TOLERATION not in rendered:
+        rendered.append(dict(GPU_TOLERATION))
+    return rendered

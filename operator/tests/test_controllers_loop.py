@@ -1,0 +1,167 @@
+"""The per-object reconcile loop: passes, wakeups, coalescing, retries, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import kopf
+import pytest
+
+from lepton_operator import controllers
+from lepton_operator.api.meta import RESOURCES, TRAINING_JOB
+from lepton_operator.controllers import loop
+from lepton_operator.controllers.reconcile import validating
+from lepton_operator.controllers.wakeups import ObjectKey, Wakeups, owner_key
+
+LOGGER = logging.getLogger("test")
+BODY = {"metadata": {"namespace": "ns", "name": "job", "generation": 1}, "spec": {"image": "t:1"}}
+KEY = ObjectKey("TrainingJob", "ns", "job")
+
+
+class Flag:
+    def __init__(self) -> None:
+        self.value = False
+
+    def __bool__(self) -> bool:
+        return self.value
+
+
+class Harness:
+    """Runs ``run_loop`` with a scripted reconciler and a recording status writer."""
+
+    def __init__(self, script: list[Any]) -> None:
+        self.script = script
+        self.passes: list[int] = []
+        self.writes: list[dict[str, Any]] = []
+        self.stopped = Flag()
+        self.wakeups = Wakeups()
+        self.started = asyncio.Event()
+        self.pass_done = asyncio.Queue[int]()
+        self.loop = asyncio.get_running_loop()
+
+    def reconciler(
+        self, body: Mapping[str, Any], status_patch: MutableMapping[str, Any], *, retry: int, logger: Any, warn: Any
+    ) -> float | None:
+        step = self.script[min(len(self.passes), len(self.script) - 1)]
+        self.passes.append(retry)
+        self.loop.call_soon_threadsafe(self.pass_done.put_nowait, len(self.passes))
+        if isinstance(step, Exception):
+            raise step
+        status_patch.update({"pass": len(self.passes)})
+        return step  # type: ignore[no-any-return]
+
+    def write(self, info: Any, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.writes.append(dict(status))
+
+    def start(self, resync: float = 60.0) -> asyncio.Task[None]:
+        return asyncio.create_task(
+            loop.run_loop(TRAINING_JOB, self.reconciler, BODY, self.stopped, LOGGER, lambda r, m: None,
+                          write_status=self.write, wakeups=self.wakeups, resync=resync)  # fmt: skip
+        )
+
+    async def next_pass(self) -> int:
+        return await asyncio.wait_for(self.pass_done.get(), 5)
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        self.stopped.value = True
+        self.wakeups.wake(KEY)
+        await asyncio.wait_for(task, 5)
+
+
+def test_first_pass_at_once_then_sleeps_until_woken() -> None:
+    async def scenario() -> None:
+        harness = Harness([None])
+        task = harness.start()
+        assert await harness.next_pass() == 1
+        await asyncio.sleep(0.05)
+        assert len(harness.passes) == 1  # nothing woke it
+        harness.wakeups.wake(KEY)
+        assert await harness.next_pass() == 2
+        await harness.stop(task)
+        assert harness.writes[:2] == [{"pass": 1}, {"pass": 2}]
+        assert len(harness.wakeups) == 0  # forgotten when the loop ended
+
+    asyncio.run(scenario())
+
+
+def test_wakeups_during_a_pass_coalesce_into_one_more_pass() -> None:
+    async def scenario() -> None:
+        harness = Harness([None])
+        task = harness.start()
+        await harness.next_pass()
+        for _ in range(40):
+            harness.wakeups.wake(KEY)
+        await harness.next_pass()
+        await asyncio.sleep(0.05)
+        assert len(harness.passes) == 2
+        await harness.stop(task)
+
+    asyncio.run(scenario())
+
+
+def test_requested_deadline_runs_the_next_pass_without_a_wakeup() -> None:
+    async def scenario() -> None:
+        harness = Harness([0.01, None])
+        task = harness.start()
+        await harness.next_pass()
+        assert await harness.next_pass() == 2
+        await harness.stop(task)
+
+    asyncio.run(scenario())
+
+
+def test_temporary_errors_retry_with_their_delay_and_count_retries() -> None:
+    async def scenario() -> None:
+        harness = Harness([kopf.TemporaryError("boom", delay=0.01), kopf.TemporaryError("boom", delay=0.01), None])
+        task = harness.start()
+        for _ in range(3):
+            await harness.next_pass()
+        await harness.stop(task)
+        assert harness.passes[:3] == [0, 1, 2]  # retry count seen by each pass, reset after success
+        assert harness.writes == [{"pass": 3}]  # failed passes wrote nothing in this script
+
+    asyncio.run(scenario())
+
+
+def test_validating_reconciler_reports_invalid_spec_through_the_loop() -> None:
+    async def scenario() -> None:
+        writes: list[Mapping[str, Any]] = []
+        stopped = Flag()
+        wakeups = Wakeups()
+        warnings: list[tuple[str, str]] = []
+        body = {"metadata": {"namespace": "ns", "name": "job", "generation": 3}, "spec": {"workers": {"replicas": 0}}}
+
+        def write(info: Any, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+            writes.append(status)
+            stopped.value = True
+            wakeups.wake(KEY)
+
+        await asyncio.wait_for(
+            loop.run_loop(TRAINING_JOB, validating("TrainingJob"), body, stopped, LOGGER,
+                          lambda reason, message: warnings.append((reason, message)),
+                          write_status=write, wakeups=wakeups),  # fmt: skip
+            5,
+        )
+        assert writes[0]["phase"] == "Failed" and writes[0]["observedGeneration"] == 3
+        assert warnings and warnings[0][0] == "InvalidSpec"
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("info", RESOURCES, ids=lambda info: info.kind)
+def test_each_kind_is_one_loop_woken_by_its_own_events(info: Any) -> None:
+    daemons = [h for h in controllers.REGISTRY._spawning.get_all_handlers() if h.selector.any_name == info.plural]
+    watchers = [h for h in controllers.REGISTRY._watching.get_all_handlers() if h.selector.any_name == info.plural]
+    changing = [h for h in controllers.REGISTRY._changing.get_all_handlers() if h.selector.any_name == info.plural]
+    assert [h.id for h in daemons] == ["loop"]
+    assert [h.id for h in watchers] == ["wake"]
+    assert changing == []  # level-based: no create/update edges to miss
+
+
+def test_owner_key_comes_from_the_owner_label() -> None:
+    child = {"metadata": {"namespace": "ns", "labels": {"lepton.ai/trainingjob": "job"}}}
+    assert owner_key("TrainingJob", "lepton.ai/trainingjob", child) == KEY
+    assert owner_key("TrainingJob", "lepton.ai/trainingjob", {"metadata": {"namespace": "ns"}}) is None
