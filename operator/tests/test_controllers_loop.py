@@ -165,3 +165,16 @@ def test_owner_key_comes_from_the_owner_label() -> None:
     child = {"metadata": {"namespace": "ns", "labels": {"lepton.ai/trainingjob": "job"}}}
     assert owner_key("TrainingJob", "lepton.ai/trainingjob", child) == KEY
     assert owner_key("TrainingJob", "lepton.ai/trainingjob", {"metadata": {"namespace": "ns"}}) is None
+
+
+def test_children_wake_their_owner_through_the_owner_label() -> None:
+    registry = kopf.OperatorRegistry()
+    loop.wake_owner_on(TRAINING_JOB, "", "v1", "pods", registry=registry)
+    [handler] = registry._watching.get_all_handlers()
+    assert handler.id == "wake-trainingjob"
+    assert handler.labels == {"lepton.ai/trainingjob": kopf.PRESENT}
+    key = ObjectKey("TrainingJob", "ns", "job")
+    handler_fn: Any = handler.fn
+    asyncio.run(handler_fn(body={"metadata": {"namespace": "ns", "labels": {"lepton.ai/trainingjob": "job"}}}))
+    assert loop.WAKEUPS._flag(key).is_set()
+    loop.WAKEUPS.forget(key)

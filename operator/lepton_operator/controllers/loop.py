@@ -17,7 +17,7 @@ reconciler records the ``ReconcileError`` condition itself, see ``reconcile``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Protocol
 
 import kopf
@@ -26,7 +26,8 @@ from lepton_operator.api.meta import GROUP, VERSION, ResourceInfo
 from lepton_operator.controllers import kube
 from lepton_operator.controllers.config import retry_delay
 from lepton_operator.controllers.reconcile import Logger, Warn, event_poster
-from lepton_operator.controllers.wakeups import WAKEUPS, ObjectKey, Wakeups
+from lepton_operator.controllers.wakeups import WAKEUPS, ObjectKey, Wakeups, owner_key
+from lepton_operator.render.common import owner_label
 
 #: Seconds between passes when nothing wakes the loop: a safety net for missed events.
 RESYNC_SECONDS = 300.0
@@ -117,3 +118,36 @@ def register(info: ResourceInfo, reconciler: Reconciler) -> None:
         if generations.get(key, generation) != generation:
             WAKEUPS.wake(key)
         generations[key] = generation
+
+
+def wake_on(
+    group: str,
+    version: str,
+    plural: str,
+    keys_of: Callable[[Mapping[str, Any]], Iterable[ObjectKey]],
+    *,
+    labels: Mapping[str, Any] | None = None,
+    handler_id: str,
+    registry: kopf.OperatorRegistry | None = None,
+) -> None:
+    """Wake the loops of ``keys_of(obj)`` on every event of ``plural`` objects (e.g. a Dataset's jobs)."""
+
+    @kopf.on.event(group, version, plural, labels=dict(labels or {}), id=handler_id, registry=registry)
+    async def wake(body: kopf.Body, **_: Any) -> None:
+        for key in keys_of(body):
+            WAKEUPS.wake(key)
+
+
+def wake_owner_on(
+    info: ResourceInfo, group: str, version: str, plural: str, *, registry: kopf.OperatorRegistry | None = None
+) -> None:
+    """Wake an ``info`` object's loop when one of its children (found by owner label) changes."""
+    label = owner_label(info.kind)
+
+    def owners(child: Mapping[str, Any]) -> list[ObjectKey]:
+        key = owner_key(info.kind, label, child)
+        return [key] if key is not None else []
+
+    wake_on(
+        group, version, plural, owners, labels={label: kopf.PRESENT}, handler_id=f"wake-{info.singular}", registry=registry
+    )
