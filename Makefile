@@ -17,7 +17,7 @@ export PYTHONPATH := $(CURDIR)/e2e
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,workloads]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

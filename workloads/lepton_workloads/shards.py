@@ -1,0 +1,247 @@
+"""The prepared-dataset format: webdataset tar shards plus a checksummed ``manifest.json``.
+
+This is the contract between the dataset preparer (writes) and the trainer
+(reads); neither imports the operator, which only reads the manifest's numbers.
+
+Layout under the dataset root (the PVC)::
+
+    manifest.json
+    shards/<split>-<index:06d>.tar
+
+A shard is a plain tar in webdataset convention: one sample is the run of
+members that share a key (``000042.jpg`` + ``000042.cls``), keys in order. The
+manifest (schema version 1) lists every shard with its split, record count,
+size and sha256; its own digest (sha256 of the file's bytes, written
+canonically) identifies a preparation. Hashes are computed while writing, so
+preparing reads each byte once. Ranks read disjoint shards (round-robin by
+index), which is what lets each DDP process stream its own part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+SHARD_DIR = "shards"
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One written shard as the manifest records it."""
+
+    name: str
+    split: str
+    records: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a preparation produced."""
+
+    modality: str
+    source: str
+    shards: tuple[ShardInfo, ...]
+    format: str = "webdataset"
+    schema_version: int = SCHEMA_VERSION
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def records(self) -> int:
+        return sum(shard.records for shard in self.shards)
+
+    @property
+    def bytes(self) -> int:
+        return sum(shard.bytes for shard in self.shards)
+
+    def split(self, name: str) -> tuple[ShardInfo, ...]:
+        return tuple(shard for shard in self.shards if shard.split == name)
+
+    def to_json(self) -> str:
+        """Canonical text: sorted keys, no spaces, so the digest is stable."""
+        splits: dict[str, dict[str, int]] = {}
+        for shard in self.shards:
+            entry = splits.setdefault(shard.split, {"records": 0, "shards": 0, "bytes": 0})
+            entry["records"] += shard.records
+            entry["shards"] += 1
+            entry["bytes"] += shard.bytes
+        document = {
+            "schemaVersion": self.schema_version,
+            "format": self.format,
+            "modality": self.modality,
+            "source": self.source,
+            "records": self.records,
+            "bytes": self.bytes,
+            "splits": splits,
+            "shards": [asdict(shard) for shard in self.shards],
+            "extra": dict(self.extra),
+        }
+        return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
+def digest_of(text: str) -> str:
+    """``sha256:<hex>`` of a manifest's text."""
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_manifest(root: Path, manifest: Manifest) -> str:
+    """Write ``manifest.json`` atomically (temp file, then rename); returns its digest."""
+    text = manifest.to_json()
+    temporary = root / f".{MANIFEST}.tmp"
+    temporary.write_text(text)
+    os.replace(temporary, root / MANIFEST)
+    return digest_of(text)
+
+
+def read_manifest(root: Path) -> tuple[Manifest, str]:
+    """The manifest under ``root`` and its digest; ``ValueError`` when it is not schema version 1."""
+    text = (root / MANIFEST).read_text()
+    document = json.loads(text)
+    if document.get("schemaVersion") != SCHEMA_VERSION:
+        raise ValueError(f"{root / MANIFEST}: schemaVersion {document.get('schemaVersion')!r}, want {SCHEMA_VERSION}")
+    shards = tuple(ShardInfo(**shard) for shard in document["shards"])
+    manifest = Manifest(
+        modality=document["modality"], source=document["source"], shards=shards,
+        format=document["format"], extra=document.get("extra", {}),
+    )  # fmt: skip
+    return manifest, digest_of(text)
+
+
+class _HashingFile(io.RawIOBase):
+    """A write-only file that hashes and counts what passes through it."""
+
+    def __init__(self, target: IO[bytes]) -> None:
+        self.target = target
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.hash.update(view)
+        self.target.write(view)
+        self.size += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.size
+
+
+class ShardWriter:
+    """Writes the samples of one split into shards, rolling over by size or by record count."""
+
+    def __init__(
+        self, root: Path, split: str, *, target_size_bytes: int | None = None, records_per_shard: int | None = None
+    ) -> None:
+        if (target_size_bytes is None) == (records_per_shard is None):
+            raise ValueError("give exactly one of target_size_bytes and records_per_shard")
+        self.root = root
+        self.split = split
+        self.target_size_bytes = target_size_bytes
+        self.records_per_shard = records_per_shard
+        self.written: list[ShardInfo] = []
+        self._file: IO[bytes] | None = None
+        self._hashing: _HashingFile | None = None
+        self._tar: tarfile.TarFile | None = None
+        self._records = 0
+        (root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+
+    def _open(self) -> tarfile.TarFile:
+        name = f"{SHARD_DIR}/{self.split}-{len(self.written):06d}.tar"
+        self._file = open(self.root / name, "wb")  # noqa: SIM115 - closed in _close
+        self._hashing = _HashingFile(self._file)
+        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
+        self._records = 0
+        self._name = name
+        return self._tar
+
+    def _close(self) -> None:
+        if self._tar is None or self._file is None or self._hashing is None:
+            return
+        self._tar.close()
+        self._file.close()
+        self.written.append(
+            ShardInfo(self._name, self.split, self._records, self._hashing.size, self._hashing.hash.hexdigest())
+        )
+        self._tar = self._file = self._hashing = None
+
+    def add(self, key: str, fields: Mapping[str, bytes]) -> None:
+        """Add one sample: ``fields`` maps an extension (``jpg``, ``cls``, ``wav``...) to bytes."""
+        tar = self._tar or self._open()
+        for extension, data in sorted(fields.items()):
+            member = tarfile.TarInfo(f"{key}.{extension}")
+            member.size = len(data)
+            member.mode = 0o444
+            tar.addfile(member, io.BytesIO(data))
+        self._records += 1
+        assert self._hashing is not None
+        full = (
+            self._hashing.size >= self.target_size_bytes
+            if self.target_size_bytes is not None
+            else self._records >= (self.records_per_shard or 0)
+        )
+        if full:
+            self._close()
+
+    def close(self) -> list[ShardInfo]:
+        """Finish the last shard; returns every shard written."""
+        self._close()
+        return self.written
+
+
+def verify(root: Path, manifest: Manifest) -> list[str]:
+    """Shards whose size or sha256 differ from the manifest (empty when all match)."""
+    problems = []
+    for shard in manifest.shards:
+        path = root / shard.name
+        if not path.is_file():
+            problems.append(f"{shard.name}: missing")
+            continue
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+        if path.stat().st_size != shard.bytes or digest.hexdigest() != shard.sha256:
+            problems.append(f"{shard.name}: checksum mismatch")
+    return problems
+
+
+def shards_for_rank(manifest: Manifest, split: str, rank: int, world_size: int) -> tuple[ShardInfo, ...]:
+    """The shards of ``split`` that ``rank`` of ``world_size`` reads (round-robin, disjoint)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world size {world_size}")
+    return manifest.split(split)[rank::world_size]
+
+
+def iter_samples(root: Path, shards: tuple[ShardInfo, ...] | list[ShardInfo]) -> Iterator[dict[str, bytes]]:
+    """Samples of ``shards`` in order: ``{"__key__": key, ext: data, ...}`` (key as bytes)."""
+    for shard in shards:
+        with tarfile.open(root / shard.name, mode="r|") as tar:
+            sample: dict[str, bytes] = {}
+            current: str | None = None
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, extension = member.name.partition(".")
+                if key != current and sample:
+                    yield sample
+                    sample = {}
+                current = key
+                sample["__key__"] = key.encode()
+                handle = tar.extractfile(member)
+                sample[extension] = handle.read() if handle else b""
+            if sample:
+                yield sample

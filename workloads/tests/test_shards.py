@@ -1,0 +1,67 @@
+"""Shard writing, the manifest contract, verification and per-rank reading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lepton_workloads import shards
+
+
+def write_split(root: Path, split: str, count: int, **rollover: int) -> list[shards.ShardInfo]:
+    writer = shards.ShardWriter(root, split, **rollover)
+    for index in range(count):
+        writer.add(f"{split}{index:06d}", {"txt": f"sample {index}".encode(), "cls": str(index % 3).encode()})
+    return writer.close()
+
+
+def test_round_trip_with_manifest_and_digest(tmp_path: Path) -> None:
+    written = write_split(tmp_path, "train", 10, records_per_shard=4) + write_split(tmp_path, "validation", 3, records_per_shard=4)
+    assert [s.records for s in written] == [4, 4, 2, 3]
+    manifest = shards.Manifest(modality="text", source="https://example/x", shards=tuple(written))
+    digest = shards.write_manifest(tmp_path, manifest)
+    read, read_digest = shards.read_manifest(tmp_path)
+    assert read == manifest and read_digest == digest and digest.startswith("sha256:")
+    assert (read.records, read.bytes) == (13, sum(s.bytes for s in written))
+    assert shards.verify(tmp_path, read) == []
+    samples = list(shards.iter_samples(tmp_path, read.split("train")))
+    assert [s["txt"] for s in samples] == [f"sample {i}".encode() for i in range(10)]
+    assert samples[4] == {"__key__": b"train000004", "txt": b"sample 4", "cls": b"1"}
+
+
+def test_size_rollover_and_sizes_are_the_files(tmp_path: Path) -> None:
+    written = write_split(tmp_path, "train", 50, target_size_bytes=8192)
+    assert len(written) > 1
+    for shard in written:
+        assert (tmp_path / shard.name).stat().st_size == shard.bytes
+
+
+def test_corruption_is_detected(tmp_path: Path) -> None:
+    manifest = shards.Manifest("text", "s3://b/x", tuple(write_split(tmp_path, "train", 5, records_per_shard=2)))
+    with (tmp_path / manifest.shards[1].name).open("r+b") as handle:
+        handle.seek(600)
+        handle.write(b"X")
+    (tmp_path / manifest.shards[2].name).unlink()
+    assert shards.verify(tmp_path, manifest) == [
+        f"{manifest.shards[1].name}: checksum mismatch",
+        f"{manifest.shards[2].name}: missing",
+    ]
+
+
+def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text('{"schemaVersion": 2}')
+    with pytest.raises(ValueError, match="schemaVersion"):
+        shards.read_manifest(tmp_path)
+
+
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(1, 23), st.integers(1, 6))
+def test_ranks_read_disjoint_shards_covering_the_split(tmp_path: Path, count: int, world: int) -> None:
+    infos = tuple(shards.ShardInfo(f"shards/train-{i:06d}.tar", "train", 1, 1, "0") for i in range(count))
+    manifest = shards.Manifest("image", "pvc://c/p", infos)
+    parts = [shards.shards_for_rank(manifest, "train", rank, world) for rank in range(world)]
+    assert sorted(s.name for part in parts for s in part) == sorted(s.name for s in infos)
+    assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
