@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 export PYTHONPATH := $(CURDIR)/e2e
 
-.PHONY: setup demo down test unit e2e lint crds cluster
+.PHONY: setup tools demo down test unit e2e lint crds cluster
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ $(STAMP): pyproject.toml
 	touch $@
 
 setup: $(STAMP)
+
+# System tools from Debian that tests run for real: promtool (alert rules) and
+# Prometheus (autoscaling signals). Installed once; needs root or sudo.
+tools:
+	@command -v promtool >/dev/null || { \
+	  echo "installing Debian's prometheus (promtool) ..."; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; }
 
 demo: setup
 	$(PY) -m localcluster.demo up
@@ -42,12 +50,12 @@ lint: setup
 unit: setup
 	$(VENV)/bin/pytest -m "not e2e"
 
-e2e: setup
+e2e: setup tools
 	$(PY) -m localcluster build
 	$(VENV)/bin/pytest -m e2e
 
 # The cluster binaries are built (or found in the cache) before pytest starts,
 # so a cold build prints its progress instead of hiding inside a fixture.
-test: lint
+test: lint tools
 	$(PY) -m localcluster build
 	$(VENV)/bin/pytest

@@ -11,6 +11,7 @@ demo`` in another shell.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -20,10 +21,49 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from localcluster.kube import Kubectl, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_LABEL = "app.kubernetes.io/part-of=lepton"
+
+
+OPERATOR_NAMESPACE = "lepton-system"
+OPERATOR_SERVICE_ACCOUNT = "lepton-operator"
+RBAC_KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+
+
+def install_rbac(kubectl: Kubectl, kustomization: str = "manifests/base") -> None:
+    """Apply the operator's namespace, ServiceAccount and RBAC from the shipped kustomization."""
+    built = yaml.safe_load_all(kubectl("kustomize", str(REPO / kustomization)))
+    wanted = [document for document in built if document and document["kind"] in RBAC_KINDS]
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump_all(wanted))
+
+
+def service_account_kubeconfig(kubectl: Kubectl, path: Path, duration: str = "4h") -> Path:
+    """A kubeconfig that authenticates as the operator's ServiceAccount (a bound token).
+
+    The e2e operator runs with it, so every e2e test also proves that the shipped
+    ClusterRole grants what the operator needs, and nothing relies on admin rights.
+    """
+    token = kubectl(
+        "create", "token", OPERATOR_SERVICE_ACCOUNT, "-n", OPERATOR_NAMESPACE, f"--duration={duration}"
+    ).strip()
+    admin = json.loads(kubectl("config", "view", "--raw", "--minify", "-o", "json"))
+    cluster = admin["clusters"][0]["cluster"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "lepton", "cluster": cluster}],
+        "users": [{"name": OPERATOR_SERVICE_ACCOUNT, "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "lepton", "user": OPERATOR_SERVICE_ACCOUNT}}],
+        "current-context": "operator",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
 
 
 def install_crds(kubectl: Kubectl) -> None:

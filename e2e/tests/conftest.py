@@ -28,7 +28,7 @@ import pytest
 import localcluster
 from localcluster import sharing
 from localcluster.kube import Kubectl, wait_until
-from operator_fixtures import lepton_crds, lepton_operator, namespace_base  # noqa: F401 - fixtures
+from operator_fixtures import lepton_crds, lepton_operator, namespace_base, operator_kubeconfig  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,10 @@
 
 * ``lepton_crds`` (session): server-side applies ``crds/`` once and waits until every CRD is
   Established (``localcluster.lepton.install_crds``, the same path as ``make demo``).
-* ``lepton_operator`` (session): ``lepton-operator run`` as a subprocess with the cluster's
-  KUBECONFIG, on free ports, started through ``localcluster.lepton.start_operator`` and returned
+* ``operator_kubeconfig`` (session): applies the shipped RBAC (``manifests/base``) and returns a
+  kubeconfig with a token of the operator's own ServiceAccount.
+* ``lepton_operator`` (session): ``lepton-operator run`` as a subprocess authenticated as that
+  ServiceAccount (not as admin), on free ports, started through ``localcluster.lepton.start_operator`` and returned
   once ``/healthz`` answers. It yields a :class:`RunningOperator` (metrics and health URLs, log
   path, peering name, served namespaces). On teardown the operator is stopped, its peering
   object deleted, and if any test failed meanwhile the tail of its log is printed.
@@ -31,7 +33,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import localcluster
 from localcluster.kube import Kubectl
-from localcluster.lepton import OperatorProcess, install_crds, start_operator
+from localcluster.lepton import (
+    OperatorProcess,
+    install_crds,
+    install_rbac,
+    service_account_kubeconfig,
+    start_operator,
+)
 
 #: Priority of the session's operator; a test that starts a second one picks a lower value.
 SESSION_PRIORITY = 100
@@ -126,9 +134,20 @@ def lepton_crds(cluster_kubectl: Kubectl) -> None:
 
 
 @pytest.fixture(scope="session")
+def operator_kubeconfig(cluster_kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The e2e operator's credentials: its own ServiceAccount token, bound to the shipped RBAC.
+
+    Every e2e test that runs the operator therefore also proves that
+    manifests/base grants what the operator needs (no admin rights hide a gap).
+    """
+    install_rbac(cluster_kubectl)
+    return service_account_kubeconfig(cluster_kubectl, tmp_path_factory.mktemp("operator-sa") / "kubeconfig")
+
+
+@pytest.fixture(scope="session")
 def lepton_operator(
     request: pytest.FixtureRequest,
-    cluster: localcluster.Cluster,
+    operator_kubeconfig: Path,
     cluster_kubectl: Kubectl,
     lepton_crds: None,
     tmp_path_factory: pytest.TempPathFactory,
@@ -138,7 +157,7 @@ def lepton_operator(
     namespaces = namespace_patterns(request.session.items)
     log_path = tmp_path_factory.mktemp("operator") / "operator.log"
     running = run_operator(
-        cluster.kubeconfig, log_path, peering_name=peering_name, namespaces=namespaces, priority=SESSION_PRIORITY
+        operator_kubeconfig, log_path, peering_name=peering_name, namespaces=namespaces, priority=SESSION_PRIORITY
     )
     try:
         yield running
