@@ -58,14 +58,13 @@ def test_base_applies_and_the_operator_pod_is_admitted_as_restricted(cluster_kub
     assert "PodSecurity" not in result.stderr, result.stderr
     system = cluster_kubectl.in_namespace("lepton-system")
     try:
-        pods = wait_until(
-            lambda: [p for p in system.get("pods", None, "-l", "app.kubernetes.io/name=lepton-operator")
-                     if pod_phase(p) == "Running"],  # fmt: skip
-            60,
-            "the operator's pods admitted and Running (kwok runs them)",
-        )
-        assert len(pods) == 2
-        context = pods[0]["spec"]["containers"][0]["securityContext"]
+        def both_running() -> list[dict[str, object]] | None:
+            pods = system.get("pods", None, "-l", "app.kubernetes.io/name=lepton-operator")
+            running = [p for p in pods if pod_phase(p) == "Running"]
+            return running if len(running) == 2 else None
+
+        pods = wait_until(both_running, 60, "both operator pods admitted and Running (kwok runs them)")
+        context: dict[str, object] = pods[0]["spec"]["containers"][0]["securityContext"]  # type: ignore[index]
         assert context["readOnlyRootFilesystem"] is True and context["capabilities"]["drop"] == ["ALL"]
     finally:
         # kwok only pretends to run them; the e2e operator is the local process.
