@@ -4,8 +4,8 @@ Everything the operator exports lives in :data:`REGISTRY`, a registry of its
 own rather than prometheus-client's global one, so tests can read it without
 the process collectors and nothing imported by accident ends up exported.
 
-Naming: ``lepton_<area>_<what>_<unit>``. The areas are ``reconcile`` (all
-kinds, labelled by ``kind``) now; the per-kind signals of DESIGN.md section 4
+Naming: ``lepton_<area>_<what>_<unit>``. The areas are ``reconcile`` and
+``objects`` (all kinds, labelled by ``kind``); the per-kind signals of DESIGN.md section 4
 come with the issues that compute them, as ``lepton_inference_*``,
 ``lepton_training_*`` and ``lepton_dataset_*``. A metric is declared here only
 when something sets it.
@@ -18,9 +18,11 @@ behave from the first scrape.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Hashable, Mapping
 from typing import Final, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
 from lepton_operator.api.meta import RESOURCES
 
@@ -65,6 +67,50 @@ def record_reconcile(kind: str, outcome: Outcome, seconds: float) -> None:
     """Count one reconcile of ``kind`` and record how long it took."""
     RECONCILE_SECONDS.labels(kind=kind).observe(seconds)
     RECONCILE_TOTAL.labels(kind=kind, outcome=outcome).inc()
+
+
+class SummedGauge:
+    """A gauge whose series are sums over objects, each object's share replaced whole.
+
+    Reconcilers know one object at a time ("this job has 3 ready workers", "this
+    dataset is Ready"); dashboards want totals by label. Each call replaces one
+    object's contribution (``None`` removes it, e.g. when its loop ends) and the
+    affected series are recomputed, so a deleted object never leaves a stale
+    count behind. Series that drop to zero stay, at zero, as counts should.
+    """
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self._lock = threading.Lock()
+        self._shares: dict[Hashable, Mapping[tuple[str, ...], float]] = {}
+
+    def set(self, owner: Hashable, share: Mapping[tuple[str, ...], float] | None) -> None:
+        """Replace ``owner``'s share: label values (in the gauge's label order) -> value."""
+        with self._lock:
+            touched = set(self._shares.get(owner, {}))
+            if share is None:
+                self._shares.pop(owner, None)
+            else:
+                self._shares[owner] = dict(share)
+                touched |= set(share)
+            for labels in touched:
+                total = sum(shares.get(labels, 0.0) for shares in self._shares.values())
+                self.gauge.labels(*labels).set(total)
+
+
+OBJECTS: Final = SummedGauge(
+    Gauge(
+        "lepton_objects",
+        "Lepton objects this operator reconciles, by kind and phase.",
+        labelnames=("kind", "phase"),
+        registry=REGISTRY,
+    )
+)
+
+
+def record_phase(kind: str, namespace: str, name: str, phase: str | None) -> None:
+    """Count one object in its current phase (``None``: it is no longer reconciled here)."""
+    OBJECTS.set((kind, namespace, name), None if phase is None else {(kind, phase): 1.0})
 
 
 def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from other pods

@@ -46,7 +46,9 @@ def test_record_reconcile_counts_and_times() -> None:
 
 def test_only_lepton_metrics_are_exported() -> None:
     families = list(metrics.REGISTRY.collect())
-    assert {family.name for family in families} == {"lepton_reconcile_seconds", "lepton_reconcile"}
+    names = {family.name for family in families}
+    assert {"lepton_reconcile_seconds", "lepton_reconcile", "lepton_objects"} <= names
+    assert all(name.startswith("lepton_") for name in names)
     text = generate_latest(metrics.REGISTRY).decode()
     for kind in KINDS:
         assert f'lepton_reconcile_seconds_bucket{{kind="{kind}",le="0.005"}}' in text
@@ -64,3 +66,33 @@ def test_serve_exposes_the_registry_over_http() -> None:
     assert "# TYPE lepton_reconcile_seconds histogram" in body
     assert "# TYPE lepton_reconcile_total counter" in body
     assert "_created" not in body
+
+
+def test_summed_gauge_replaces_each_objects_share_and_drops_it_when_gone() -> None:
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from lepton_operator.metrics import SummedGauge
+
+    registry = CollectorRegistry()
+    summed = SummedGauge(Gauge("things", "t", labelnames=("phase",), registry=registry))
+    summed.set("a", {("Ready",): 1})
+    summed.set("b", {("Ready",): 1})
+    assert registry.get_sample_value("things", {"phase": "Ready"}) == 2
+    summed.set("a", {("Failed",): 1})  # a moved: its old share goes
+    assert registry.get_sample_value("things", {"phase": "Ready"}) == 1
+    assert registry.get_sample_value("things", {"phase": "Failed"}) == 1
+    summed.set("b", None)
+    summed.set("a", None)
+    assert registry.get_sample_value("things", {"phase": "Ready"}) == 0
+    assert registry.get_sample_value("things", {"phase": "Failed"}) == 0
+
+
+def test_loop_phases_are_counted_by_kind() -> None:
+    from lepton_operator import metrics
+
+    metrics.record_phase("TrainingJob", "ns", "a", "Running")
+    metrics.record_phase("TrainingJob", "ns", "b", "Running")
+    assert metrics.REGISTRY.get_sample_value("lepton_objects", {"kind": "TrainingJob", "phase": "Running"}) == 2
+    metrics.record_phase("TrainingJob", "ns", "a", None)
+    metrics.record_phase("TrainingJob", "ns", "b", None)
+    assert metrics.REGISTRY.get_sample_value("lepton_objects", {"kind": "TrainingJob", "phase": "Running"}) == 0

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import kopf
 
+from lepton_operator import metrics
 from lepton_operator.api.meta import GROUP, VERSION, ResourceInfo
 from lepton_operator.controllers import kube
 from lepton_operator.controllers.config import retry_delay
@@ -95,9 +96,12 @@ async def run_loop(
                 logger.warning(f"pass failed, retrying in {delay:.0f} s: {error}")
             if status_patch:
                 await asyncio.to_thread(write_status, info, key.namespace, key.name, status_patch)
+            phase = status_patch.get("phase", (snapshot.get("status") or {}).get("phase"))
+            metrics.record_phase(info.kind, key.namespace, key.name, phase or "Unknown")
             await wakeups.sleep(key, delay)
     finally:
         wakeups.forget(key)
+        metrics.record_phase(info.kind, key.namespace, key.name, None)
 
 
 def register(info: ResourceInfo, reconciler: Reconciler) -> None:
