@@ -5,7 +5,7 @@ own rather than prometheus-client's global one, so tests can read it without
 the process collectors and nothing imported by accident ends up exported.
 
 Naming: ``lepton_<area>_<what>_<unit>``. The areas are ``reconcile`` (all
-kinds, labelled by ``kind``) now; the per-kind signals of DESIGN.md section 4
+kinds, labelled by ``kind``) and ``training``; the other per-kind signals of DESIGN.md section 4
 come with the issues that compute them, as ``lepton_inference_*``,
 ``lepton_training_*`` and ``lepton_dataset_*``. A metric is declared here only
 when something sets it.
@@ -20,7 +20,10 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, start_http_server
+import threading
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
 from lepton_operator.api.meta import RESOURCES
 
@@ -65,6 +68,48 @@ def record_reconcile(kind: str, outcome: Outcome, seconds: float) -> None:
     """Count one reconcile of ``kind`` and record how long it took."""
     RECONCILE_SECONDS.labels(kind=kind).observe(seconds)
     RECONCILE_TOTAL.labels(kind=kind, outcome=outcome).inc()
+
+
+TRAINING_WORKER_STATES: Final = ("desired", "active", "ready", "succeeded", "failed")
+TRAINING_RESTART_REASONS: Final = ("RetryableExitCode", "OOMKilled", "NodeLost", "Preempted", "Resized")
+
+TRAINING_WORKERS: Final = Gauge(
+    "lepton_training_workers",
+    "TrainingJob worker pods of all jobs, by state (desired, active, ready, succeeded, failed).",
+    labelnames=("state",),
+    registry=REGISTRY,
+)
+
+TRAINING_RESTARTS: Final = Counter(
+    "lepton_training_restarts",
+    "TrainingJob group restarts, by reason.",
+    labelnames=("reason",),
+    registry=REGISTRY,
+)
+
+for _state in TRAINING_WORKER_STATES:
+    TRAINING_WORKERS.labels(state=_state)
+for _reason in TRAINING_RESTART_REASONS:
+    TRAINING_RESTARTS.labels(reason=_reason)
+
+_training_lock = threading.Lock()
+_training_workers: dict[tuple[str, str], Mapping[str, int]] = {}
+
+
+def record_training_workers(namespace: str, name: str, counts: Mapping[str, int] | None) -> None:
+    """Set one job's worker counts (``None`` when the job is gone); the gauge is the sum over jobs."""
+    with _training_lock:
+        if counts is None:
+            _training_workers.pop((namespace, name), None)
+        else:
+            _training_workers[(namespace, name)] = dict(counts)
+        for state in TRAINING_WORKER_STATES:
+            TRAINING_WORKERS.labels(state=state).set(sum(c.get(state, 0) for c in _training_workers.values()))
+
+
+def record_training_restart(reason: str) -> None:
+    """Count one group restart."""
+    TRAINING_RESTARTS.labels(reason=reason).inc()
 
 
 def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from other pods

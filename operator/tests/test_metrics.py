@@ -46,7 +46,12 @@ def test_record_reconcile_counts_and_times() -> None:
 
 def test_only_lepton_metrics_are_exported() -> None:
     families = list(metrics.REGISTRY.collect())
-    assert {family.name for family in families} == {"lepton_reconcile_seconds", "lepton_reconcile"}
+    assert {family.name for family in families} == {
+        "lepton_reconcile_seconds",
+        "lepton_reconcile",
+        "lepton_training_workers",
+        "lepton_training_restarts",
+    }
     text = generate_latest(metrics.REGISTRY).decode()
     for kind in KINDS:
         assert f'lepton_reconcile_seconds_bucket{{kind="{kind}",le="0.005"}}' in text
@@ -64,3 +69,17 @@ def test_serve_exposes_the_registry_over_http() -> None:
     assert "# TYPE lepton_reconcile_seconds histogram" in body
     assert "# TYPE lepton_reconcile_total counter" in body
     assert "_created" not in body
+
+
+def test_training_worker_gauge_sums_jobs_and_forgets_deleted_ones() -> None:
+    def workers(state: str) -> float:
+        return metrics.REGISTRY.get_sample_value("lepton_training_workers", {"state": state}) or 0.0
+
+    base = workers("ready")
+    metrics.record_training_workers("ns", "a", {"desired": 4, "ready": 3})
+    metrics.record_training_workers("ns", "b", {"desired": 2, "ready": 2})
+    assert workers("ready") == base + 5
+    metrics.record_training_workers("ns", "a", None)
+    assert workers("ready") == base + 2
+    metrics.record_training_workers("ns", "b", None)
+    assert workers("ready") == base

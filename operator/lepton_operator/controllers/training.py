@@ -1,12 +1,196 @@
-"""kopf wiring for TrainingJob: one reconcile loop per object (see ``loop``).
+"""kopf wiring and the reconciler of TrainingJob: carry out the plan ``status.training`` makes.
 
-In this version the reconciler validates the spec and reports it in status
-(``reconcile.validating``); the TrainingJob behaviour arrives with its own issue,
-as pure ``render``/``status`` functions called from a reconciler here.
+One pass (run by ``loop``, one loop per job): validate the spec (an invalid one
+is reported by ``reconcile.reconcile`` and nothing else happens), read the
+job's worker pods by label and its dataset, let :func:`status.training.assess`
+decide, then act in an order that survives a crash at any point:
+
+1. a group restart is written to status *before* the old pods are deleted, so
+   the restart is counted exactly once even if the pass dies right after;
+2. pods the plan drops are deleted;
+3. the Service, the checkpoint claim and the current group's missing workers
+   are applied (server-side apply: idempotent);
+4. the status is returned to the loop as a merge patch, with events for phase
+   changes and restarts, and the time of the next pass (a backoff, the
+   deadline, the TTL) as the loop's requeue delay.
+
+Pod and Service events wake the job's loop (``loop.wake_owner_on``), the job's
+dataset wakes it too, so no pass waits for the periodic resync.
 """
 
-from lepton_operator.api.meta import TRAINING_JOB
-from lepton_operator.controllers import loop
-from lepton_operator.controllers.reconcile import validating
+from __future__ import annotations
 
-loop.register(TRAINING_JOB, validating(TRAINING_JOB.kind))
+import threading
+import time
+from collections.abc import Callable, Mapping, MutableMapping
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import kopf
+from pydantic import ValidationError
+
+from lepton_operator import metrics
+from lepton_operator.api.meta import API_VERSION, GROUP, LEPTON_DATASET, TRAINING_JOB, VERSION
+from lepton_operator.api.training import TrainingJobSpec
+from lepton_operator.controllers import kube, loop, reconcile
+from lepton_operator.controllers.config import retry_delay
+from lepton_operator.controllers.reconcile import Logger, Warn
+from lepton_operator.controllers.wakeups import ObjectKey
+from lepton_operator.render import common
+from lepton_operator.render import training as render
+from lepton_operator.status import training as assessing
+from lepton_operator.status import validation
+
+KIND = TRAINING_JOB.kind
+DATASET_KIND = LEPTON_DATASET.kind
+#: Posts an event on the job: (type, reason, message).
+Poster = Callable[[str, str, str], None]
+
+
+def kopf_poster(body: Mapping[str, Any]) -> Poster:
+    """Events through kopf (Normal ones too: explicit events are not filtered by the posting level)."""
+
+    def post(event_type: str, reason: str, message: str) -> None:
+        kopf.event(cast(kopf.Body, dict(body)), type=event_type, reason=reason, message=message)
+
+    return post
+
+
+def dataset_readiness(namespace: str, spec: TrainingJobSpec) -> tuple[bool, str]:
+    """Whether the job's dataset is Ready (a job without one needs nothing), and why not."""
+    if spec.dataset is None:
+        return True, ""
+    found = kube.get(API_VERSION, DATASET_KIND, namespace, spec.dataset.name)
+    if found is None:
+        return False, f"waiting for LeptonDataset {spec.dataset.name}, which does not exist"
+    phase = (found.get("status") or {}).get("phase")
+    if phase != "Ready":
+        return False, f"waiting for LeptonDataset {spec.dataset.name} to be Ready (it is {phase or 'new'})"
+    return True, ""
+
+
+def carry_out(plan: assessing.Plan, name: str, namespace: str, uid: str, spec: TrainingJobSpec,
+              pods: list[dict[str, Any]]) -> None:  # fmt: skip
+    """Do what ``plan`` asks, in the crash-safe order of the module docstring."""
+    if plan.restarted is not None:
+        kube.patch_status(TRAINING_JOB, namespace, name, plan.status)
+        metrics.record_training_restart(plan.restarted)
+    for doomed in plan.delete_pods:
+        kube.delete("v1", "Pod", namespace, doomed)
+    if plan.delete_job:
+        kube.delete(API_VERSION, KIND, namespace, name)
+        return
+    if not plan.create_workers:
+        return
+    claim = render.checkpoint_claim(name, namespace, uid, spec)
+    if claim is not None:
+        kube.apply(claim)
+    kube.apply(render.headless_service(name, namespace, uid, spec))
+    existing = {assessing.pod_index(p) for p in pods if assessing.pod_group(p) == plan.group}
+    for worker in render.worker_group(name, namespace, uid, spec, plan.replicas, plan.group):
+        if int(worker["metadata"]["labels"][render.INDEX_LABEL]) not in existing:
+            kube.apply(worker)
+
+
+def reconcile_job(
+    body: Mapping[str, Any],
+    status_patch: MutableMapping[str, Any],
+    *,
+    retry: int,
+    logger: Logger,
+    warn: Warn,
+    post: Poster | None = None,
+    now: datetime | None = None,
+) -> float | None:
+    """One pass over a TrainingJob (fits ``loop.Reconciler``); returns the requeue delay.
+
+    The job is read again from the API server first: kopf's ``body`` is updated
+    by the watch, which may not have delivered this loop's own last status
+    write yet, and decisions (the group generation, restart budgets) must start
+    from the status as written, never from an older copy.
+    """
+    metadata = body.get("metadata") or {}
+    try:
+        fresh = kube.get(API_VERSION, KIND, str(metadata.get("namespace", "")), str(metadata.get("name", "")))
+    except Exception as error:
+        raise kopf.TemporaryError(f"cannot read the job: {type(error).__name__}: {error}", delay=retry_delay(retry)) from error
+    if fresh is None:
+        metrics.record_training_workers(str(metadata.get("namespace", "")), str(metadata.get("name", "")), None)
+        return None  # deleted meanwhile
+    body = fresh
+    parsed = validation.parse_spec(KIND, validation.to_plain(body.get("spec")))
+    if isinstance(parsed, ValidationError) or not isinstance(parsed, TrainingJobSpec):
+        reconcile.reconcile(KIND, body, status_patch, retry=retry, logger=logger, warn=warn, now=now)
+        return None
+    started = time.perf_counter()
+    metadata = body.get("metadata") or {}
+    name, namespace = str(metadata.get("name", "")), str(metadata.get("namespace", ""))
+    uid, generation = str(metadata.get("uid", "")), int(metadata.get("generation") or 0)
+    existing = validation.to_plain(body.get("status") or {})
+    moment = now or datetime.now(UTC)
+    DATASET_USERS.note(namespace, name, parsed.dataset.name if parsed.dataset else None)
+    try:
+        ready, why = dataset_readiness(namespace, parsed)
+        selector = common.label_selector(render.worker_selector(name))
+        pods = kube.list_labelled("v1", "Pod", namespace, selector)
+        observed = assessing.Observed(pods=pods, now=moment, dataset_ready=ready, dataset_message=why,
+                                      output_uri=render.output_uri(name, parsed))  # fmt: skip
+        plan = assessing.assess(parsed, generation, existing, observed)
+        carry_out(plan, name, namespace, uid, parsed, pods)
+    except Exception as error:
+        delay = retry_delay(retry)
+        try:
+            status_patch.update(validation.error_status(KIND, generation, error, existing, moment, delay))
+        except Exception:
+            logger.exception("could not record the ReconcileError condition")
+        metrics.record_reconcile(KIND, "error", time.perf_counter() - started)
+        raise kopf.TemporaryError(f"reconcile failed: {type(error).__name__}: {error}", delay=delay) from error
+    if validation.needs_patch(existing, plan.status):
+        status_patch.update(plan.status)
+    poster = post or kopf_poster(body)
+    for event in plan.events:
+        logger.info(f"{event.reason}: {event.message}")
+        poster(event.type, event.reason, event.message)
+    metrics.record_training_workers(namespace, name, None if plan.delete_job else plan.status.get("workers"))
+    metrics.record_reconcile(KIND, "accepted", time.perf_counter() - started)
+    return plan.requeue
+
+
+class DatasetUsers:
+    """Which jobs wait on which dataset, learnt from their passes (thread-safe: passes run in threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users: dict[tuple[str, str], set[str]] = {}
+
+    def note(self, namespace: str, job: str, dataset: str | None) -> None:
+        with self._lock:
+            for users in self._users.values():
+                users.discard(job)
+            if dataset is not None:
+                self._users.setdefault((namespace, dataset), set()).add(job)
+
+    def jobs_of(self, dataset: Mapping[str, Any]) -> list[ObjectKey]:
+        metadata = dataset.get("metadata") or {}
+        namespace, name = str(metadata.get("namespace", "")), str(metadata.get("name", ""))
+        with self._lock:
+            return [ObjectKey(KIND, namespace, job) for job in sorted(self._users.get((namespace, name), ()))]
+
+
+DATASET_USERS = DatasetUsers()
+
+
+def register() -> None:
+    """Register the loop, its wake-ups and the metric clean-up with kopf."""
+    loop.register(TRAINING_JOB, reconcile_job)
+    loop.wake_owner_on(TRAINING_JOB, "", "v1", "pods")
+    loop.wake_on(GROUP, VERSION, LEPTON_DATASET.plural, DATASET_USERS.jobs_of, handler_id="wake-trainingjob-dataset")
+
+    @kopf.on.event(GROUP, VERSION, TRAINING_JOB.plural, id="training-metrics")
+    async def forget_deleted(body: kopf.Body, type: str | None, **_: Any) -> None:
+        if type == "DELETED":
+            metadata = body.get("metadata", {})
+            metrics.record_training_workers(str(metadata.get("namespace")), str(metadata.get("name")), None)
+
+
+register()
