@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from localcluster import config
+import uuid
+
+from localcluster import config, nodes
 from localcluster.kube import Kubectl, wait_until
 from operator_fixtures import RunningOperator, metric_samples
 
@@ -180,3 +182,31 @@ def test_training_finished_job_is_deleted_after_its_ttl(lepton_operator: Running
     finish_workers(kubectl, "short", 0, json.dumps({"step": 1}))
     wait_phase(kubectl, "short", "Succeeded")
     wait_until(lambda: kubectl.get_or_none("tj", "short") is None, TIMEOUT, "the job deleted after its TTL")
+
+
+def test_training_workers_on_a_deleted_node_are_replaced_as_a_group(
+    lepton_operator: RunningOperator, kubectl: Kubectl
+) -> None:
+    product = f"TEST-GPU-{uuid.uuid4().hex[:6]}"  # only this test's two nodes carry it
+    added = [nodes.add_gpu_node(kubectl, product=product) for _ in range(2)]
+    try:
+        spec = {"workers": {"replicas": 1, "gpu": {"count": 8, "product": product}},
+                "restartPolicy": {"backoff": {"initialSeconds": 0}}}  # fmt: skip
+        kubectl.apply(job("lost", **spec), "--server-side")
+        wait_phase(kubectl, "lost", "Running")
+        [first] = workers(kubectl, "lost", group=0)
+        doomed = first["spec"]["nodeName"]
+        assert doomed in added
+        nodes.delete_node(kubectl, doomed)
+
+        def replaced() -> dict[str, Any] | None:
+            status = status_of(kubectl, "lost")
+            return status if status.get("group") == 1 and status.get("phase") == "Running" else None
+
+        status = wait_until(replaced, TIMEOUT, "the group replaced on the other node")
+        assert status["restarts"]["byReason"] == {"NodeLost": 1}
+        [second] = workers(kubectl, "lost", group=1)
+        assert second["spec"]["nodeName"] == next(n for n in added if n != doomed)
+    finally:
+        for name in added:
+            nodes.delete_node(kubectl, name, wait=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
@@ -42,8 +42,9 @@ class FakeApi:
         self.calls.append(("apply", f"{manifest['kind']}/{manifest['metadata']['name']}"))
         return dict(manifest)
 
-    def delete(self, api_version: str, kind: str, namespace: str | None, name: str, propagation: str = "") -> bool:
-        self.calls.append(("delete", f"{kind}/{name}"))
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str, propagation: str = "",
+               grace_period_seconds: int | None = None) -> bool:  # fmt: skip
+        self.calls.append(("delete", f"{kind}/{name}" + ("!" if grace_period_seconds == 0 else "")))
         return True
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
@@ -166,3 +167,33 @@ def test_a_deleted_job_ends_the_pass_quietly(monkeypatch: pytest.MonkeyPatch) ->
     patch: dict[str, Any] = {}
     assert controller.reconcile_job(body({}), patch, retry=0, logger=LOGGER, warn=lambda r, m: None, now=NOW) is None
     assert patch == {} and api.calls == []
+
+
+def test_node_watch_reports_deleted_and_long_not_ready_nodes_and_wakes_their_jobs() -> None:
+    nodes = controller.NodeWatch()
+    key = controller.ObjectKey("TrainingJob", "ml", "job")
+    pods = [{"spec": {"nodeName": "a"}}, {"spec": {"nodeName": "b"}}, {"spec": {}}]
+    nodes.note_pods(key, pods)
+    not_ready = {"metadata": {"name": "b"},
+                 "status": {"conditions": [{"type": "Ready", "status": "Unknown", "lastTransitionTime": "2026-01-02T03:04:00Z"}]}}  # fmt: skip
+    assert nodes.observe(not_ready, False, NOW) == [key]
+    assert nodes.lost(pods, 60, NOW) == ({}, 55)
+    assert nodes.observe({"metadata": {"name": "a"}}, True, NOW) == [key]
+    lost, recheck = nodes.lost(pods, 60, NOW + timedelta(seconds=60))
+    assert lost == {"a": "was deleted", "b": "has been NotReady for 65 s"} and recheck is None
+    ready = {"metadata": {"name": "b"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    nodes.observe(ready, False, NOW)
+    assert nodes.lost(pods, 60, NOW + timedelta(seconds=60))[0] == {"a": "was deleted"}
+    nodes.note_pods(key, [])
+    assert nodes.observe(ready, False, NOW) == []
+
+
+def test_pods_on_a_deleted_node_are_force_deleted(monkeypatch: pytest.MonkeyPatch) -> None:
+    running = {"metadata": {"name": "job-worker-0-g0", "labels": {"lepton.ai/worker-index": "0", "lepton.ai/group": "0"}},
+               "spec": {"nodeName": "gone"}, "status": {"phase": "Running"}}  # fmt: skip
+    api = FakeApi([running])
+    monkeypatch.setattr(controller, "NODES", controller.NodeWatch())
+    controller.NODES.observe({"metadata": {"name": "gone"}}, True, NOW)
+    due, patch, _ = run(api, monkeypatch, body({"restartPolicy": {"backoff": {"initialSeconds": 0}}}, {"phase": "Running", "group": 0}))
+    assert api.calls == [("status", "Restarting/1"), ("delete", "Pod/job-worker-0-g0!")]
+    assert patch["restarts"]["byReason"] == {"NodeLost": 1}

@@ -253,3 +253,12 @@ def test_an_unchanged_status_keeps_transition_times() -> None:
     first = assess(job, [pod(0)])
     again = assess(job, [pod(0)], first.status, now=NOW + timedelta(minutes=5))
     assert again.status == first.status and again.events == []
+
+
+def test_a_worker_on_a_lost_node_restarts_the_group_or_fails_the_job() -> None:
+    pods = [pod(0, node="gone"), pod(1, node="n1")]
+    plan = assess(spec(workers={"replicas": 2}), pods, {"phase": "Running", "group": 0}, lost_nodes={"gone": "was deleted"})
+    assert plan.restarted == "NodeLost" and "node gone was deleted" in plan.status["conditions"][1]["message"]
+    plan = assess(spec(workers={"replicas": 2}, restartPolicy={"onNodeLoss": "Fail"}), pods, {"phase": "Running", "group": 0},
+                  lost_nodes={"gone": "was deleted"})  # fmt: skip
+    assert plan.phase == "Failed" and plan.status["reason"] == "NodeLost"

@@ -72,13 +72,27 @@ def apply(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return applied
 
 
-def delete(api_version: str, kind: str, namespace: str | None, name: str, propagation: str = "Background") -> bool:
-    """Delete one object; ``False`` when it was already gone."""
+def delete(
+    api_version: str,
+    kind: str,
+    namespace: str | None,
+    name: str,
+    propagation: str = "Background",
+    grace_period_seconds: int | None = None,
+) -> bool:
+    """Delete one object; ``False`` when it was already gone.
+
+    ``grace_period_seconds=0`` removes a pod at once, without waiting for its
+    kubelet to confirm: the way to delete pods of a node that is gone.
+    """
+    body: dict[str, Any] = {"propagationPolicy": propagation}
+    if grace_period_seconds is not None:
+        body["gracePeriodSeconds"] = grace_period_seconds
     try:
         _resource(api_version, kind).delete(
             name=name,
             namespace=namespace,
-            body={"propagationPolicy": propagation},
+            body=body,
             _request_timeout=REQUEST_TIMEOUT,
         )
     except NotFoundError:

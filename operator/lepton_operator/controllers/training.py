@@ -14,8 +14,9 @@ decide, then act in an order that survives a crash at any point:
    changes and restarts, and the time of the next pass (a backoff, the
    deadline, the TTL) as the loop's requeue delay.
 
-Pod and Service events wake the job's loop (``loop.wake_owner_on``), the job's
-dataset wakes it too, so no pass waits for the periodic resync.
+Pod events wake the job's loop (``loop.wake_owner_on``), its dataset and the
+nodes its workers run on wake it too (``DatasetUsers``, ``NodeWatch``), so no
+pass waits for the periodic resync.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import kopf
@@ -35,7 +36,7 @@ from lepton_operator.api.training import TrainingJobSpec
 from lepton_operator.controllers import kube, loop, reconcile
 from lepton_operator.controllers.config import retry_delay
 from lepton_operator.controllers.reconcile import Logger, Warn
-from lepton_operator.controllers.wakeups import ObjectKey
+from lepton_operator.controllers.wakeups import WAKEUPS, ObjectKey
 from lepton_operator.render import common
 from lepton_operator.render import training as render
 from lepton_operator.status import training as assessing
@@ -70,13 +71,20 @@ def dataset_readiness(namespace: str, spec: TrainingJobSpec) -> tuple[bool, str]
 
 
 def carry_out(plan: assessing.Plan, name: str, namespace: str, uid: str, spec: TrainingJobSpec,
-              pods: list[dict[str, Any]]) -> None:  # fmt: skip
-    """Do what ``plan`` asks, in the crash-safe order of the module docstring."""
+              pods: list[dict[str, Any]], lost_nodes: Mapping[str, str]) -> None:  # fmt: skip
+    """Do what ``plan`` asks, in the crash-safe order of the module docstring.
+
+    Pods on a lost node are deleted with no grace period: no kubelet is left
+    to confirm a graceful deletion, and the next group waits for them to go.
+    """
     if plan.restarted is not None:
         kube.patch_status(TRAINING_JOB, namespace, name, plan.status)
         metrics.record_training_restart(plan.restarted)
-    for doomed in plan.delete_pods:
-        kube.delete("v1", "Pod", namespace, doomed)
+    stranded = {assessing.pod_name(p) for p in pods if (p.get("spec") or {}).get("nodeName") in lost_nodes}
+    doomed = list(plan.delete_pods) + [assessing.pod_name(p) for p in pods
+                                       if assessing.terminating(p) and assessing.pod_name(p) in stranded]  # fmt: skip
+    for pod in dict.fromkeys(doomed):
+        kube.delete("v1", "Pod", namespace, pod, grace_period_seconds=0 if pod in stranded else None)
     if plan.delete_job:
         kube.delete(API_VERSION, KIND, namespace, name)
         return
@@ -133,10 +141,13 @@ def reconcile_job(
         ready, why = dataset_readiness(namespace, parsed)
         selector = common.label_selector(render.worker_selector(name))
         pods = kube.list_labelled("v1", "Pod", namespace, selector)
+        NODES.note_pods(ObjectKey(KIND, namespace, name), pods)
+        grace = float(parsed.restart_policy.node_loss_grace_seconds)
+        lost_nodes, recheck = NODES.lost(pods, grace, moment)
         observed = assessing.Observed(pods=pods, now=moment, dataset_ready=ready, dataset_message=why,
-                                      output_uri=render.output_uri(name, parsed))  # fmt: skip
+                                      output_uri=render.output_uri(name, parsed), lost_nodes=lost_nodes)  # fmt: skip
         plan = assessing.assess(parsed, generation, existing, observed)
-        carry_out(plan, name, namespace, uid, parsed, pods)
+        carry_out(plan, name, namespace, uid, parsed, pods, lost_nodes)
     except Exception as error:
         delay = retry_delay(retry)
         try:
@@ -153,6 +164,8 @@ def reconcile_job(
         poster(event.type, event.reason, event.message)
     metrics.record_training_workers(namespace, name, None if plan.delete_job else plan.status.get("workers"))
     metrics.record_reconcile(KIND, "accepted", time.perf_counter() - started)
+    if recheck is not None:
+        return recheck if plan.requeue is None else min(plan.requeue, recheck)
     return plan.requeue
 
 
@@ -180,11 +193,87 @@ class DatasetUsers:
 DATASET_USERS = DatasetUsers()
 
 
+class NodeWatch:
+    """Nodes as the node watch saw them: which are gone, which NotReady since when, who uses them.
+
+    Passes note which nodes their workers are on; a node event wakes those jobs,
+    and :meth:`lost` tells a pass which of its nodes are lost (deleted, or
+    NotReady for longer than the job's grace period). Pods on a deleted node
+    are also removed by the pod garbage collector eventually; this makes the
+    replacement prompt and honours ``nodeLossGraceSeconds`` for NotReady nodes.
+    """
+
+    #: Deleted nodes are remembered this long (their pods are garbage-collected well before).
+    FORGET_AFTER = timedelta(hours=1)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._gone: dict[str, datetime] = {}
+        self._not_ready_since: dict[str, datetime] = {}
+        self._users: dict[str, set[ObjectKey]] = {}
+
+    def note_pods(self, job: ObjectKey, pods: list[dict[str, Any]]) -> None:
+        nodes = {str((p.get("spec") or {}).get("nodeName")) for p in pods if (p.get("spec") or {}).get("nodeName")}
+        with self._lock:
+            for node, users in list(self._users.items()):
+                if node not in nodes:
+                    users.discard(job)
+                    if not users:
+                        del self._users[node]
+            for node in nodes:
+                self._users.setdefault(node, set()).add(job)
+
+    def observe(self, node: Mapping[str, Any], deleted: bool, now: datetime) -> list[ObjectKey]:
+        """Record a node event; returns the jobs to wake."""
+        name = str((node.get("metadata") or {}).get("name", ""))
+        ready = next((c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None)
+        with self._lock:
+            for old, when in list(self._gone.items()):
+                if now - when > self.FORGET_AFTER:
+                    del self._gone[old]
+            if deleted:
+                self._gone[name] = now
+                self._not_ready_since.pop(name, None)
+            elif ready is not None and ready.get("status") != "True":
+                since = ready.get("lastTransitionTime")
+                moment = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else now
+                self._not_ready_since.setdefault(name, moment)
+            else:
+                self._gone.pop(name, None)
+                self._not_ready_since.pop(name, None)
+            return sorted(self._users.get(name, ()))
+
+    def lost(self, pods: list[dict[str, Any]], grace: float, now: datetime) -> tuple[dict[str, str], float | None]:
+        """Lost nodes of ``pods`` with why, and when to look again for a NotReady one not yet past grace."""
+        lost: dict[str, str] = {}
+        recheck: float | None = None
+        with self._lock:
+            for pod in pods:
+                node = str((pod.get("spec") or {}).get("nodeName") or "")
+                if node in self._gone:
+                    lost[node] = "was deleted"
+                elif node in self._not_ready_since:
+                    waited = (now - self._not_ready_since[node]).total_seconds()
+                    if waited >= grace:
+                        lost[node] = f"has been NotReady for {waited:.0f} s"
+                    else:
+                        recheck = min(recheck or grace, grace - waited)
+        return lost, recheck
+
+
+NODES = NodeWatch()
+
+
 def register() -> None:
     """Register the loop, its wake-ups and the metric clean-up with kopf."""
     loop.register(TRAINING_JOB, reconcile_job)
     loop.wake_owner_on(TRAINING_JOB, "", "v1", "pods")
     loop.wake_on(GROUP, VERSION, LEPTON_DATASET.plural, DATASET_USERS.jobs_of, handler_id="wake-trainingjob-dataset")
+
+    @kopf.on.event("", "v1", "nodes", id="training-nodes")
+    async def wake_on_node(body: kopf.Body, type: str | None, **_: Any) -> None:
+        for key in NODES.observe(body, type == "DELETED", datetime.now(UTC)):
+            WAKEUPS.wake(key)
 
     @kopf.on.event(GROUP, VERSION, TRAINING_JOB.plural, id="training-metrics")
     async def forget_deleted(body: kopf.Body, type: str | None, **_: Any) -> None:

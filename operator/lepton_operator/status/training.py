@@ -17,7 +17,8 @@ Rules, in order of precedence:
 * A group is all or nothing: Running only when every worker of the current
   group runs. Workers the scheduler cannot place make the job Pending with the
   scheduler's own reason (``0/4 nodes are available: Insufficient nvidia.com/gpu``).
-* A failed worker fails its group. The failure is classified (:func:`classify`):
+* A failed worker fails its group, and so does a worker on a lost node (deleted,
+  or NotReady past ``nodeLossGraceSeconds``; ``onNodeLoss: Fail`` fails the job). The failure is classified (:func:`classify`):
   a retryable exit code, OOMKilled, a lost node, a preemption, or a
   non-retryable exit code. Each retryable reason has its own budget of
   ``backoffLimit`` group restarts; the restart after the budget is spent fails
@@ -215,8 +216,8 @@ def lost(pod: Mapping[str, Any], policy: RestartPolicy) -> Failure:
     disruption = _condition(pod, "DisruptionTarget")
     cause = str(disruption.get("reason")) if disruption and disruption.get("status") == "True" else ""
     if cause in _PREEMPTIONS:
-        return Failure(PREEMPTED, True, f"worker {_name(pod)} was preempted ({cause})")
-    return Failure(NODE_LOST, policy.on_node_loss == "Replace", f"worker {_name(pod)} was deleted ({cause or 'by someone else'})")
+        return Failure(PREEMPTED, True, f"worker {pod_name(pod)} was preempted ({cause})")
+    return Failure(NODE_LOST, policy.on_node_loss == "Replace", f"worker {pod_name(pod)} was deleted ({cause or 'by someone else'})")
 
 
 def succeeded(pod: Mapping[str, Any]) -> bool:
@@ -299,6 +300,8 @@ class Observed:
     dataset_message: str = ""
     output_uri: str | None = None
     """Where the export lands (``render.training.output_uri``)."""
+    lost_nodes: Mapping[str, str] = field(default_factory=dict)
+    """Nodes known lost (deleted, or NotReady past the grace period), with why."""
 
 
 def assess(
@@ -329,7 +332,7 @@ def assess(
         return plan
 
     if spec.run_policy.suspend:
-        plan.delete_pods = [_name(p) for p in pods if not terminating(p)]
+        plan.delete_pods = [pod_name(p) for p in pods if not terminating(p)]
         if any(pod_group(p) == group for p in pods):
             plan.group = group + 1  # the resumed group is a new one: it never meets these pods
         return builder.set("Suspended", "Suspended", "the job is suspended; its workers are deleted")
@@ -344,8 +347,13 @@ def assess(
             return plan
         plan.requeue = left
 
-    plan.delete_pods = [_name(p) for p in stale]
+    plan.delete_pods = [pod_name(p) for p in stale]
     failures = [f for f in (classify(p, spec.restart_policy) for p in current) if f is not None]
+    for p in current:
+        node = str((p.get("spec") or {}).get("nodeName") or "")
+        if node in observed.lost_nodes and not succeeded(p) and classify(p, spec.restart_policy) is None:
+            replace = spec.restart_policy.on_node_loss == "Replace"
+            failures.append(Failure(NODE_LOST, replace, f"worker {pod_name(p)}'s node {node} {observed.lost_nodes[node]}"))
     failures += [lost(p, spec.restart_policy) for p in going if pod_group(p) == group]
     missing = set(range(replicas)) - {pod_index(p) for p in pods if pod_group(p) == group}
     if missing and previous.phase == "Running" and group == previous.group:
@@ -361,7 +369,7 @@ def assess(
             return plan
         plan.restarted = decision.reason
         plan.group = group + 1
-        plan.delete_pods += [_name(p) for p in current]
+        plan.delete_pods += [pod_name(p) for p in current]
         builder.restarts = decision.restarts
         builder.current = []
         delay = backoff_seconds(spec.restart_policy, decision.restarts.total)
@@ -405,8 +413,10 @@ def assess(
     return builder.set("Starting", "WorkersStarting", f"{runs} of {replicas} workers are running")
 
 
-def _name(pod: Mapping[str, Any]) -> str:
+def pod_name(pod: Mapping[str, Any]) -> str:
+    """A pod's name."""
     return str(_meta(pod).get("name"))
+
 
 
 def _sooner(a: float | None, b: float) -> float:
@@ -442,7 +452,7 @@ class _Builder:
             doomed = [p for p in pods if not terminating(p) and _status(p).get("phase") in ("Pending", "Running", None)]
         else:
             doomed = []
-        self.plan.delete_pods = [_name(p) for p in doomed]
+        self.plan.delete_pods = [pod_name(p) for p in doomed]
 
     def finish(self, phase: TrainingPhase, reason: str, message: str, *, event: bool = True) -> Plan:
         self.completion_time = self.completion_time or self.now
