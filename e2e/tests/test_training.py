@@ -210,3 +210,36 @@ def test_training_workers_on_a_deleted_node_are_replaced_as_a_group(
     finally:
         for name in added:
             nodes.delete_node(kubectl, name, wait=False)
+
+
+def test_training_elastic_job_grows_with_gpu_nodes_and_shrinks_when_they_go(
+    lepton_operator: RunningOperator, kubectl: Kubectl
+) -> None:
+    product = f"TEST-GPU-{uuid.uuid4().hex[:6]}"  # only this test's nodes carry it
+    added = [nodes.add_gpu_node(kubectl, product=product)]
+    try:
+        spec = {"workers": {"replicas": 1, "minReplicas": 1, "maxReplicas": 3, "gpu": {"count": 8, "product": product}}}
+        kubectl.apply(job("stretch", **spec), "--server-side")
+
+        def running_with(size: int) -> dict[str, Any] | None:
+            status = status_of(kubectl, "stretch")
+            ok = status.get("phase") == "Running" and status.get("workers", {}).get("desired") == size
+            return status if ok else None
+
+        wait_until(lambda: running_with(1), TIMEOUT, "1 worker on the one node")
+        added.append(nodes.add_gpu_node(kubectl, product=product))
+        status = wait_until(lambda: running_with(2), TIMEOUT, "grown to 2 workers")
+        group = status["group"]
+        pods = workers(kubectl, "stretch", group=group)
+        assert sorted(p["spec"]["nodeName"] for p in pods) == sorted(added)
+        assert {env_of(p)["PET_NNODES"] for p in pods} == {"1:3"} and {env_of(p)["WORLD_SIZE"] for p in pods} == {"16"}
+
+        nodes.delete_node(kubectl, added.pop())
+        status = wait_until(lambda: running_with(1), TIMEOUT, "shrunk to 1 worker")
+        assert status["restarts"]["byReason"] == {"Resized": 2}, status["restarts"]
+        assert events(kubectl, "stretch", "Restarting")
+        samples = metric_samples(lepton_operator.metrics(), "lepton_training_restarts_total")
+        assert samples[(("reason", "Resized"),)] >= 2
+    finally:
+        for name in added:
+            nodes.delete_node(kubectl, name, wait=False)

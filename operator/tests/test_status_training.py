@@ -262,3 +262,39 @@ def test_a_worker_on_a_lost_node_restarts_the_group_or_fails_the_job() -> None:
     plan = assess(spec(workers={"replicas": 2}, restartPolicy={"onNodeLoss": "Fail"}), pods, {"phase": "Running", "group": 0},
                   lost_nodes={"gone": "was deleted"})  # fmt: skip
     assert plan.phase == "Failed" and plan.status["reason"] == "NodeLost"
+
+
+def elastic(**extra: Any) -> TrainingJobSpec:
+    return spec(workers={"replicas": 2, "minReplicas": 1, "maxReplicas": 4, "gpu": {"count": 8}}, **extra)
+
+
+def test_elastic_group_starts_with_what_fits_within_bounds() -> None:
+    assert assess(elastic(), [], capacity=3).replicas == 3
+    assert assess(elastic(), [], capacity=9).replicas == 4
+    assert assess(elastic(), [], capacity=0).replicas == 1  # waits as Pending for the minimum
+    assert assess(spec(workers={"replicas": 2}), [], capacity=9).replicas == 2  # not elastic
+
+
+def test_elastic_group_grows_as_a_resize_without_budget_or_backoff() -> None:
+    status = {"phase": "Running", "group": 0, "workers": {"desired": 2}}
+    job = elastic(restartPolicy={"backoffLimit": 0, "backoff": {"initialSeconds": 60}})
+    plan = assess(job, [pod(0), pod(1)], status, capacity=2)
+    assert plan.phase == "Running" and plan.restarted is None
+    plan = assess(job, [pod(0), pod(1)], status, capacity=3)
+    assert plan.restarted == "Resized" and plan.replicas == 3 and plan.requeue == 0
+    assert plan.status["restarts"]["byReason"] == {"Resized": 1}
+    assert "grows from 2 to 3" in plan.events[0].message
+    following = assess(job, [], plan.status, capacity=3)
+    assert following.create_workers and following.replicas == 3 and following.group == 1
+
+
+def test_elastic_group_losing_a_node_shrinks_as_a_resize() -> None:
+    status = {"phase": "Running", "group": 0, "workers": {"desired": 2}}
+    job = elastic(restartPolicy={"backoffLimit": 0})
+    plan = assess(job, [pod(0, node="gone"), pod(1)], status, capacity=1, lost_nodes={"gone": "was deleted"})
+    assert plan.restarted == "Resized" and plan.replicas == 1
+    assert failed_restarts_of(plan) == 0
+
+
+def failed_restarts_of(plan: t.Plan) -> int:
+    return t.failure_restarts(t.RestartCounts.model_validate(plan.status["restarts"]))

@@ -39,11 +39,15 @@ from lepton_operator.controllers.reconcile import Logger, Warn
 from lepton_operator.controllers.wakeups import WAKEUPS, ObjectKey
 from lepton_operator.render import common
 from lepton_operator.render import training as render
+from lepton_operator.status import capacity
 from lepton_operator.status import training as assessing
 from lepton_operator.status import validation
 
 KIND = TRAINING_JOB.kind
 DATASET_KIND = LEPTON_DATASET.kind
+GPU_RESOURCE = common.GPU_RESOURCE
+#: How often an elastic job looks for capacity that no node event announced (pods of others ending).
+ELASTIC_RECHECK_SECONDS = 30.0
 #: Posts an event on the job: (type, reason, message).
 Poster = Callable[[str, str, str], None]
 
@@ -68,6 +72,22 @@ def dataset_readiness(namespace: str, spec: TrainingJobSpec) -> tuple[bool, str]
     if phase != "Ready":
         return False, f"waiting for LeptonDataset {spec.dataset.name} to be Ready (it is {phase or 'new'})"
     return True, ""
+
+
+def elastic_capacity(namespace: str, spec: TrainingJobSpec, own: list[dict[str, Any]]) -> int | None:
+    """Workers of an elastic GPU job the cluster can host now, counting the GPUs it holds as its own.
+
+    Lists every node and pod: done only for elastic jobs, whose size depends on it.
+    """
+    workers = spec.workers
+    if not workers.elastic or workers.gpu is None:
+        return None
+    nodes = kube.list_labelled("v1", "Node", None, "")
+    pods = kube.list_labelled("v1", "Pod", None, "")
+    ignore = {f"{namespace}/{assessing.pod_name(p)}" for p in own}
+    selector = common.node_selector(workers.node_selector, workers.gpu)
+    tolerations = common.tolerations(workers.tolerations, workers.gpu)
+    return capacity.workers_that_fit(nodes, pods, workers.gpu.count, selector, tolerations, ignore)
 
 
 def carry_out(plan: assessing.Plan, name: str, namespace: str, uid: str, spec: TrainingJobSpec,
@@ -142,10 +162,12 @@ def reconcile_job(
         selector = common.label_selector(render.worker_selector(name))
         pods = kube.list_labelled("v1", "Pod", namespace, selector)
         NODES.note_pods(ObjectKey(KIND, namespace, name), pods)
+        NODES.note_elastic(ObjectKey(KIND, namespace, name), parsed.workers.elastic)
+        fits = elastic_capacity(namespace, parsed, pods)
         grace = float(parsed.restart_policy.node_loss_grace_seconds)
         lost_nodes, recheck = NODES.lost(pods, grace, moment)
         observed = assessing.Observed(pods=pods, now=moment, dataset_ready=ready, dataset_message=why,
-                                      output_uri=render.output_uri(name, parsed), lost_nodes=lost_nodes)  # fmt: skip
+                                      output_uri=render.output_uri(name, parsed), lost_nodes=lost_nodes, capacity=fits)  # fmt: skip
         plan = assessing.assess(parsed, generation, existing, observed)
         carry_out(plan, name, namespace, uid, parsed, pods, lost_nodes)
     except Exception as error:
@@ -164,6 +186,9 @@ def reconcile_job(
         poster(event.type, event.reason, event.message)
     metrics.record_training_workers(namespace, name, None if plan.delete_job else plan.status.get("workers"))
     metrics.record_reconcile(KIND, "accepted", time.perf_counter() - started)
+    if fits is not None and plan.phase in ("Running", "Starting", "Pending"):
+        # Capacity freed by other pods wakes nobody: look again now and then.
+        recheck = ELASTIC_RECHECK_SECONDS if recheck is None else min(recheck, ELASTIC_RECHECK_SECONDS)
     if recheck is not None:
         return recheck if plan.requeue is None else min(plan.requeue, recheck)
     return plan.requeue
@@ -208,6 +233,8 @@ class NodeWatch:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._elastic: set[ObjectKey] = set()
+        self._capacity: dict[str, tuple[bool, object, object]] = {}
         self._gone: dict[str, datetime] = {}
         self._not_ready_since: dict[str, datetime] = {}
         self._users: dict[str, set[ObjectKey]] = {}
@@ -223,11 +250,30 @@ class NodeWatch:
             for node in nodes:
                 self._users.setdefault(node, set()).add(job)
 
+    def note_elastic(self, job: ObjectKey, elastic: bool) -> None:
+        """Remember the elastic jobs: any change of GPU capacity wakes them."""
+        with self._lock:
+            if elastic:
+                self._elastic.add(job)
+            else:
+                self._elastic.discard(job)
+
     def observe(self, node: Mapping[str, Any], deleted: bool, now: datetime) -> list[ObjectKey]:
         """Record a node event; returns the jobs to wake."""
         name = str((node.get("metadata") or {}).get("name", ""))
         ready = next((c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None)
+        capacity = (
+            bool(ready and ready.get("status") == "True") and not deleted,
+            ((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE),
+            (node.get("spec") or {}).get("unschedulable"),
+        )
         with self._lock:
+            resized = self._capacity.get(name) != capacity
+            if deleted:
+                self._capacity.pop(name, None)
+            else:
+                self._capacity[name] = capacity
+            woken = set(self._users.get(name, ())) | (self._elastic if resized else set())
             for old, when in list(self._gone.items()):
                 if now - when > self.FORGET_AFTER:
                     del self._gone[old]
@@ -241,7 +287,7 @@ class NodeWatch:
             else:
                 self._gone.pop(name, None)
                 self._not_ready_since.pop(name, None)
-            return sorted(self._users.get(name, ()))
+            return sorted(woken)
 
     def lost(self, pods: list[dict[str, Any]], grace: float, now: datetime) -> tuple[dict[str, str], float | None]:
         """Lost nodes of ``pods`` with why, and when to look again for a NotReady one not yet past grace."""

@@ -24,6 +24,11 @@ Rules, in order of precedence:
   ``backoffLimit`` group restarts; the restart after the budget is spent fails
   the job instead (so exactly ``backoffLimit`` restarts happen per reason). A
   non-retryable exit fails the job at once.
+* Elastic jobs (``minReplicas < maxReplicas``) are sized to the workers the
+  cluster can host (``Observed.capacity``) within the bounds; a running group
+  whose size no longer matches restarts at the new size, and so does one that
+  lost a node. These membership changes are counted as ``Resized``, apart from
+  failures: no budget, no backoff. A change of ``replicas`` resizes the same way.
 * A restart bumps the group generation (``status.group``), deletes the old
   group, and creates the new one once every old pod is gone and the backoff
   (``initialSeconds * 2**(restarts - 1)``, capped at ``maxSeconds``) has passed.
@@ -59,6 +64,7 @@ NON_RETRYABLE_EXIT_CODE = "NonRetryableExitCode"
 OOM_KILLED = "OOMKilled"
 NODE_LOST = "NodeLost"
 PREEMPTED = "Preempted"
+RESIZED = "Resized"
 BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 
@@ -251,7 +257,7 @@ def progress_of(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
 
 
 def backoff_seconds(policy: RestartPolicy, restarts: int) -> float:
-    """Delay before the group of the ``restarts``-th restart starts (exponential, capped)."""
+    """Delay before the group of the ``restarts``-th failure restart starts (exponential, capped)."""
     if restarts <= 0:
         return 0.0
     return float(min(policy.backoff.initial_seconds * 2 ** min(restarts - 1, 32), policy.backoff.max_seconds))
@@ -267,12 +273,24 @@ class Decision:
     restarts: RestartCounts
 
 
+def failure_restarts(restarts: RestartCounts) -> int:
+    """Restarts caused by failures (membership changes of elastic jobs are not failures)."""
+    return restarts.total - (restarts.by_reason or {}).get(RESIZED, 0)
+
+
+def restart_delay(policy: RestartPolicy, restarts: RestartCounts) -> float:
+    """Delay before the group of the latest restart starts: none after a resize, else the backoff."""
+    if restarts.last_reason == RESIZED:
+        return 0.0
+    return backoff_seconds(policy, failure_restarts(restarts))
+
+
 def decide(failure: Failure, restarts: RestartCounts, policy: RestartPolicy, now: str) -> Decision:
-    """Restart the group (budget left for this reason) or fail the job."""
+    """Restart the group (budget left for this reason, or a resize) or fail the job."""
     if not failure.retryable:
         return Decision(False, failure.reason, failure.message, restarts)
     spent = (restarts.by_reason or {}).get(failure.reason, 0)
-    if spent >= policy.backoff_limit:
+    if spent >= policy.backoff_limit and failure.reason != RESIZED:
         message = f"{failure.message}; backoffLimit {policy.backoff_limit} reached for {failure.reason}"
         return Decision(False, BACKOFF_LIMIT_EXCEEDED, message, restarts)
     by_reason = {**(restarts.by_reason or {}), failure.reason: spent + 1}
@@ -298,6 +316,8 @@ class Observed:
     now: datetime
     dataset_ready: bool = True
     dataset_message: str = ""
+    capacity: int | None = None
+    """Workers of this job the cluster can host now (elastic jobs; see ``status.capacity``)."""
     output_uri: str | None = None
     """Where the export lands (``render.training.output_uri``)."""
     lost_nodes: Mapping[str, str] = field(default_factory=dict)
@@ -312,8 +332,11 @@ def assess(
     now = cond.format_time(observed.now)
     restarts = previous.restarts or RestartCounts()
     group = previous.group if previous.group is not None else restarts.total
-    replicas = spec.workers.replicas
     pods = list(observed.pods)
+    target = target_size(spec, observed.capacity)
+    has_group = any(pod_group(p) == group for p in pods)
+    same_group = has_group and previous.group == group and previous.workers is not None and previous.workers.desired > 0
+    replicas = previous.workers.desired if same_group and previous.workers else target
     current = [p for p in pods if pod_group(p) == group and not terminating(p)]
     stale = [p for p in pods if pod_group(p) != group and not terminating(p)]
     going = [p for p in pods if terminating(p)]
@@ -360,8 +383,14 @@ def assess(
         node_loss_ok = spec.restart_policy.on_node_loss == "Replace"
         gone = ", ".join(str(i) for i in sorted(missing))
         failures.append(Failure(NODE_LOST, node_loss_ok, f"running worker(s) {gone} vanished (node lost or pod deleted)"))
+    if not failures and current and replicas != target:
+        change = "grows" if target > replicas else "shrinks"
+        failures.append(Failure(RESIZED, True, f"the group {change} from {replicas} to {target} workers"))
     if failures:
         failure = next((f for f in failures if not f.retryable), failures[0])
+        if spec.workers.elastic and failure.retryable and failure.reason in (NODE_LOST, PREEMPTED):
+            # Capacity went away: a membership change of an elastic job, not a failure.
+            failure = Failure(RESIZED, True, f"{failure.message}; the group resizes to the GPUs left")
         decision = decide(failure, restarts, spec.restart_policy, now)
         if not decision.restart:
             builder.finish("Failed", decision.reason, decision.message)
@@ -370,9 +399,10 @@ def assess(
         plan.restarted = decision.reason
         plan.group = group + 1
         plan.delete_pods += [pod_name(p) for p in current]
+        plan.replicas = target
         builder.restarts = decision.restarts
         builder.current = []
-        delay = backoff_seconds(spec.restart_policy, decision.restarts.total)
+        delay = restart_delay(spec.restart_policy, decision.restarts)
         plan.requeue = _sooner(plan.requeue, delay)
         message = f"restart {decision.restarts.total}: {decision.message}; new group in {delay:.0f} s"
         plan.events.append(Event("Warning", "Restarting", message))
@@ -392,7 +422,7 @@ def assess(
 
     last_restart = _parse_time(restarts.last_time)
     if restarts.total > 0 and not current and last_restart is not None:
-        wait = last_restart + timedelta(seconds=backoff_seconds(spec.restart_policy, restarts.total)) - observed.now
+        wait = last_restart + timedelta(seconds=restart_delay(spec.restart_policy, restarts)) - observed.now
         if wait.total_seconds() > 0:
             plan.requeue = _sooner(plan.requeue, wait.total_seconds())
             return builder.set("Restarting", "Backoff", f"next group starts in {wait.total_seconds():.0f} s")
@@ -417,6 +447,15 @@ def pod_name(pod: Mapping[str, Any]) -> str:
     """A pod's name."""
     return str(_meta(pod).get("name"))
 
+
+
+def target_size(spec: TrainingJobSpec, capacity: int | None) -> int:
+    """Workers the next group should have: ``replicas``, or for an elastic job what fits in [min, max]."""
+    workers = spec.workers
+    if not workers.elastic or capacity is None:
+        return workers.replicas
+    low, high = workers.min_replicas or workers.replicas, workers.max_replicas or workers.replicas
+    return max(low, min(high, capacity))
 
 
 def _sooner(a: float | None, b: float) -> float:
