@@ -227,6 +227,8 @@ def test_training_elastic_job_grows_with_gpu_nodes_and_shrinks_when_they_go(
             return status if ok else None
 
         wait_until(lambda: running_with(1), TIMEOUT, "1 worker on the one node")
+        gauge = metric_samples(lepton_operator.metrics(), "lepton_training_workers")
+        assert gauge[(("state", "schedulable"),)] >= 1
         added.append(nodes.add_gpu_node(kubectl, product=product))
         status = wait_until(lambda: running_with(2), TIMEOUT, "grown to 2 workers")
         group = status["group"]

@@ -70,12 +70,13 @@ def record_reconcile(kind: str, outcome: Outcome, seconds: float) -> None:
     RECONCILE_TOTAL.labels(kind=kind, outcome=outcome).inc()
 
 
-TRAINING_WORKER_STATES: Final = ("desired", "active", "ready", "succeeded", "failed")
+#: ``schedulable``: workers the cluster can host now, for elastic jobs (what their size follows).
+TRAINING_WORKER_STATES: Final = ("desired", "schedulable", "active", "ready", "succeeded", "failed")
 TRAINING_RESTART_REASONS: Final = ("RetryableExitCode", "OOMKilled", "NodeLost", "Preempted", "Resized")
 
 TRAINING_WORKERS: Final = Gauge(
     "lepton_training_workers",
-    "TrainingJob worker pods of all jobs, by state (desired, active, ready, succeeded, failed).",
+    "TrainingJob worker pods of all jobs, by state (desired, schedulable, active, ready, succeeded, failed).",
     labelnames=("state",),
     registry=REGISTRY,
 )

@@ -30,6 +30,7 @@ class FakeApi:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(kube, "list_labelled", self.list_labelled)
         monkeypatch.setattr(kube, "apply", self.apply)
+        monkeypatch.setattr(kube, "create", self.create)
         monkeypatch.setattr(kube, "delete", self.delete)
         monkeypatch.setattr(kube, "get", self.get)
         monkeypatch.setattr(kube, "patch_status", self.patch_status)
@@ -41,6 +42,10 @@ class FakeApi:
     def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         self.calls.append(("apply", f"{manifest['kind']}/{manifest['metadata']['name']}"))
         return dict(manifest)
+
+    def create(self, manifest: Mapping[str, Any]) -> bool:
+        self.calls.append(("create", f"{manifest['kind']}/{manifest['metadata']['name']}"))
+        return True
 
     def delete(self, api_version: str, kind: str, namespace: str | None, name: str, propagation: str = "",
                grace_period_seconds: int | None = None) -> bool:  # fmt: skip
@@ -79,12 +84,11 @@ def run(api: FakeApi, monkeypatch: pytest.MonkeyPatch, obj: dict[str, Any]) -> t
 def test_new_job_gets_claim_service_and_every_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     api = FakeApi()
     due, patch, events = run(api, monkeypatch, body({"workers": {"replicas": 2}, "checkpoint": {"size": "1Gi"}}))
-    assert api.calls == [
+    assert api.calls[:2] == [
         ("apply", "PersistentVolumeClaim/job-checkpoint"),
         ("apply", "Service/job"),
-        ("apply", "Pod/job-worker-0-g0"),
-        ("apply", "Pod/job-worker-1-g0"),
     ]
+    assert sorted(api.calls[2:]) == [("create", "Pod/job-worker-0-g0"), ("create", "Pod/job-worker-1-g0")]
     assert patch["phase"] == "Starting" and due is None
     assert events == [("Normal", "Starting", "creating 2 workers (group 0)")]
     assert metrics.REGISTRY.get_sample_value("lepton_training_workers", {"state": "desired"}) is not None
@@ -158,7 +162,7 @@ def test_the_pass_decides_from_the_job_as_stored_not_from_a_stale_body(monkeypat
     stale = body({"workers": {"replicas": 1}}, {"phase": "Running", "group": 0})
     patch: dict[str, Any] = {}
     controller.reconcile_job(stale, patch, retry=0, logger=LOGGER, warn=lambda r, m: None, post=lambda *e: None, now=NOW)
-    assert api.calls[-1] == ("apply", "Pod/job-worker-0-g1")
+    assert api.calls[-1] == ("create", "Pod/job-worker-0-g1")
 
 
 def test_a_deleted_job_ends_the_pass_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
