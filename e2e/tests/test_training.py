@@ -245,3 +245,14 @@ def test_training_elastic_job_grows_with_gpu_nodes_and_shrinks_when_they_go(
     finally:
         for name in added:
             nodes.delete_node(kubectl, name, wait=False)
+
+
+def test_training_job_past_its_active_deadline_fails_and_its_workers_go(
+    lepton_operator: RunningOperator, kubectl: Kubectl
+) -> None:
+    kubectl.apply(job("slow", workers={"replicas": 2}, runPolicy={"activeDeadlineSeconds": 3}), "--server-side")
+    wait_phase(kubectl, "slow", "Running")
+    status = wait_phase(kubectl, "slow", "Failed")
+    assert status["reason"] == "DeadlineExceeded"
+    wait_until(lambda: workers(kubectl, "slow") == [], TIMEOUT, "running workers deleted (cleanPodPolicy Running)")
+    wait_until(lambda: events(kubectl, "slow", "DeadlineExceeded"), TIMEOUT, "a DeadlineExceeded event")

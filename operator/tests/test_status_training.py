@@ -298,3 +298,8 @@ def test_elastic_group_losing_a_node_shrinks_as_a_resize() -> None:
 
 def failed_restarts_of(plan: t.Plan) -> int:
     return t.failure_restarts(t.RestartCounts.model_validate(plan.status["restarts"]))
+
+
+def test_a_job_starting_to_run_is_looked_at_again_at_its_deadline() -> None:
+    plan = assess(spec(runPolicy={"activeDeadlineSeconds": 60}), [pod(0)], {"phase": "Starting", "group": 0})
+    assert plan.phase == "Running" and plan.status["startTime"] == "2026-01-02T03:04:05Z" and plan.requeue == 60

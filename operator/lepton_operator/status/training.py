@@ -328,6 +328,19 @@ def assess(
     spec: TrainingJobSpec, generation: int, existing: Mapping[str, Any] | None, observed: Observed
 ) -> Plan:
     """The plan of one reconcile pass; see the module docstring."""
+    plan = _assess(spec, generation, existing, observed)
+    deadline = spec.run_policy.active_deadline_seconds
+    started = _parse_time(plan.status.get("startTime"))
+    if deadline is not None and started is not None and plan.phase not in FINAL:
+        # Also when the job started in this very pass: nothing else would wake it at its deadline.
+        left = (started + timedelta(seconds=deadline) - observed.now).total_seconds()
+        plan.requeue = _sooner(plan.requeue, max(left, 0.0))
+    return plan
+
+
+def _assess(
+    spec: TrainingJobSpec, generation: int, existing: Mapping[str, Any] | None, observed: Observed
+) -> Plan:
     previous = TrainingJobStatus.model_validate(dict(existing or {}))
     now = cond.format_time(observed.now)
     restarts = previous.restarts or RestartCounts()
