@@ -33,7 +33,8 @@ KINDS = ("LeptonDataset", "TrainingJob", "InferenceService")
 SHORT = {"LeptonDataset": "lds", "TrainingJob": "tj", "InferenceService": "lis"}
 VALID: dict[str, dict[str, Any]] = {
     "LeptonDataset": {"source": {"uri": "https://data.example.com/lepton/images.tar"}, "modality": "image"},
-    "TrainingJob": {"image": "ghcr.io/example/trainer:1", "workers": {"replicas": 2}},
+    # Waits for a dataset that never comes, so its status stays put (Pending) while the test looks.
+    "TrainingJob": {"image": "ghcr.io/example/trainer:1", "workers": {"replicas": 2}, "dataset": {"name": "images"}},
     "InferenceService": {"model": {"name": "resnet", "source": {"uri": "s3://models/resnet/"}}},
 }
 # A change of each valid spec that bumps metadata.generation.
@@ -108,6 +109,15 @@ PENDING = {
     "Reconciling": ("True", "Pending"),
     "Stalled": ("False", "Valid"),
 }
+# A valid TrainingJob waits for its (absent) dataset; the other kinds wait for their controller.
+WAITING_FOR_DATASET = {
+    "Validated": ("True", "Valid"),
+    "Ready": ("False", "DatasetNotReady"),
+    "Reconciling": ("True", "DatasetNotReady"),
+    "Stalled": ("False", "DatasetNotReady"),
+}
+WAITING = {kind: WAITING_FOR_DATASET if kind == "TrainingJob" else PENDING for kind in KINDS}
+WAITING_FOR = {kind: "LeptonDataset images" if kind == "TrainingJob" else kind for kind in KINDS}
 INVALID = {
     "Validated": ("False", "InvalidSpec"),
     "Ready": ("False", "InvalidSpec"),
@@ -132,13 +142,13 @@ def test_operator_valid_object_gets_status_for_each_generation(
     kubectl.apply(manifest(kind, "ok", VALID[kind]), "--server-side")
     obj = observed(kubectl, kind, "ok")
     assert obj["status"]["phase"] == "Pending"
-    assert_conditions(obj, PENDING)
-    assert kind in conditions_of(obj)["Ready"]["message"]
+    assert_conditions(obj, WAITING[kind])
+    assert WAITING_FOR[kind] in conditions_of(obj)["Ready"]["message"]
     first_transition = conditions_of(obj)["Ready"]["lastTransitionTime"]
 
     merge_patch(kubectl, kind, "ok", CHANGED[kind])
     obj = observed(kubectl, kind, "ok", generation=2)
-    assert_conditions(obj, PENDING)
+    assert_conditions(obj, WAITING[kind])
     assert conditions_of(obj)["Ready"]["lastTransitionTime"] == first_transition  # still False: no transition
 
     # The loops are level-based, so kopf keeps no bookkeeping on the object: no
@@ -174,7 +184,7 @@ def test_operator_admitted_but_invalid_object_is_stalled_then_recovers(
     merge_patch(kubectl, kind, "odd", fix)
     obj = observed(kubectl, kind, "odd", generation=2)
     assert obj["status"]["phase"] == "Pending"  # Failed is recomputed, not one-way
-    assert_conditions(obj, PENDING)
+    assert_conditions(obj, WAITING[kind])
 
 
 def test_operator_metrics_count_reconciles_of_every_kind(lepton_operator: RunningOperator, kubectl: Kubectl) -> None:

@@ -113,6 +113,43 @@ def record_phase(kind: str, namespace: str, name: str, phase: str | None) -> Non
     OBJECTS.set((kind, namespace, name), None if phase is None else {(kind, phase): 1.0})
 
 
+#: ``schedulable``: workers the cluster can host now, for elastic jobs (what their size follows).
+TRAINING_WORKER_STATES: Final = ("desired", "schedulable", "active", "ready", "succeeded", "failed")
+TRAINING_RESTART_REASONS: Final = ("RetryableExitCode", "OOMKilled", "NodeLost", "Preempted", "Resized")
+
+TRAINING_WORKERS: Final = Gauge(
+    "lepton_training_workers",
+    "TrainingJob worker pods of all jobs, by state (desired, schedulable, active, ready, succeeded, failed).",
+    labelnames=("state",),
+    registry=REGISTRY,
+)
+
+TRAINING_RESTARTS: Final = Counter(
+    "lepton_training_restarts",
+    "TrainingJob group restarts, by reason.",
+    labelnames=("reason",),
+    registry=REGISTRY,
+)
+
+for _state in TRAINING_WORKER_STATES:
+    TRAINING_WORKERS.labels(state=_state)
+for _reason in TRAINING_RESTART_REASONS:
+    TRAINING_RESTARTS.labels(reason=_reason)
+
+_TRAINING_WORKERS_BY_JOB: Final = SummedGauge(TRAINING_WORKERS)
+
+
+def record_training_workers(namespace: str, name: str, counts: Mapping[str, int] | None) -> None:
+    """Set one job's worker counts (``None`` when the job is gone); the gauge is the sum over jobs."""
+    share = None if counts is None else {(state,): float(counts.get(state, 0)) for state in TRAINING_WORKER_STATES}
+    _TRAINING_WORKERS_BY_JOB.set((namespace, name), share)
+
+
+def record_training_restart(reason: str) -> None:
+    """Count one group restart."""
+    TRAINING_RESTARTS.labels(reason=reason).inc()
+
+
 def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from other pods
     """Serve :data:`REGISTRY` on ``http://<address>:<port>/metrics`` from a daemon thread.
 

@@ -96,3 +96,17 @@ def test_loop_phases_are_counted_by_kind() -> None:
     metrics.record_phase("TrainingJob", "ns", "a", None)
     metrics.record_phase("TrainingJob", "ns", "b", None)
     assert metrics.REGISTRY.get_sample_value("lepton_objects", {"kind": "TrainingJob", "phase": "Running"}) == 0
+
+
+def test_training_worker_gauge_sums_jobs_and_forgets_deleted_ones() -> None:
+    def workers(state: str) -> float:
+        return metrics.REGISTRY.get_sample_value("lepton_training_workers", {"state": state}) or 0.0
+
+    base = workers("ready")
+    metrics.record_training_workers("ns", "a", {"desired": 4, "ready": 3})
+    metrics.record_training_workers("ns", "b", {"desired": 2, "ready": 2})
+    assert workers("ready") == base + 5
+    metrics.record_training_workers("ns", "a", None)
+    assert workers("ready") == base + 2
+    metrics.record_training_workers("ns", "b", None)
+    assert workers("ready") == base

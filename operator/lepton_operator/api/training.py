@@ -30,6 +30,9 @@ from lepton_operator.api.common import (
 )
 from lepton_operator.api.quantity import Quantity
 
+#: Labels of every worker pod: its index and its group generation (see render.training).
+WORKER_INDEX_LABEL = "lepton.ai/worker-index"
+WORKER_GROUP_LABEL = "lepton.ai/group"
 MAX_JOB_NAME_LENGTH = 50  # "<name>-worker-<index>" must stay a 63-character hostname
 MAX_WORKERS = 1024
 AbsolutePath = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^/\S*$")]
@@ -258,6 +261,10 @@ class RestartCounts(ApiModel):
     """All group restarts."""
     by_reason: dict[str, int] | None = None
     """Restarts per reason (RetryableExitCode, OOMKilled, NodeLost, Preempted, Resized)."""
+    last_reason: str | None = None
+    """Reason of the latest group restart."""
+    last_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    """When the latest group restart was decided; the new group starts after the backoff."""
 
 
 class TrainingProgress(ApiModel):
@@ -295,6 +302,8 @@ class TrainingJobStatus(ApiModel):
     """Worker pods by state."""
     restarts: RestartCounts | None = None
     """Group restarts."""
+    group: int | None = Field(default=None, ge=0)
+    """Generation of the current worker group (label lepton.ai/group); bumped by restarts and suspends."""
     start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     """When the group first ran."""
     completion_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})

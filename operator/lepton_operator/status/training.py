@@ -1,0 +1,567 @@
+"""TrainingJob: from observed worker pods to the job's status and the next step, as pure functions.
+
+:func:`assess` is the whole decision of one reconcile pass. It reads the spec,
+the status written last time (the group generation, the restart budget spent,
+start and completion times) and the worker pods that exist now, and returns a
+:class:`Plan`: the status to write, the pods to delete, whether to create the
+current group's missing workers, when to look again, and the events to post.
+The controller only carries the plan out, so every rule below is unit-tested
+without a cluster.
+
+Rules, in order of precedence:
+
+* Succeeded and Failed are final (the pods that proved them may be cleaned
+  away); a finished job is deleted ``ttlSecondsAfterFinished`` after it ended.
+* ``suspend`` deletes every worker and keeps the job (phase Suspended).
+* ``activeDeadlineSeconds`` counted from the first start fails the job.
+* A group is all or nothing: Running only when every worker of the current
+  group runs. Workers the scheduler cannot place make the job Pending with the
+  scheduler's own reason (``0/4 nodes are available: Insufficient nvidia.com/gpu``).
+* A failed worker fails its group, and so does a worker on a lost node (deleted,
+  or NotReady past ``nodeLossGraceSeconds``; ``onNodeLoss: Fail`` fails the job). The failure is classified (:func:`classify`):
+  a retryable exit code, OOMKilled, a lost node, a preemption, or a
+  non-retryable exit code. Each retryable reason has its own budget of
+  ``backoffLimit`` group restarts; the restart after the budget is spent fails
+  the job instead (so exactly ``backoffLimit`` restarts happen per reason). A
+  non-retryable exit fails the job at once.
+* Elastic jobs (``minReplicas < maxReplicas``) are sized to the workers the
+  cluster can host (``Observed.capacity``) within the bounds; a running group
+  whose size no longer matches restarts at the new size, and so does one that
+  lost a node. These membership changes are counted as ``Resized``, apart from
+  failures: no budget, no backoff. A change of ``replicas`` resizes the same way.
+* A restart bumps the group generation (``status.group``), deletes the old
+  group, and creates the new one once every old pod is gone and the backoff
+  (``initialSeconds * 2**(restarts - 1)``, capped at ``maxSeconds``) has passed.
+  ``suspend`` bumps it too, so a resumed group never meets a pod of the old one.
+
+Progress: a trainer reports ``{"step", "epoch", "loss"}`` as JSON in its
+termination message (``/dev/termination-log``); the latest one seen on any
+worker of the job is kept in ``status.progress``. No pod needs RBAC for it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from lepton_operator.api.training import (
+    WORKER_GROUP_LABEL,
+    WORKER_INDEX_LABEL,
+    RestartCounts,
+    RestartPolicy,
+    TrainingJobSpec,
+    TrainingJobStatus,
+    TrainingPhase,
+)
+from lepton_operator.status import conditions as cond
+
+# Failure reasons (restart budgets are kept per reason).
+RETRYABLE_EXIT_CODE = "RetryableExitCode"
+NON_RETRYABLE_EXIT_CODE = "NonRetryableExitCode"
+OOM_KILLED = "OOMKilled"
+NODE_LOST = "NodeLost"
+PREEMPTED = "Preempted"
+RESIZED = "Resized"
+BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+
+WORKERS_SCHEDULED = "WorkersScheduled"
+UNSCHEDULABLE = "Unschedulable"
+
+# Reasons in pod conditions (DisruptionTarget) and pod status, as Kubernetes writes them.
+_NODE_LOSS_DISRUPTIONS = {"DeletionByTaintManager", "DeletionByPodGC", "TerminationByKubelet"}
+_PREEMPTIONS = {"PreemptionByScheduler", "EvictionByEvictionAPI"}
+
+FINAL: tuple[TrainingPhase, ...] = ("Succeeded", "Failed")
+
+EventType = Literal["Normal", "Warning"]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one worker failed, and whether that may restart the group."""
+
+    reason: str
+    retryable: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event to post on the job."""
+
+    type: EventType
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    """What one reconcile pass found and must do; the controller carries it out."""
+
+    status: dict[str, Any]
+    group: int
+    replicas: int
+    create_workers: bool = False
+    delete_pods: list[str] = field(default_factory=list)
+    delete_job: bool = False
+    requeue: float | None = None
+    events: list[Event] = field(default_factory=list)
+    restarted: str | None = None
+    """The reason of a group restart decided in this pass (count it before deleting pods)."""
+
+    @property
+    def phase(self) -> str:
+        return str(self.status.get("phase"))
+
+
+# ---------------------------------------------------------------------------
+# pods
+
+
+def _meta(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    return pod.get("metadata") or {}
+
+
+def _status(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    return pod.get("status") or {}
+
+
+def _int_label(pod: Mapping[str, Any], label: str) -> int | None:
+    value = str((_meta(pod).get("labels") or {}).get(label, ""))
+    return int(value) if value.isdigit() else None
+
+
+def pod_group(pod: Mapping[str, Any]) -> int | None:
+    """The group generation of a worker pod (``None`` when the label is missing or odd)."""
+    return _int_label(pod, WORKER_GROUP_LABEL)
+
+
+def pod_index(pod: Mapping[str, Any]) -> int | None:
+    """The worker index of a pod (``None`` when the label is missing or odd)."""
+    return _int_label(pod, WORKER_INDEX_LABEL)
+
+
+def terminating(pod: Mapping[str, Any]) -> bool:
+    return bool(_meta(pod).get("deletionTimestamp"))
+
+
+def _condition(pod: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
+    for item in _status(pod).get("conditions") or []:
+        if item.get("type") == ctype:
+            found: Mapping[str, Any] = item
+            return found
+    return None
+
+
+def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for container in _status(pod).get("containerStatuses") or []:
+        state = container.get("state") or {}
+        if state.get("terminated"):
+            terminated: Mapping[str, Any] = state["terminated"]
+            return terminated
+    return None
+
+
+def running(pod: Mapping[str, Any]) -> bool:
+    return _status(pod).get("phase") == "Running" and not terminating(pod)
+
+
+def ready(pod: Mapping[str, Any]) -> bool:
+    found = _condition(pod, "Ready")
+    return running(pod) and found is not None and found.get("status") == "True"
+
+
+def unschedulable_message(pod: Mapping[str, Any]) -> str | None:
+    """The scheduler's message when it cannot place ``pod``, else ``None``."""
+    found = _condition(pod, "PodScheduled")
+    if found is not None and found.get("status") == "False" and found.get("reason") == UNSCHEDULABLE:
+        return str(found.get("message") or "the scheduler cannot place the worker")
+    return None
+
+
+def classify(pod: Mapping[str, Any], policy: RestartPolicy) -> Failure | None:
+    """Why a worker pod failed (``None`` when it has not).
+
+    Order matters: a disruption (node loss, preemption) is the cause even when
+    the container then exits with SIGTERM's code; OOMKilled is told apart from
+    other SIGKILLs by the kubelet's reason.
+    """
+    status = _status(pod)
+    phase = status.get("phase")
+    disruption = _condition(pod, "DisruptionTarget")
+    cause = str(disruption.get("reason")) if disruption and disruption.get("status") == "True" else ""
+    name = str(_meta(pod).get("name", "?"))
+    node_loss_ok = policy.on_node_loss == "Replace"
+    if phase == "Unknown" or status.get("reason") == "NodeLost" or (cause in _NODE_LOSS_DISRUPTIONS and terminating(pod)):
+        return Failure(NODE_LOST, node_loss_ok, f"worker {name} lost its node ({cause or status.get('reason') or phase})")
+    if phase != "Failed":
+        return None
+    if cause in _PREEMPTIONS or status.get("reason") in ("Evicted", "Preempting"):
+        return Failure(PREEMPTED, True, f"worker {name} was preempted ({cause or status.get('reason')})")
+    if cause in _NODE_LOSS_DISRUPTIONS:
+        return Failure(NODE_LOST, node_loss_ok, f"worker {name} lost its node ({cause})")
+    terminated = _terminated(pod) or {}
+    code = terminated.get("exitCode")
+    detail = f"exit code {code}" + (f", {terminated['reason']}" if terminated.get("reason") else "")
+    if terminated.get("reason") == OOM_KILLED:
+        return Failure(OOM_KILLED, 137 in policy.retryable_exit_codes, f"worker {name} was OOMKilled ({detail})")
+    if isinstance(code, int) and code in policy.retryable_exit_codes:
+        return Failure(RETRYABLE_EXIT_CODE, True, f"worker {name} failed with retryable {detail}")
+    return Failure(NON_RETRYABLE_EXIT_CODE, False, f"worker {name} failed with non-retryable {detail}")
+
+
+def lost(pod: Mapping[str, Any], policy: RestartPolicy) -> Failure:
+    """Why a worker of the current group is being deleted by someone else than the operator."""
+    found = classify(pod, policy)
+    if found is not None:
+        return found
+    disruption = _condition(pod, "DisruptionTarget")
+    cause = str(disruption.get("reason")) if disruption and disruption.get("status") == "True" else ""
+    if cause in _PREEMPTIONS:
+        return Failure(PREEMPTED, True, f"worker {pod_name(pod)} was preempted ({cause})")
+    return Failure(NODE_LOST, policy.on_node_loss == "Replace", f"worker {pod_name(pod)} was deleted ({cause or 'by someone else'})")
+
+
+def succeeded(pod: Mapping[str, Any]) -> bool:
+    return _status(pod).get("phase") == "Succeeded"
+
+
+def progress_of(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The trainer's progress from termination messages (latest step wins)."""
+    best: dict[str, Any] | None = None
+    for pod in pods:
+        message = (_terminated(pod) or {}).get("message")
+        if not message:
+            continue
+        try:
+            report = json.loads(str(message).strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            continue
+        if not isinstance(report, dict):
+            continue
+        fields = {k: report[k] for k in ("step", "epoch", "loss") if isinstance(report.get(k), int | float)}
+        for k in ("step", "epoch"):
+            if k in fields:
+                fields[k] = int(fields[k])
+        if "step" in fields and (best is None or fields["step"] >= best.get("step", -1)):
+            best = fields
+    return best
+
+
+# ---------------------------------------------------------------------------
+# restart policy
+
+
+def backoff_seconds(policy: RestartPolicy, restarts: int) -> float:
+    """Delay before the group of the ``restarts``-th failure restart starts (exponential, capped)."""
+    if restarts <= 0:
+        return 0.0
+    return float(min(policy.backoff.initial_seconds * 2 ** min(restarts - 1, 32), policy.backoff.max_seconds))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a failed group leads to."""
+
+    restart: bool
+    reason: str
+    message: str
+    restarts: RestartCounts
+
+
+def failure_restarts(restarts: RestartCounts) -> int:
+    """Restarts caused by failures (membership changes of elastic jobs are not failures)."""
+    return restarts.total - (restarts.by_reason or {}).get(RESIZED, 0)
+
+
+def restart_delay(policy: RestartPolicy, restarts: RestartCounts) -> float:
+    """Delay before the group of the latest restart starts: none after a resize, else the backoff."""
+    if restarts.last_reason == RESIZED:
+        return 0.0
+    return backoff_seconds(policy, failure_restarts(restarts))
+
+
+def decide(failure: Failure, restarts: RestartCounts, policy: RestartPolicy, now: str) -> Decision:
+    """Restart the group (budget left for this reason, or a resize) or fail the job."""
+    if not failure.retryable:
+        return Decision(False, failure.reason, failure.message, restarts)
+    spent = (restarts.by_reason or {}).get(failure.reason, 0)
+    if spent >= policy.backoff_limit and failure.reason != RESIZED:
+        message = f"{failure.message}; backoffLimit {policy.backoff_limit} reached for {failure.reason}"
+        return Decision(False, BACKOFF_LIMIT_EXCEEDED, message, restarts)
+    by_reason = {**(restarts.by_reason or {}), failure.reason: spent + 1}
+    counted = RestartCounts(total=restarts.total + 1, by_reason=by_reason, last_reason=failure.reason, last_time=now)
+    return Decision(True, failure.reason, failure.message, counted)
+
+
+# ---------------------------------------------------------------------------
+# the pass
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a pass sees besides the job itself."""
+
+    pods: Sequence[Mapping[str, Any]]
+    now: datetime
+    dataset_ready: bool = True
+    dataset_message: str = ""
+    capacity: int | None = None
+    """Workers of this job the cluster can host now (elastic jobs; see ``status.capacity``)."""
+    output_uri: str | None = None
+    """Where the export lands (``render.training.output_uri``)."""
+    lost_nodes: Mapping[str, str] = field(default_factory=dict)
+    """Nodes known lost (deleted, or NotReady past the grace period), with why."""
+
+
+def assess(
+    spec: TrainingJobSpec, generation: int, existing: Mapping[str, Any] | None, observed: Observed
+) -> Plan:
+    """The plan of one reconcile pass; see the module docstring."""
+    plan = _assess(spec, generation, existing, observed)
+    deadline = spec.run_policy.active_deadline_seconds
+    started = _parse_time(plan.status.get("startTime"))
+    if deadline is not None and started is not None and plan.phase not in FINAL:
+        # Also when the job started in this very pass: nothing else would wake it at its deadline.
+        left = (started + timedelta(seconds=deadline) - observed.now).total_seconds()
+        plan.requeue = _sooner(plan.requeue, max(left, 0.0))
+    return plan
+
+
+def _assess(
+    spec: TrainingJobSpec, generation: int, existing: Mapping[str, Any] | None, observed: Observed
+) -> Plan:
+    previous = TrainingJobStatus.model_validate(dict(existing or {}))
+    now = cond.format_time(observed.now)
+    restarts = previous.restarts or RestartCounts()
+    group = previous.group if previous.group is not None else restarts.total
+    pods = list(observed.pods)
+    target = target_size(spec, observed.capacity)
+    has_group = any(pod_group(p) == group for p in pods)
+    same_group = has_group and previous.group == group and previous.workers is not None and previous.workers.desired > 0
+    replicas = previous.workers.desired if same_group and previous.workers else target
+    current = [p for p in pods if pod_group(p) == group and not terminating(p)]
+    stale = [p for p in pods if pod_group(p) != group and not terminating(p)]
+    going = [p for p in pods if terminating(p)]
+    builder = _Builder(spec, generation, previous, now, group, replicas, current, observed.output_uri)
+    plan = builder.plan
+
+    if previous.phase in FINAL and previous.completion_time:
+        builder.finish(previous.phase, previous.reason or previous.phase, _message(previous), event=False)
+        builder.clean_up(pods)
+        ttl = spec.run_policy.ttl_seconds_after_finished
+        finished = _parse_time(previous.completion_time)
+        if ttl is not None and finished is not None:
+            due = (finished + timedelta(seconds=ttl) - observed.now).total_seconds()
+            plan.delete_job = due <= 0
+            plan.requeue = None if due <= 0 else due
+        return plan
+
+    if spec.run_policy.suspend:
+        plan.delete_pods = [pod_name(p) for p in pods if not terminating(p)]
+        if any(pod_group(p) == group for p in pods):
+            plan.group = group + 1  # the resumed group is a new one: it never meets these pods
+        return builder.set("Suspended", "Suspended", "the job is suspended; its workers are deleted")
+
+    deadline = spec.run_policy.active_deadline_seconds
+    started = _parse_time(previous.start_time)
+    if deadline is not None and started is not None:
+        left = (started + timedelta(seconds=deadline) - observed.now).total_seconds()
+        if left <= 0:
+            builder.finish("Failed", DEADLINE_EXCEEDED, f"the job ran longer than activeDeadlineSeconds ({deadline} s)")
+            builder.clean_up(pods)
+            return plan
+        plan.requeue = left
+
+    plan.delete_pods = [pod_name(p) for p in stale]
+    failures = [f for f in (classify(p, spec.restart_policy) for p in current) if f is not None]
+    for p in current:
+        node = str((p.get("spec") or {}).get("nodeName") or "")
+        if node in observed.lost_nodes and not succeeded(p) and classify(p, spec.restart_policy) is None:
+            replace = spec.restart_policy.on_node_loss == "Replace"
+            failures.append(Failure(NODE_LOST, replace, f"worker {pod_name(p)}'s node {node} {observed.lost_nodes[node]}"))
+    failures += [lost(p, spec.restart_policy) for p in going if pod_group(p) == group]
+    missing = set(range(replicas)) - {pod_index(p) for p in pods if pod_group(p) == group}
+    if missing and previous.phase == "Running" and group == previous.group:
+        node_loss_ok = spec.restart_policy.on_node_loss == "Replace"
+        gone = ", ".join(str(i) for i in sorted(missing))
+        failures.append(Failure(NODE_LOST, node_loss_ok, f"running worker(s) {gone} vanished (node lost or pod deleted)"))
+    if not failures and current and replicas != target:
+        change = "grows" if target > replicas else "shrinks"
+        failures.append(Failure(RESIZED, True, f"the group {change} from {replicas} to {target} workers"))
+    if failures:
+        failure = next((f for f in failures if not f.retryable), failures[0])
+        if spec.workers.elastic and failure.retryable and failure.reason in (NODE_LOST, PREEMPTED):
+            # Capacity went away: a membership change of an elastic job, not a failure.
+            failure = Failure(RESIZED, True, f"{failure.message}; the group resizes to the GPUs left")
+        decision = decide(failure, restarts, spec.restart_policy, now)
+        if not decision.restart:
+            builder.finish("Failed", decision.reason, decision.message)
+            builder.clean_up(pods)
+            return plan
+        plan.restarted = decision.reason
+        plan.group = group + 1
+        plan.delete_pods += [pod_name(p) for p in current]
+        plan.replicas = target
+        builder.restarts = decision.restarts
+        builder.current = []
+        delay = restart_delay(spec.restart_policy, decision.restarts)
+        plan.requeue = _sooner(plan.requeue, delay)
+        message = f"restart {decision.restarts.total}: {decision.message}; new group in {delay:.0f} s"
+        plan.events.append(Event("Warning", "Restarting", message))
+        return builder.set("Restarting", decision.reason, message)
+
+    if current and all(succeeded(p) for p in current) and len(current) >= replicas:
+        builder.finish("Succeeded", "AllWorkersSucceeded", f"all {replicas} workers completed")
+        builder.clean_up(pods)
+        return plan
+
+    if not current and not observed.dataset_ready:
+        return builder.set("Pending", "DatasetNotReady", observed.dataset_message or "waiting for the dataset")
+
+    if going or stale:
+        phase: TrainingPhase = "Restarting" if restarts.total > 0 else "Starting"
+        return builder.set(phase, "WaitingForOldWorkers", f"waiting for {len(going) + len(stale)} old worker pods to go")
+
+    last_restart = _parse_time(restarts.last_time)
+    if restarts.total > 0 and not current and last_restart is not None:
+        wait = last_restart + timedelta(seconds=restart_delay(spec.restart_policy, restarts)) - observed.now
+        if wait.total_seconds() > 0:
+            plan.requeue = _sooner(plan.requeue, wait.total_seconds())
+            return builder.set("Restarting", "Backoff", f"next group starts in {wait.total_seconds():.0f} s")
+
+    indices = {pod_index(p) for p in current}
+    if len(indices & set(range(replicas))) < replicas:
+        plan.create_workers = True
+        if not current:
+            return builder.set("Starting", "WorkersCreated", f"creating {replicas} workers (group {group})")
+
+    unschedulable = [m for m in (unschedulable_message(p) for p in current) if m]
+    if unschedulable:
+        message = f"{len(unschedulable)} of {replicas} workers cannot be scheduled: {unschedulable[0]}"
+        return builder.set("Pending", UNSCHEDULABLE, message)
+    runs = sum(1 for p in current if running(p) or succeeded(p))
+    if runs >= replicas and not plan.create_workers:
+        return builder.set("Running", "AllWorkersRunning", f"all {replicas} workers are running")
+    return builder.set("Starting", "WorkersStarting", f"{runs} of {replicas} workers are running")
+
+
+def pod_name(pod: Mapping[str, Any]) -> str:
+    """A pod's name."""
+    return str(_meta(pod).get("name"))
+
+
+
+def target_size(spec: TrainingJobSpec, capacity: int | None) -> int:
+    """Workers the next group should have: ``replicas``, or for an elastic job what fits in [min, max]."""
+    workers = spec.workers
+    if not workers.elastic or capacity is None:
+        return workers.replicas
+    low, high = workers.min_replicas or workers.replicas, workers.max_replicas or workers.replicas
+    return max(low, min(high, capacity))
+
+
+def _sooner(a: float | None, b: float) -> float:
+    return b if a is None else min(a, b)
+
+
+def _message(status: TrainingJobStatus) -> str:
+    found = cond.find(status.conditions or [], cond.READY)
+    return found.message if found is not None else ""
+
+
+class _Builder:
+    """Assembles the status of a plan from a phase; one place for conditions and counts."""
+
+    def __init__(self, spec: TrainingJobSpec, generation: int, previous: TrainingJobStatus, now: str,
+                 group: int, replicas: int, current: list[Mapping[str, Any]], output_uri: str | None) -> None:  # fmt: skip
+        self.output_uri = output_uri
+        self.spec = spec
+        self.generation = generation
+        self.previous = previous
+        self.now = now
+        self.restarts = previous.restarts or RestartCounts()
+        self.current = current
+        self.completion_time = previous.completion_time
+        self.plan = Plan(status={}, group=group, replicas=replicas)
+
+    def clean_up(self, pods: Sequence[Mapping[str, Any]]) -> None:
+        """Delete the pods of a finished job that ``cleanPodPolicy`` does not keep."""
+        policy = self.spec.run_policy.clean_pod_policy
+        if policy == "All":
+            doomed = [p for p in pods if not terminating(p)]
+        elif policy == "Running":
+            doomed = [p for p in pods if not terminating(p) and _status(p).get("phase") in ("Pending", "Running", None)]
+        else:
+            doomed = []
+        self.plan.delete_pods = [pod_name(p) for p in doomed]
+
+    def finish(self, phase: TrainingPhase, reason: str, message: str, *, event: bool = True) -> Plan:
+        self.completion_time = self.completion_time or self.now
+        if event:
+            self.plan.events.append(Event("Normal" if phase == "Succeeded" else "Warning", reason, message))
+        return self.set(phase, reason, message)
+
+    def set(self, phase: TrainingPhase, reason: str, message: str) -> Plan:
+        previous = self.previous
+        if phase != previous.phase and not self.plan.events:
+            kind: EventType = "Warning" if phase in ("Failed",) or reason == UNSCHEDULABLE else "Normal"
+            self.plan.events.append(Event(kind, phase, message))
+        gen = self.generation
+        start_time = previous.start_time or (self.now if phase == "Running" else None)
+        current = self.current
+        unschedulable = [m for m in (unschedulable_message(p) for p in current) if m]
+        scheduled = bool(current) and all((p.get("spec") or {}).get("nodeName") for p in current)
+        if unschedulable:
+            scheduling = cond.make(WORKERS_SCHEDULED, False, UNSCHEDULABLE, message, gen)
+        elif scheduled:
+            scheduling = cond.make(WORKERS_SCHEDULED, True, "AllWorkersScheduled", "every worker has a node", gen)
+        else:
+            scheduling = cond.make(WORKERS_SCHEDULED, False, "WaitingForWorkers", "not every worker has a node", gen)
+        new = [
+            cond.make(cond.VALIDATED, True, "Valid", "spec is valid", gen),
+            cond.ready(phase in ("Running", "Succeeded"), reason, message, gen),
+            cond.reconciling(phase in ("Pending", "Starting", "Restarting"), reason, message, gen),
+            cond.stalled(phase == "Failed", reason, message, gen),
+            scheduling,
+        ]
+        conditions = cond.set_conditions(previous.conditions or [], new, self.now)
+        workers = {
+            "desired": self.plan.replicas,
+            "active": sum(1 for p in current if _status(p).get("phase") in ("Pending", "Running", None)),
+            "ready": sum(1 for p in current if ready(p)),
+            "succeeded": sum(1 for p in current if succeeded(p)),
+            "failed": sum(1 for p in current if _status(p).get("phase") == "Failed"),
+        }
+        progress = previous.progress.to_wire() if previous.progress else None
+        reported = progress_of(current)
+        if reported is not None and {k: v for k, v in (progress or {}).items() if k != "updateTime"} != reported:
+            progress = {**reported, "updateTime": self.now}
+        output = self.output_uri
+        status = TrainingJobStatus.model_validate(
+            {
+                "phase": phase,
+                "reason": reason,
+                "observedGeneration": gen,
+                "conditions": [c.to_wire() for c in conditions],
+                "workers": workers,
+                "restarts": self.restarts.to_wire(),
+                "group": self.plan.group,
+                "startTime": start_time,
+                "completionTime": self.completion_time,
+                "progress": progress,
+                "output": {"uri": output} if output else None,
+            }
+        )
+        self.plan.status = status.to_wire()
+        return self.plan

@@ -1,0 +1,203 @@
+"""The TrainingJob reconciler against a fake API: what it writes, in which order, and what it reports."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kopf
+import pytest
+
+from lepton_operator import metrics
+from lepton_operator.controllers import kube
+from lepton_operator.controllers import training as controller
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+LOGGER = logging.getLogger("test")
+
+
+class FakeApi:
+    """Records every write; serves pods and datasets from dicts."""
+
+    def __init__(self, pods: list[dict[str, Any]] | None = None) -> None:
+        self.pods = pods or []
+        self.datasets: dict[str, dict[str, Any]] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.job: dict[str, Any] | None = None
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(kube, "list_labelled", self.list_labelled)
+        monkeypatch.setattr(kube, "apply", self.apply)
+        monkeypatch.setattr(kube, "create", self.create)
+        monkeypatch.setattr(kube, "delete", self.delete)
+        monkeypatch.setattr(kube, "get", self.get)
+        monkeypatch.setattr(kube, "patch_status", self.patch_status)
+
+    def list_labelled(self, api_version: str, kind: str, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        assert (kind, selector) == ("Pod", "lepton.ai/role=worker,lepton.ai/trainingjob=job")
+        return self.pods
+
+    def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        self.calls.append(("apply", f"{manifest['kind']}/{manifest['metadata']['name']}"))
+        return dict(manifest)
+
+    def create(self, manifest: Mapping[str, Any]) -> bool:
+        self.calls.append(("create", f"{manifest['kind']}/{manifest['metadata']['name']}"))
+        return True
+
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str, propagation: str = "",
+               grace_period_seconds: int | None = None) -> bool:  # fmt: skip
+        self.calls.append(("delete", f"{kind}/{name}" + ("!" if grace_period_seconds == 0 else "")))
+        return True
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        if kind == "TrainingJob":
+            return self.job
+        return self.datasets.get(name)
+
+    def patch_status(self, info: Any, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.calls.append(("status", f"{status.get('phase')}/{status.get('group')}"))
+
+
+def body(spec: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "lepton.ai/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "job", "namespace": "ml", "uid": "uid-1", "generation": 1},
+        "spec": {"image": "trainer:1", **spec},
+        "status": status or {},
+    }
+
+
+def run(api: FakeApi, monkeypatch: pytest.MonkeyPatch, obj: dict[str, Any]) -> tuple[float | None, dict[str, Any], list[tuple[str, str, str]]]:
+    api.install(monkeypatch)
+    api.job = obj
+    patch: dict[str, Any] = {}
+    events: list[tuple[str, str, str]] = []
+    due = controller.reconcile_job(obj, patch, retry=0, logger=LOGGER, warn=lambda r, m: None,
+                                   post=lambda *e: events.append(e), now=NOW)  # fmt: skip
+    return due, patch, events
+
+
+def test_new_job_gets_claim_service_and_every_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = FakeApi()
+    due, patch, events = run(api, monkeypatch, body({"workers": {"replicas": 2}, "checkpoint": {"size": "1Gi"}}))
+    assert api.calls[:2] == [
+        ("apply", "PersistentVolumeClaim/job-checkpoint"),
+        ("apply", "Service/job"),
+    ]
+    assert sorted(api.calls[2:]) == [("create", "Pod/job-worker-0-g0"), ("create", "Pod/job-worker-1-g0")]
+    assert patch["phase"] == "Starting" and due is None
+    assert events == [("Normal", "Starting", "creating 2 workers (group 0)")]
+    assert metrics.REGISTRY.get_sample_value("lepton_training_workers", {"state": "desired"}) is not None
+
+
+def failed_pod(index: int, code: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"job-worker-{index}-g0", "labels": {"lepton.ai/worker-index": str(index), "lepton.ai/group": "0"}},
+        "status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {"exitCode": code}}}]},
+    }
+
+
+def test_a_restart_is_recorded_before_the_old_group_is_deleted(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = FakeApi([failed_pod(0, 143)])
+    before = metrics.REGISTRY.get_sample_value("lepton_training_restarts_total", {"reason": "RetryableExitCode"}) or 0
+    due, patch, events = run(api, monkeypatch, body({"restartPolicy": {"backoff": {"initialSeconds": 5}}}, {"phase": "Running"}))
+    assert api.calls == [("status", "Restarting/1"), ("delete", "Pod/job-worker-0-g0")]
+    assert due == 5 and patch["restarts"]["total"] == 1
+    assert [e[:2] for e in events] == [("Warning", "Restarting")]
+    after = metrics.REGISTRY.get_sample_value("lepton_training_restarts_total", {"reason": "RetryableExitCode"})
+    assert after == before + 1
+
+
+def test_job_waits_for_its_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = FakeApi()
+    _, patch, _ = run(api, monkeypatch, body({"dataset": {"name": "images"}}))
+    assert patch["reason"] == "DatasetNotReady" and api.calls == []
+    assert "does not exist" in next(c for c in patch["conditions"] if c["type"] == "Ready")["message"]
+    api.datasets["images"] = {"status": {"phase": "Ready"}}
+    _, patch, _ = run(api, monkeypatch, body({"dataset": {"name": "images"}}))
+    assert patch["phase"] == "Starting"
+    assert controller.DATASET_USERS.jobs_of({"metadata": {"namespace": "ml", "name": "images"}}) == [
+        ("TrainingJob", "ml", "job")
+    ]
+
+
+def test_invalid_spec_is_reported_and_nothing_is_created(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = FakeApi()
+    _, patch, _ = run(api, monkeypatch, body({"workers": {"replicas": 0}}))
+    assert patch["phase"] == "Failed" and api.calls == []
+
+
+def test_an_api_failure_becomes_a_retry_with_a_condition(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = FakeApi()
+    api.install(monkeypatch)
+
+    def broken(*_: Any) -> list[dict[str, Any]]:
+        raise RuntimeError("apiserver away")
+
+    monkeypatch.setattr(kube, "list_labelled", broken)
+    api.job = body({})
+    patch: dict[str, Any] = {}
+    with pytest.raises(kopf.TemporaryError):
+        controller.reconcile_job(body({}), patch, retry=1, logger=LOGGER, warn=lambda r, m: None, post=lambda *e: None, now=NOW)
+    ready = next(c for c in patch["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "ReconcileError" and "apiserver away" in ready["message"]
+
+
+def test_ttl_deletes_a_finished_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = FakeApi()
+    status = {"phase": "Succeeded", "completionTime": "2026-01-02T03:00:00Z", "group": 0}
+    due, _, _ = run(api, monkeypatch, body({"runPolicy": {"ttlSecondsAfterFinished": 10}}, status))
+    assert api.calls == [("delete", "TrainingJob/job")] and due is None
+
+
+def test_the_pass_decides_from_the_job_as_stored_not_from_a_stale_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf's body may lag behind the loop's own status write: the group must never go back."""
+    api = FakeApi()
+    api.install(monkeypatch)
+    api.job = body({"workers": {"replicas": 1}}, {"phase": "Suspended", "group": 1})
+    stale = body({"workers": {"replicas": 1}}, {"phase": "Running", "group": 0})
+    patch: dict[str, Any] = {}
+    controller.reconcile_job(stale, patch, retry=0, logger=LOGGER, warn=lambda r, m: None, post=lambda *e: None, now=NOW)
+    assert api.calls[-1] == ("create", "Pod/job-worker-0-g1")
+
+
+def test_a_deleted_job_ends_the_pass_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = FakeApi()
+    api.install(monkeypatch)
+    patch: dict[str, Any] = {}
+    assert controller.reconcile_job(body({}), patch, retry=0, logger=LOGGER, warn=lambda r, m: None, now=NOW) is None
+    assert patch == {} and api.calls == []
+
+
+def test_node_watch_reports_deleted_and_long_not_ready_nodes_and_wakes_their_jobs() -> None:
+    nodes = controller.NodeWatch()
+    key = controller.ObjectKey("TrainingJob", "ml", "job")
+    pods = [{"spec": {"nodeName": "a"}}, {"spec": {"nodeName": "b"}}, {"spec": {}}]
+    nodes.note_pods(key, pods)
+    not_ready = {"metadata": {"name": "b"},
+                 "status": {"conditions": [{"type": "Ready", "status": "Unknown", "lastTransitionTime": "2026-01-02T03:04:00Z"}]}}  # fmt: skip
+    assert nodes.observe(not_ready, False, NOW) == [key]
+    assert nodes.lost(pods, 60, NOW) == ({}, 55)
+    assert nodes.observe({"metadata": {"name": "a"}}, True, NOW) == [key]
+    lost, recheck = nodes.lost(pods, 60, NOW + timedelta(seconds=60))
+    assert lost == {"a": "was deleted", "b": "has been NotReady for 65 s"} and recheck is None
+    ready = {"metadata": {"name": "b"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    nodes.observe(ready, False, NOW)
+    assert nodes.lost(pods, 60, NOW + timedelta(seconds=60))[0] == {"a": "was deleted"}
+    nodes.note_pods(key, [])
+    assert nodes.observe(ready, False, NOW) == []
+
+
+def test_pods_on_a_deleted_node_are_force_deleted(monkeypatch: pytest.MonkeyPatch) -> None:
+    running = {"metadata": {"name": "job-worker-0-g0", "labels": {"lepton.ai/worker-index": "0", "lepton.ai/group": "0"}},
+               "spec": {"nodeName": "gone"}, "status": {"phase": "Running"}}  # fmt: skip
+    api = FakeApi([running])
+    monkeypatch.setattr(controller, "NODES", controller.NodeWatch())
+    controller.NODES.observe({"metadata": {"name": "gone"}}, True, NOW)
+    due, patch, _ = run(api, monkeypatch, body({"restartPolicy": {"backoff": {"initialSeconds": 0}}}, {"phase": "Running", "group": 0}))
+    assert api.calls == [("status", "Restarting/1"), ("delete", "Pod/job-worker-0-g0!")]
+    assert patch["restarts"]["byReason"] == {"NodeLost": 1}

@@ -1,0 +1,144 @@
+"""TrainingJob children: the headless Service, worker pods with the torchrun contract, the checkpoint claim."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lepton_operator.api.training import TrainingJobSpec
+from lepton_operator.render import training as render
+
+
+def spec(**fields: Any) -> TrainingJobSpec:
+    return TrainingJobSpec.model_validate({"image": "trainer:1", **fields})
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, str]:
+    return {var["name"]: var["value"] for var in pod["spec"]["containers"][0]["env"]}
+
+
+def test_headless_service_selects_every_worker_and_publishes_not_ready_addresses() -> None:
+    service = render.headless_service("bert", "ml", "uid-1", spec())
+    assert service["metadata"]["name"] == "bert"
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == {"lepton.ai/trainingjob": "bert", "lepton.ai/role": "worker"}
+    assert service["spec"]["ports"] == [{"name": "rendezvous", "port": 29500, "targetPort": 29500}]
+    assert service["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+
+
+def test_workers_have_stable_hostnames_group_in_name_and_never_restart_alone() -> None:
+    pods = render.worker_group("bert", "ml", "uid-1", spec(workers={"replicas": 3}), 3, group=2)
+    assert [p["metadata"]["name"] for p in pods] == ["bert-worker-0-g2", "bert-worker-1-g2", "bert-worker-2-g2"]
+    assert [p["spec"]["hostname"] for p in pods] == ["bert-worker-0", "bert-worker-1", "bert-worker-2"]
+    for index, pod in enumerate(pods):
+        assert pod["spec"]["subdomain"] == "bert"
+        assert pod["spec"]["restartPolicy"] == "Never"
+        labels = pod["metadata"]["labels"]
+        assert labels["lepton.ai/worker-index"] == str(index)
+        assert labels["lepton.ai/group"] == "2"
+        assert labels["lepton.ai/trainingjob"] == "bert" and labels["lepton.ai/role"] == "worker"
+        assert pod["metadata"]["ownerReferences"][0]["controller"] is True
+        # The Service selects the pods.
+        service = render.headless_service("bert", "ml", "uid-1", spec())
+        assert service["spec"]["selector"].items() <= labels.items()
+
+
+def test_torchrun_env_of_a_fixed_size_gpu_job() -> None:
+    job = spec(workers={"replicas": 4, "gpu": {"count": 8}}, masterPort=23456)
+    env = env_of(render.worker_pod("bert", "ml", "uid-1", job, 2, 4, group=0))
+    assert env["MASTER_ADDR"] == "bert-worker-0.bert.ml.svc"
+    assert env["MASTER_PORT"] == "23456"
+    assert env["WORLD_SIZE"] == "32"  # processes, as PyTorch counts them
+    assert env["NODE_RANK"] == "2" and env["PET_NODE_RANK"] == "2"
+    assert env["RANK"] == "16"
+    assert env["PET_NNODES"] == "4"
+    assert env["PET_NPROC_PER_NODE"] == "8"
+    assert env["PET_RDZV_ENDPOINT"] == "bert-worker-0.bert.ml.svc:23456"
+    assert "PET_RDZV_BACKEND" not in env  # static rendezvous
+    assert "LEPTON_DATASET_DIR" not in env and "LEPTON_CHECKPOINT_DIR" not in env
+
+
+def test_elastic_job_uses_min_max_nodes_and_c10d() -> None:
+    job = spec(workers={"replicas": 2, "minReplicas": 1, "maxReplicas": 4})
+    env = env_of(render.worker_pod("bert", "ml", "uid-1", job, 0, 2, group=1))
+    assert env["PET_NNODES"] == "1:4"
+    assert env["PET_RDZV_BACKEND"] == "c10d"
+    assert env["WORLD_SIZE"] == "2"
+    assert "PET_NODE_RANK" not in env
+    assert env["PET_RDZV_ID"] == "uid-1-g1"
+
+
+def test_user_env_cannot_override_the_contract() -> None:
+    job = spec(env=[{"name": "WORLD_SIZE", "value": "99"}, {"name": "NCCL_DEBUG", "value": "INFO"}])
+    env = render.worker_pod("bert", "ml", "u", job, 0, 1, 0)["spec"]["containers"][0]["env"]
+    names = [var["name"] for var in env]
+    assert len(names) == len(set(names))
+    assert {v["name"]: v["value"] for v in env}["WORLD_SIZE"] == "1"
+    assert {"name": "NCCL_DEBUG", "value": "INFO"} in env
+
+
+def test_entrypoint_runs_under_torchrun_and_command_is_the_users() -> None:
+    job = spec(entrypoint={"module": "lepton_workloads.train", "args": ["--epochs", "2"]})
+    container = render.worker_pod("bert", "ml", "u", job, 0, 1, 0)["spec"]["containers"][0]
+    assert container["command"] == ["torchrun", "-m", "lepton_workloads.train", "--epochs", "2"]
+    assert "args" not in container
+    job = spec(command=["python", "train.py"], args=["--lr", "0.1"])
+    container = render.worker_pod("bert", "ml", "u", job, 0, 1, 0)["spec"]["containers"][0]
+    assert (container["command"], container["args"]) == (["python", "train.py"], ["--lr", "0.1"])
+    container = render.worker_pod("bert", "ml", "u", spec(), 0, 1, 0)["spec"]["containers"][0]
+    assert "command" not in container and "args" not in container
+
+
+def test_gpu_scheduling_comes_from_common() -> None:
+    job = spec(workers={"replicas": 1, "gpu": {"count": 2, "product": "NVIDIA-H100"}, "nodeSelector": {"pool": "a"},
+                        "resources": {"requests": {"cpu": "4"}}})  # fmt: skip
+    pod = render.worker_pod("bert", "ml", "u", job, 0, 1, 0)
+    assert pod["spec"]["containers"][0]["resources"] == {"requests": {"cpu": "4"}, "limits": {"nvidia.com/gpu": 2}}
+    assert pod["spec"]["nodeSelector"] == {"pool": "a", "nvidia.com/gpu.product": "NVIDIA-H100"}
+    assert pod["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    cpu_pod = render.worker_pod("bert", "ml", "u", spec(), 0, 1, 0)
+    assert "tolerations" not in cpu_pod["spec"] and "nodeSelector" not in cpu_pod["spec"]
+
+
+def test_dataset_is_mounted_read_only_and_checkpoints_and_output_share_a_created_claim() -> None:
+    job = spec(dataset={"name": "images", "mountPath": "/data"}, checkpoint={"size": "10Gi", "everySteps": 50},
+               output={"path": "/out"})  # fmt: skip
+    pod = render.worker_pod("bert", "ml", "u", job, 0, 1, 0)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["dataset"]["persistentVolumeClaim"] == {"claimName": "images", "readOnly": True}
+    assert volumes["checkpoint"]["persistentVolumeClaim"] == {"claimName": "bert-checkpoint"}
+    assert "output" not in volumes
+    mounts = {m["mountPath"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["/data"]["readOnly"] is True
+    assert (mounts["/checkpoints"]["name"], mounts["/checkpoints"]["subPath"]) == ("checkpoint", "checkpoints")
+    assert (mounts["/out"]["name"], mounts["/out"]["subPath"]) == ("checkpoint", "output")
+    env = env_of(pod)
+    assert (env["LEPTON_DATASET_DIR"], env["LEPTON_CHECKPOINT_DIR"], env["LEPTON_OUTPUT_DIR"]) == ("/data", "/checkpoints", "/out")
+    assert env["LEPTON_CHECKPOINT_EVERY_STEPS"] == "50"
+    claim = render.checkpoint_claim("bert", "ml", "u", job)
+    assert claim is not None
+    assert claim["metadata"]["name"] == "bert-checkpoint"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert render.output_uri("bert", job) == "pvc://bert-checkpoint/output"
+
+
+def test_an_existing_checkpoint_claim_is_used_and_not_created() -> None:
+    job = spec(checkpoint={"claimName": "ckpt"}, output={"claimName": "models"})
+    assert render.checkpoint_claim("bert", "ml", "u", job) is None
+    volumes = {v["name"]: v for v in render.worker_pod("bert", "ml", "u", job, 0, 1, 0)["spec"]["volumes"]}
+    assert volumes["checkpoint"]["persistentVolumeClaim"]["claimName"] == "ckpt"
+    assert volumes["output"]["persistentVolumeClaim"]["claimName"] == "models"
+    assert render.output_uri("bert", job) == "pvc://models/output"
+
+
+def test_output_without_a_claim_is_scratch_space() -> None:
+    job = spec(output={})
+    volumes = render.worker_pod("bert", "ml", "u", job, 0, 1, 0)["spec"]["volumes"]
+    assert volumes == [{"name": "output", "emptyDir": {}}]
+    assert render.output_uri("bert", job) is None
+
+
+def test_longest_job_name_keeps_hostnames_within_63_characters() -> None:
+    name = "j" * 50
+    pod = render.worker_pod(name, "ml", "u", spec(), 1023, 1024, 7)
+    assert len(pod["spec"]["hostname"]) <= 63

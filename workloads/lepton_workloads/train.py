@@ -1,0 +1,309 @@
+"""The DDP trainer: ``torchrun ... -m lepton_workloads.train`` inside a TrainingJob's workers.
+
+Contract with the operator (environment, see ``render/training.py``): torchrun's
+``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` per process; ``LEPTON_DATASET_DIR`` (a
+prepared dataset: ``manifest.json`` + webdataset shards, read with
+:mod:`lepton_workloads.shards`), ``LEPTON_CHECKPOINT_DIR`` and
+``LEPTON_CHECKPOINT_EVERY_STEPS``, ``LEPTON_OUTPUT_DIR``. Command-line flags
+override the environment.
+
+Samples: ``npy`` holds the input (a float array: a feature vector for the MLP,
+``C x H x W`` for the CNN) and ``cls`` the class index as ASCII. The number of
+classes and the input shape come from the manifest's ``extra`` (``classes``,
+``shape``) or, failing that, from flags and the first sample.
+
+* Distribution: ``DistributedDataParallel`` over gloo on CPU, NCCL on GPU with
+  automatic mixed precision (bfloat16 autocast). Each rank reads its own shards
+  (``shards_for_rank``); with fewer shards than ranks, ranks stride over samples
+  instead. Uneven inputs are handled by DDP's ``Join``, so no rank hangs.
+* Checkpoints: every N steps rank 0 writes model, optimizer and position
+  (epoch, batch) to a temporary file and renames it over ``checkpoint.pt``, so
+  a crash never leaves a torn checkpoint. On start every rank loads it and
+  continues at the same step (a restarted group resumes, not restarts).
+* Progress: rank 0 prints one JSON line per log interval, keeps
+  ``progress.json`` in the checkpoint directory, and writes the last report to
+  the container's termination message (``/dev/termination-log``), which the
+  operator shows as ``status.progress`` without the pod needing any RBAC.
+* Export: rank 0 writes a Triton model repository entry under the output
+  directory: ``<name>/1/model.pt`` (TorchScript) and ``<name>/config.pbtxt``
+  (:mod:`lepton_workloads.triton_config`). ONNX export needs the ``onnx``
+  package, which this image does not ship; TorchScript is what it exports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.algorithms.join import Join
+from torch.nn.parallel import DistributedDataParallel
+
+from lepton_workloads import shards, triton_config
+
+CHECKPOINT = "checkpoint.pt"
+PROGRESS = "progress.json"
+TERMINATION_LOG = "/dev/termination-log"
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training stands: optimizer steps done, and where in which epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="python -m lepton_workloads.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset-dir", default=env("LEPTON_DATASET_DIR", "/data"))
+    parser.add_argument("--checkpoint-dir", default=env("LEPTON_CHECKPOINT_DIR"))
+    parser.add_argument("--output-dir", default=env("LEPTON_OUTPUT_DIR"))
+    parser.add_argument("--checkpoint-every", type=int, default=int(env("LEPTON_CHECKPOINT_EVERY_STEPS", "100")))
+    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+    parser.add_argument("--model-name", default=env("LEPTON_JOB_NAME", "model"))
+    parser.add_argument("--classes", type=int, default=None)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--max-batch-size", type=int, default=8, help="max_batch_size in the Triton config")
+    parser.add_argument("--crash-at-step", type=int, default=None,
+                        help="fault injection for tests: rank 1 (else 0) exits hard at this step")  # fmt: skip
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------
+# models
+
+
+def mlp(features: int, hidden: int, classes: int) -> nn.Module:
+    """For tabular features and text embeddings."""
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, classes)
+    )
+
+
+def cnn(channels: int, hidden: int, classes: int) -> nn.Module:
+    """A small convolutional net for images (any H x W, thanks to the adaptive pooling)."""
+    width = max(8, hidden // 4)
+    return nn.Sequential(
+        nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(width, width * 2, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        nn.Linear(width * 2 * 16, hidden), nn.ReLU(), nn.Linear(hidden, classes),
+    )  # fmt: skip
+
+
+def build_model(kind: str, shape: Sequence[int], hidden: int, classes: int) -> nn.Module:
+    if kind == "cnn":
+        if len(shape) != 3:
+            raise ValueError(f"the cnn wants C x H x W inputs, the dataset has shape {list(shape)}")
+        return cnn(shape[0], hidden, classes)
+    return mlp(int(np.prod(shape)), hidden, classes)
+
+
+# ---------------------------------------------------------------------------
+# data
+
+
+def decode(sample: dict[str, bytes]) -> tuple[np.ndarray, int]:
+    features = np.load(io.BytesIO(sample["npy"]), allow_pickle=False).astype(np.float32)
+    return features, int(sample["cls"].decode().strip())
+
+
+def rank_samples(root: Path, manifest: shards.Manifest, split: str, rank: int, world: int) -> Iterator[tuple[np.ndarray, int]]:
+    """This rank's samples of ``split``: its own shards, or every world-th sample when shards are few."""
+    available = manifest.split(split)
+    if len(available) >= world:
+        for sample in shards.iter_samples(root, shards.shards_for_rank(manifest, split, rank, world)):
+            yield decode(sample)
+        return
+    for index, sample in enumerate(shards.iter_samples(root, available)):
+        if index % world == rank:
+            yield decode(sample)
+
+
+def batches(samples: Iterator[tuple[np.ndarray, int]], size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    inputs: list[np.ndarray] = []
+    labels: list[int] = []
+    for features, label in samples:
+        inputs.append(features)
+        labels.append(label)
+        if len(inputs) == size:
+            yield torch.from_numpy(np.stack(inputs)), torch.tensor(labels)
+            inputs, labels = [], []
+    if inputs:
+        yield torch.from_numpy(np.stack(inputs)), torch.tensor(labels)
+
+
+def dataset_shape(root: Path, manifest: shards.Manifest, split: str, classes: int | None) -> tuple[tuple[int, ...], int]:
+    """Input shape and number of classes: from the manifest, else the flag and the first sample."""
+    extra = dict(manifest.extra)
+    shape = tuple(int(d) for d in extra["shape"]) if "shape" in extra else None
+    count = classes or (int(extra["classes"]) if "classes" in extra else None)
+    if shape is None:
+        first, _ = decode(next(shards.iter_samples(root, manifest.split(split)[:1])))
+        shape = tuple(first.shape)
+    if count is None:
+        raise ValueError("the number of classes is neither in the manifest (extra.classes) nor given (--classes)")
+    return shape, count
+
+
+# ---------------------------------------------------------------------------
+# checkpoints and reports
+
+
+def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, position: Position) -> None:
+    """Write then rename: the checkpoint on disk is always a whole one."""
+    directory.mkdir(parents=True, exist_ok=True)
+    temporary = directory / f".{CHECKPOINT}.tmp"
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": position.step,
+             "epoch": position.epoch, "batch": position.batch}  # fmt: skip
+    torch.save(state, temporary)
+    os.replace(temporary, directory / CHECKPOINT)
+
+
+def load_checkpoint(directory: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer) -> Position:
+    if directory is None or not (directory / CHECKPOINT).is_file():
+        return Position()
+    state = torch.load(directory / CHECKPOINT, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return Position(int(state["step"]), int(state["epoch"]), int(state["batch"]))
+
+
+def report(progress: dict[str, Any], checkpoint_dir: Path | None) -> None:
+    """One JSON progress line on stdout, and ``progress.json`` next to the checkpoints."""
+    line = json.dumps(progress, sort_keys=True)
+    print(line, flush=True)
+    if checkpoint_dir is not None:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        temporary = checkpoint_dir / f".{PROGRESS}.tmp"
+        temporary.write_text(line)
+        os.replace(temporary, checkpoint_dir / PROGRESS)
+
+
+def write_termination_message(progress: dict[str, Any], path: str = TERMINATION_LOG) -> None:
+    """The last progress report as the container's termination message (read by the operator)."""
+    target = Path(os.environ.get("LEPTON_TERMINATION_LOG", path))
+    if target.parent.is_dir() and os.access(target.parent if not target.exists() else target, os.W_OK):
+        target.write_text(json.dumps(progress, sort_keys=True))
+
+
+def export(model: nn.Module, shape: Sequence[int], classes: int, output_dir: Path, name: str,
+           max_batch_size: int) -> Path:  # fmt: skip
+    """TorchScript + ``config.pbtxt`` under ``output_dir/name``; returns the model directory."""
+    model = model.cpu().eval()
+    example = torch.zeros(1, *shape)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example)  # type: ignore[no-untyped-call]
+    config = triton_config.ModelConfig(
+        name=name,
+        format="pytorch_libtorch",
+        inputs=(triton_config.Tensor("INPUT__0", "TYPE_FP32", tuple(shape)),),
+        outputs=(triton_config.Tensor("OUTPUT__0", "TYPE_FP32", (classes,)),),
+        max_batch_size=max_batch_size,
+    )
+    text = triton_config.render(config)
+    version = output_dir / name / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    temporary = version / ".model.pt.tmp"
+    traced.save(str(temporary))
+    os.replace(temporary, version / triton_config.model_file("pytorch_libtorch"))
+    (output_dir / name / "config.pbtxt").write_text(text)
+    return output_dir / name
+
+
+# ---------------------------------------------------------------------------
+# the run
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    torch.manual_seed(args.seed)
+    root = Path(args.dataset_dir)
+    manifest, _ = shards.read_manifest(root)
+    shape, classes = dataset_shape(root, manifest, args.split, args.classes)
+    model = build_model(args.model, shape, args.hidden, classes).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
+    position = load_checkpoint(checkpoint_dir, model, optimizer)
+    resumed_from = position.step
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    loss_fn = nn.CrossEntropyLoss()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    crash_rank = 1 if world > 1 else 0
+    progress: dict[str, Any] = {"step": position.step, "epoch": position.epoch, "resumedFrom": resumed_from}
+    first_loss: float | None = None
+    step, started = position.step, time.monotonic()
+    done = args.max_steps is not None and step >= args.max_steps
+    for epoch in range(position.epoch, args.epochs):
+        if done:
+            break
+        skip = position.batch if epoch == position.epoch else 0
+        with Join([ddp]):
+            for index, (inputs, labels) in enumerate(batches(rank_samples(root, manifest, args.split, rank, world), args.batch_size)):
+                if index < skip or done:
+                    continue
+                if args.crash_at_step is not None and step == args.crash_at_step and rank == crash_rank:
+                    print(f"rank {rank}: crashing at step {step} (fault injection)", flush=True)
+                    os._exit(137)
+                optimizer.zero_grad(set_to_none=True)
+                with autocast:
+                    loss = loss_fn(ddp(inputs.to(device).reshape(len(inputs), *shape)), labels.to(device))
+                loss.backward()
+                optimizer.step()
+                step += 1
+                value = float(loss.detach())
+                first_loss = value if first_loss is None else first_loss
+                progress = {"step": step, "epoch": epoch, "loss": round(value, 6), "resumedFrom": resumed_from}
+                if rank == 0 and step % args.log_every == 0:
+                    report(progress, checkpoint_dir)
+                if rank == 0 and checkpoint_dir is not None and step % args.checkpoint_every == 0:
+                    save_checkpoint(checkpoint_dir, model, optimizer, Position(step, epoch, index + 1))
+                done = args.max_steps is not None and step >= args.max_steps
+    if rank == 0:
+        progress = {**progress, "firstLoss": first_loss, "seconds": round(time.monotonic() - started, 3)}
+        if checkpoint_dir is not None:
+            save_checkpoint(checkpoint_dir, model, optimizer, Position(step, args.epochs, 0))
+        if args.output_dir:
+            export(model, shape, classes, Path(args.output_dir), args.model_name, args.max_batch_size)
+            progress["output"] = str(Path(args.output_dir) / args.model_name)
+        report(progress, checkpoint_dir)
+        write_termination_message({k: progress[k] for k in ("step", "epoch", "loss") if k in progress})
+    dist.barrier()
+    dist.destroy_process_group()
+    return progress
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    train(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

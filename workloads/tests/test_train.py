@@ -1,0 +1,99 @@
+"""The DDP trainer for real: torchrun with 2 CPU processes (gloo) over generated shards.
+
+A rank is killed mid-run (the trainer's fault injection), the run is started again and must
+resume from the last checkpoint; the export must load with torch and its config.pbtxt parse
+with Triton's schema.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lepton_workloads import shards, train, triton_config
+
+WORKLOADS = Path(train.__file__).resolve().parent.parent
+
+
+def make_dataset(root: Path, shape: tuple[int, ...], count: int, shards_count: int, seed: int = 0) -> None:
+    """Two linearly separable classes: the label is the sign of a fixed projection."""
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=int(np.prod(shape)))
+    writer = shards.ShardWriter(root, "train", records_per_shard=-(-count // shards_count))
+    for index in range(count):
+        features = rng.normal(size=shape).astype(np.float32)
+        label = int(features.reshape(-1) @ direction > 0)
+        buffer = io.BytesIO()
+        np.save(buffer, features)
+        writer.add(f"{index:06d}", {"npy": buffer.getvalue(), "cls": str(label).encode()})
+    manifest = shards.Manifest(modality="tabular", source="generated", shards=tuple(writer.close()),
+                               extra={"classes": 2, "shape": list(shape)})  # fmt: skip
+    shards.write_manifest(root, manifest)
+
+
+def torchrun(nproc: int, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "--max-restarts=0", "-m", "lepton_workloads.train", *args]  # fmt: skip
+    full_env = {**os.environ, "PYTHONPATH": f"{WORKLOADS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                "OMP_NUM_THREADS": "1", **env}  # fmt: skip
+    return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_two_process_ddp_trains_resumes_after_a_killed_rank_and_exports(tmp_path: Path) -> None:
+    data, checkpoints, output = tmp_path / "data", tmp_path / "ckpt", tmp_path / "out"
+    make_dataset(data, (8,), 512, 4)
+    env = {"LEPTON_DATASET_DIR": str(data), "LEPTON_CHECKPOINT_DIR": str(checkpoints), "LEPTON_OUTPUT_DIR": str(output),
+           "LEPTON_CHECKPOINT_EVERY_STEPS": "10", "LEPTON_TERMINATION_LOG": str(tmp_path / "termination-log")}  # fmt: skip
+    common = ("--epochs", "4", "--batch-size", "16", "--model-name", "sep", "--log-every", "1")
+
+    crashed = torchrun(2, *common, "--crash-at-step", "25", env=env)
+    assert crashed.returncode != 0, crashed.stdout[-2000:]
+    assert "crashing at step 25" in crashed.stdout + crashed.stderr
+    assert torch.load(checkpoints / "checkpoint.pt", weights_only=True)["step"] == 20  # every 10 steps
+    assert not (output / "sep").exists()
+
+    finished = torchrun(2, *common, env=env)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    progress = json.loads((checkpoints / "progress.json").read_text())
+    # 512 samples, 2 ranks, batches of 16: 16 steps an epoch, 64 in 4 epochs; resumed at 20, not 0.
+    assert progress["resumedFrom"] == 20 and progress["step"] == 64
+    assert progress["loss"] < progress["firstLoss"] * 0.7, progress
+    assert json.loads((tmp_path / "termination-log").read_text())["step"] == 64
+
+    model = torch.jit.load(str(output / "sep" / "1" / "model.pt"))
+    assert model(torch.zeros(3, 8)).shape == (3, 2)
+    config = triton_config.from_protobuf(triton_config.parse((output / "sep" / "config.pbtxt").read_text()))
+    assert (config.name, config.format) == ("sep", "pytorch_libtorch")
+    assert config.inputs[0].dims == (8,) and config.outputs[0].dims == (2,)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_single_process_cnn_on_images_exports_a_traced_model(tmp_path: Path) -> None:
+    data, output = tmp_path / "data", tmp_path / "out"
+    make_dataset(data, (1, 8, 8), 64, 2)
+    result = torchrun(1, "--model", "cnn", "--epochs", "1", "--batch-size", "16", "--dataset-dir", str(data),
+                      "--output-dir", str(output), "--model-name", "img", env={})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = torch.jit.load(str(output / "img" / "1" / "model.pt"))
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 2)
+    assert triton_config.parse((output / "img" / "config.pbtxt").read_text()).input[0].dims == [1, 8, 8]
+
+
+def test_dataset_shape_needs_classes(tmp_path: Path) -> None:
+    writer = shards.ShardWriter(tmp_path, "train", records_per_shard=4)
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(3, dtype=np.float32))
+    writer.add("000000", {"npy": buffer.getvalue(), "cls": b"1"})
+    manifest = shards.Manifest(modality="tabular", source="x", shards=tuple(writer.close()))
+    assert train.dataset_shape(tmp_path, manifest, "train", 5) == ((3,), 5)
+    with pytest.raises(ValueError, match="number of classes"):
+        train.dataset_shape(tmp_path, manifest, "train", None)
