@@ -87,6 +87,22 @@ def test_first_pass_at_once_then_sleeps_until_woken() -> None:
     asyncio.run(scenario())
 
 
+def test_on_stop_runs_when_the_loop_ends() -> None:
+    async def scenario() -> None:
+        harness = Harness([None])
+        stopped_keys: list[ObjectKey] = []
+        task = asyncio.create_task(
+            loop.run_loop(TRAINING_JOB, harness.reconciler, BODY, harness.stopped, LOGGER, lambda r, m: None,
+                          write_status=harness.write, wakeups=harness.wakeups, on_stop=stopped_keys.append)  # fmt: skip
+        )
+        await harness.next_pass()
+        assert stopped_keys == []
+        await harness.stop(task)
+        assert stopped_keys == [KEY]
+
+    asyncio.run(scenario())
+
+
 def test_wakeups_during_a_pass_coalesce_into_one_more_pass() -> None:
     async def scenario() -> None:
         harness = Harness([None])
@@ -157,7 +173,9 @@ def test_each_kind_is_one_loop_woken_by_its_own_events(info: Any) -> None:
     watchers = [h for h in controllers.REGISTRY._watching.get_all_handlers() if h.selector.any_name == info.plural]
     changing = [h for h in controllers.REGISTRY._changing.get_all_handlers() if h.selector.any_name == info.plural]
     assert [h.id for h in daemons] == ["loop"]
-    assert [h.id for h in watchers] == ["wake"]
+    assert [h.id for h in watchers if h.id == "wake"] == ["wake"]
+    # Other watchers of this kind only wake the objects that depend on it (a service on its job).
+    assert all(h.id.startswith("wake-") for h in watchers if h.id != "wake")
     assert changing == []  # level-based: no create/update edges to miss
 
 

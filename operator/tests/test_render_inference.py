@@ -153,3 +153,45 @@ def test_pvc_uri_parsing() -> None:
     for bad in ("s3://bucket/x", "pvc:///path"):
         with pytest.raises(ValueError):
             inference.parse_pvc_uri(bad)
+
+
+def job(phase: str | None, uri: str | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": phase} if phase else {}
+    if uri:
+        status["output"] = {"uri": uri}
+    return {"metadata": {"name": "train"}, "status": status}
+
+
+def test_training_job_source_waits_until_the_job_succeeded() -> None:
+    parsed = spec(model={**BASE["model"], "source": {"trainingJobRef": {"name": "train"}}})
+    expected = {
+        None: ("TrainingJobNotFound", False),
+        "Running": ("WaitingForTrainingJob", False),
+        "Failed": ("TrainingJobFailed", True),
+    }
+    for phase, (reason, stalled) in expected.items():
+        with pytest.raises(inference.SourceUnavailable) as raised:
+            inference.resolve_source(parsed, None if phase is None else job(phase))
+        assert (raised.value.reason, raised.value.stalled) == (reason, stalled)
+    with pytest.raises(inference.SourceUnavailable, match="without status.output.uri"):
+        inference.resolve_source(parsed, job("Succeeded"))
+    with pytest.raises(inference.SourceUnavailable) as raised:
+        inference.resolve_source(parsed, job("Succeeded", "s3://x/y"))
+    assert raised.value.reason == "UnsupportedModelUri"
+    assert inference.resolve_source(parsed, job("Succeeded", "pvc://ckpt/export")) == ClaimSource("ckpt", "export")
+
+
+def test_claim_and_uri_sources_resolve_without_a_job() -> None:
+    assert inference.resolve_source(spec(), None) == SOURCE
+    uri = spec(model={**BASE["model"], "source": {"uri": "https://m.example/r/"}})
+    assert inference.resolve_source(uri, None) == UriSource("https://m.example/r/")
+
+
+def test_replicas_from_spec_or_kept_within_autoscaling_bounds() -> None:
+    assert inference.replicas(spec(replicas=3), 7) == 3
+    scaled = spec(autoscaling={"minReplicas": 0, "maxReplicas": 5, "target": 2, "scaleToZeroAfterSeconds": 60})
+    assert inference.replicas(scaled, None) == 1
+    assert inference.replicas(scaled, 0) == 0
+    assert inference.replicas(scaled, 4) == 4
+    assert inference.replicas(scaled, 9) == 5
+    assert inference.replicas(spec(autoscaling={"minReplicas": 2, "maxReplicas": 5, "target": 2}), 1) == 2

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,57 @@ def parse_pvc_uri(uri: str) -> ClaimSource:
     if not claim:
         raise ValueError(f"{uri!r} names no claim")
     return ClaimSource(claim, path.strip("/"))
+
+
+class SourceUnavailable(Exception):
+    """The model cannot be staged yet (``stalled``: not without a change)."""
+
+    def __init__(self, reason: str, message: str, *, stalled: bool = False) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.stalled = reason, message, stalled
+
+
+def resolve_source(spec: InferenceServiceSpec, training_job: Mapping[str, Any] | None) -> Source:
+    """Where the init container takes the model from; a TrainingJob's export once it Succeeded.
+
+    ``training_job`` is the referenced job as read (``None``: not found).
+    Raises :class:`SourceUnavailable` while there is nothing to stage.
+    """
+    source = spec.model.source
+    if source.claim is not None:
+        return ClaimSource(source.claim.name, source.claim.path.strip("/"))
+    if source.uri is not None:
+        return UriSource(source.uri)
+    assert source.training_job_ref is not None  # exactly one source: an API rule
+    job = source.training_job_ref.name
+    if training_job is None:
+        raise SourceUnavailable("TrainingJobNotFound", f"TrainingJob {job!r} does not exist (yet)")
+    status = training_job.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    if phase == "Failed":
+        raise SourceUnavailable("TrainingJobFailed", f"TrainingJob {job!r} failed; nothing to serve", stalled=True)
+    if phase != "Succeeded":
+        raise SourceUnavailable("WaitingForTrainingJob", f"TrainingJob {job!r} is {phase}; waiting for it to succeed")
+    uri = (status.get("output") or {}).get("uri")
+    if not uri:
+        raise SourceUnavailable("NoModelExported", f"TrainingJob {job!r} succeeded without status.output.uri", stalled=True)
+    try:
+        return parse_pvc_uri(str(uri))
+    except ValueError as error:
+        raise SourceUnavailable("UnsupportedModelUri", f"TrainingJob {job!r}: {error}", stalled=True) from error
+
+
+def replicas(spec: InferenceServiceSpec, current: int | None) -> int:
+    """Replicas to apply: ``spec.replicas`` without autoscaling; otherwise the autoscaler's count kept in bounds.
+
+    ``current`` is the Deployment's replica count (``None`` before it exists).
+    A new autoscaled service starts with at least one replica, so it serves at once.
+    """
+    scaling = spec.autoscaling
+    if scaling is None:
+        return spec.replicas
+    start = max(scaling.min_replicas, 1) if current is None else current
+    return min(max(start, scaling.min_replicas), scaling.max_replicas)
 
 
 def names(name: str) -> dict[str, str]:

@@ -1,0 +1,143 @@
+"""InferenceService on a real API server: children rendered, /scale, template stability, TrainingJob source.
+
+Pods run on kwok nodes (no Triton process), so "ready" here is the kubelet
+stand-in's; the model-level readiness probe is checked in the rendered spec.
+Every wait is on a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from localcluster.kube import Kubectl, condition, wait_until
+from operator_fixtures import RunningOperator
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT = 60.0
+SPEC: dict[str, Any] = {
+    "model": {
+        "name": "resnet",
+        "source": {"uri": "https://models.example/resnet/"},  # no claim: kwok schedules it at once
+        "maxBatchSize": 8,
+        "inputs": [{"name": "INPUT__0", "dims": [4]}],
+        "outputs": [{"name": "OUTPUT__0", "dims": [2]}],
+    },
+    "gpu": {"count": 1},
+    "replicas": 2,
+}
+
+
+def service(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "lepton.ai/v1alpha1", "kind": "InferenceService", "metadata": {"name": name}, "spec": spec}
+
+
+def status_for_generation(kubectl: Kubectl, name: str, phase: str | None = None) -> dict[str, Any]:
+    def current() -> dict[str, Any] | None:
+        obj: dict[str, Any] = kubectl.get("lis", name)
+        status = obj.get("status") or {}
+        if status.get("observedGeneration") != obj["metadata"]["generation"]:
+            return None
+        return obj if phase is None or status.get("phase") == phase else None
+
+    found: dict[str, Any] | None = wait_until(current, TIMEOUT, f"lis/{name} status (phase {phase})")
+    assert found is not None
+    return found
+
+
+def deployment_with(kubectl: Kubectl, name: str, replicas: int) -> dict[str, Any]:
+    def current() -> dict[str, Any] | None:
+        found = kubectl.get_or_none("deployment", name)
+        return found if found and found["spec"]["replicas"] == replicas else None
+
+    deployment: dict[str, Any] | None = wait_until(current, TIMEOUT, f"deployment/{name} with {replicas} replicas")
+    assert deployment is not None
+    return deployment
+
+
+def test_operator_inference_renders_children_and_reports_ready(
+    lepton_operator: RunningOperator, kubectl: Kubectl, namespace: str
+) -> None:
+    kubectl.apply(service("serve", SPEC), "--server-side")
+    deployment = deployment_with(kubectl, "serve", 2)
+    pod = deployment["spec"]["template"]["spec"]
+    triton = pod["containers"][0]
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/models/resnet/ready"
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["initContainers"][0]["name"] == "stage-model"
+    assert deployment["metadata"]["ownerReferences"][0]["kind"] == "InferenceService"
+    ports = {p["name"]: p["port"] for p in kubectl.get("service", "serve")["spec"]["ports"]}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert "max_batch_size: 8" in kubectl.get("configmap", "serve-model-config")["data"]["config.pbtxt"]
+
+    obj = status_for_generation(kubectl, "serve", "Ready")
+    status = obj["status"]
+    assert (status["replicas"], status["readyReplicas"], status["desiredReplicas"]) == (2, 2, 2)
+    assert status["url"] == f"http://serve.{namespace}.svc:8000/v2/models/resnet"
+    assert condition(obj, "Ready")["status"] == "True"  # type: ignore[index]
+    pods = kubectl.get("pods", None, "-l", status["selector"])
+    assert len(pods) == 2
+
+
+def test_operator_inference_kubectl_scale_and_autoscaling_edits_keep_the_template(
+    lepton_operator: RunningOperator, kubectl: Kubectl
+) -> None:
+    kubectl.apply(service("scaled", SPEC), "--server-side")
+    before = deployment_with(kubectl, "scaled", 2)
+    status_for_generation(kubectl, "scaled", "Ready")
+
+    kubectl("scale", "lis/scaled", "--replicas=3")  # the /scale subresource writes spec.replicas
+    deployment_with(kubectl, "scaled", 3)
+    obj = status_for_generation(kubectl, "scaled", "Ready")
+    assert obj["status"]["replicas"] == 3
+
+    replica_sets = {rs["metadata"]["name"] for rs in kubectl.get("replicasets")}
+    patch = {"spec": {"autoscaling": {"minReplicas": 1, "maxReplicas": 4, "target": 5}}}
+    kubectl("patch", "lis", "scaled", "--type=merge", "-p", json.dumps(patch))
+    status_for_generation(kubectl, "scaled")
+    patch["spec"]["autoscaling"]["target"] = 9
+    kubectl("patch", "lis", "scaled", "--type=merge", "-p", json.dumps(patch))
+    status_for_generation(kubectl, "scaled")
+    after = kubectl.get("deployment", "scaled")
+    assert after["spec"]["template"] == before["spec"]["template"]
+    assert after["spec"]["replicas"] == 3  # the autoscaler's count is kept, within bounds
+    assert {rs["metadata"]["name"] for rs in kubectl.get("replicasets")} == replica_sets
+
+
+def test_operator_inference_waits_for_its_training_job(lepton_operator: RunningOperator, kubectl: Kubectl) -> None:
+    kubectl.apply(
+        {"apiVersion": "lepton.ai/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "train"},
+         "spec": {"image": "trainer:1"}}, "--server-side",
+    )  # fmt: skip
+    wait_until(lambda: (kubectl.get("tj", "train").get("status") or {}).get("observedGeneration"), TIMEOUT,
+               "the TrainingJob's first status")  # fmt: skip
+    spec = {**SPEC, "model": {**SPEC["model"], "source": {"trainingJobRef": {"name": "train"}}}}
+    kubectl.apply(service("from-job", spec), "--server-side")
+    obj = status_for_generation(kubectl, "from-job", "Pending")
+    model = condition(obj, "ModelAvailable")
+    assert model is not None and (model["status"], model["reason"]) == ("False", "WaitingForTrainingJob")
+    assert kubectl.get_or_none("deployment", "from-job") is None
+
+    done = {"status": {"phase": "Succeeded", "output": {"uri": "pvc://checkpoints/export/model"}}}
+    kubectl("patch", "tj", "train", "--subresource=status", "--type=merge", "-p", json.dumps(done))
+    deployment = deployment_with(kubectl, "from-job", 2)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["model-source"]["persistentVolumeClaim"]["claimName"] == "checkpoints"
+    mount = next(m for m in deployment["spec"]["template"]["spec"]["initContainers"][0]["volumeMounts"]
+                 if m["name"] == "model-source")  # fmt: skip
+    assert mount["subPath"] == "export/model"
+    obj = status_for_generation(kubectl, "from-job", "Progressing")  # the claim does not exist here
+    assert condition(obj, "ModelAvailable")["status"] == "True"  # type: ignore[index]
+
+
+def test_operator_inference_bad_model_config_is_stalled(lepton_operator: RunningOperator, kubectl: Kubectl) -> None:
+    model = {**SPEC["model"], "dynamicBatching": {"preferredBatchSizes": [16]}}  # above maxBatchSize 8
+    kubectl.apply(service("bad", {**SPEC, "model": model}), "--server-side")
+    obj = status_for_generation(kubectl, "bad", "Failed")
+    stalled = condition(obj, "Stalled")
+    assert stalled is not None and (stalled["status"], stalled["reason"]) == ("True", "InvalidModelConfig")
+    assert "preferred batch sizes" in stalled["message"]
+    assert kubectl.get_or_none("deployment", "bad") is None
