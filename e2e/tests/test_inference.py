@@ -7,7 +7,11 @@ Every wait is on a condition with a deadline.
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
+import urllib.parse
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -141,3 +145,69 @@ def test_operator_inference_bad_model_config_is_stalled(lepton_operator: Running
     assert stalled is not None and (stalled["status"], stalled["reason"]) == ("True", "InvalidModelConfig")
     assert "preferred batch sizes" in stalled["message"]
     assert kubectl.get_or_none("deployment", "bad") is None
+
+
+class FakePrometheus(http.server.BaseHTTPRequestHandler):
+    """Answers instant queries by the start of the PromQL (the operator runs on this machine)."""
+
+    answers: dict[str, str] = {}
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        promql = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query).get("query", [""])[0]
+        value = next((v for prefix, v in self.answers.items() if promql.startswith(prefix)), None)
+        result = [] if value is None else [{"metric": {}, "value": [0, value]}]
+        body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def prometheus() -> Iterator[str]:
+    FakePrometheus.answers = {}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakePrometheus)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_operator_inference_autoscaler_follows_the_signal(
+    lepton_operator: RunningOperator, kubectl: Kubectl, prometheus: str
+) -> None:
+    autoscaling = {"minReplicas": 1, "maxReplicas": 4, "target": 2, "signal": "pendingRequests",
+                   "scaleDownStabilizationSeconds": 0, "prometheus": {"url": prometheus}}  # fmt: skip
+    kubectl.apply(service("auto", {**SPEC, "autoscaling": autoscaling}), "--server-side")
+    template = deployment_with(kubectl, "auto", 1)["spec"]["template"]
+    status_for_generation(kubectl, "auto", "Ready")
+
+    FakePrometheus.answers = {"sum(nv_inference_pending_request_count": "8", "sum(increase(": "20"}
+    deployment_with(kubectl, "auto", 4)  # 8 pending on 1 replica, target 2 per replica
+
+    def scaled_up() -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = kubectl.get("events", None, "--field-selector",
+                                                   "involvedObject.name=auto,reason=ScaledUp")  # fmt: skip
+        return [e for e in events if "1 -> 4 replicas: AboveTarget" in e["message"]]
+
+    wait_until(scaled_up, TIMEOUT, "a ScaledUp event")
+    autoscaling = kubectl.get("lis", "auto")["status"]["autoscaling"]
+    assert autoscaling["lastDecision"] == {"from": 1, "to": 4, "reason": "AboveTarget"}
+    assert autoscaling["value"] == 8 and autoscaling["signal"] == "pendingRequests" and autoscaling["lastScaleTime"]
+
+    FakePrometheus.answers = {"sum(nv_inference_pending_request_count": "0", "sum(increase(": "20"}
+    deployment_with(kubectl, "auto", 1)
+    assert kubectl.get("deployment", "auto")["spec"]["template"] == template
+
+    FakePrometheus.answers = {}  # the metrics vanish: hold, never scale on missing data
+
+    def unknown() -> bool:
+        status = kubectl.get("lis", "auto").get("status", {}).get("autoscaling", {})
+        return status.get("lastDecision", {}).get("reason") == "SignalUnknown" and "value" not in status
+
+    wait_until(unknown, TIMEOUT, "the autoscaler to report an unknown signal")
+    assert kubectl.get("deployment", "auto")["spec"]["replicas"] == 1
+    text = lepton_operator.metrics()
+    assert 'lepton_inference_scale_decisions_total{direction="up",reason="AboveTarget"}' in text

@@ -46,11 +46,24 @@ def test_record_reconcile_counts_and_times() -> None:
 
 def test_only_lepton_metrics_are_exported() -> None:
     families = list(metrics.REGISTRY.collect())
-    assert {family.name for family in families} == {"lepton_reconcile_seconds", "lepton_reconcile"}
+    names = {family.name for family in families}
+    assert {"lepton_reconcile_seconds", "lepton_reconcile"} <= names
+    assert all(name.startswith("lepton_") for name in names), names
     text = generate_latest(metrics.REGISTRY).decode()
     for kind in KINDS:
         assert f'lepton_reconcile_seconds_bucket{{kind="{kind}",le="0.005"}}' in text
     assert "process_cpu_seconds_total" not in text  # not the global registry
+
+
+def test_inference_autoscaling_series_are_per_service_and_forgotten() -> None:
+    metrics.record_scale("ns", "svc", "rps", 3.5, 4, 2, 3, "up", "AboveTarget")
+    labels = {"namespace": "ns", "name": "svc"}
+    assert metrics.REGISTRY.get_sample_value("lepton_inference_signal_value", {**labels, "signal": "rps"}) == 3.5
+    assert metrics.REGISTRY.get_sample_value("lepton_inference_replicas", {**labels, "state": "starting"}) == 1
+    metrics.record_scale("ns", "svc", "rps", None, 4, 3, 3, "none", "SignalUnknown")
+    assert metrics.REGISTRY.get_sample_value("lepton_inference_signal_value", {**labels, "signal": "rps"}) is None
+    metrics.forget_service("ns", "svc")
+    assert metrics.REGISTRY.get_sample_value("lepton_inference_desired_replicas", labels) is None
 
 
 def test_serve_exposes_the_registry_over_http() -> None:

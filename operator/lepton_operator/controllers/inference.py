@@ -18,6 +18,7 @@ the autoscaler has just changed.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Mapping, MutableMapping
@@ -30,7 +31,9 @@ from lepton_operator import metrics
 from lepton_operator.api.inference import InferenceServiceSpec
 from lepton_operator.api.meta import API_VERSION, GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION
 from lepton_operator.controllers import kube, loop, reconcile
+from lepton_operator.controllers.autoscaler import AUTOSCALER, REPLICAS_LOCK
 from lepton_operator.controllers.config import retry_delay
+from lepton_operator.controllers.startup import options_of
 from lepton_operator.controllers.reconcile import Logger, Warn
 from lepton_operator.controllers.wakeups import ObjectKey
 from lepton_operator.render import common
@@ -39,8 +42,7 @@ from lepton_operator.status import validation
 from lepton_operator.status.inference import Unavailable, service_status
 
 KIND = INFERENCE_SERVICE.kind
-#: Held while reading and writing a Deployment's replicas (reconciler and autoscaler).
-REPLICAS_LOCK = threading.Lock()
+_background: set[asyncio.Task[None]] = set()
 
 
 class JobWaiters:
@@ -82,7 +84,9 @@ def converge(body: Mapping[str, Any], spec: InferenceServiceSpec, now: datetime)
     name, namespace, uid = metadata["name"], metadata["namespace"], metadata.get("uid", "")
     generation = int(metadata.get("generation") or 0)
     ref = spec.model.source.training_job_ref
-    JOB_WAITERS.set(ObjectKey(KIND, namespace, name), ref.name if ref else None)
+    key = ObjectKey(KIND, namespace, name)
+    JOB_WAITERS.set(key, ref.name if ref else None)
+    AUTOSCALER.track(key, uid, spec)
     job = kube.get(API_VERSION, TRAINING_JOB.kind, namespace, ref.name) if ref else None
     source, unavailable = _model_unavailable(spec, job)
     with REPLICAS_LOCK:
@@ -128,6 +132,22 @@ def reconcile_service(
     return None
 
 
-loop.register(INFERENCE_SERVICE, reconcile_service)
+def stopped(key: ObjectKey) -> None:
+    """The object's loop ended (deleted, or this replica paused): forget it everywhere."""
+    JOB_WAITERS.set(key, None)
+    AUTOSCALER.untrack(key)
+
+
+@kopf.on.startup()
+async def start_autoscaler(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Start the one autoscaling loop (it scales only what the reconcile loops track)."""
+    options = options_of(memo)
+    AUTOSCALER.prometheus_url = options.prometheus_url
+    task = asyncio.create_task(AUTOSCALER.run(options.autoscale_interval, logger), name="autoscaler")
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+loop.register(INFERENCE_SERVICE, reconcile_service, on_stop=stopped)
 loop.wake_owner_on(INFERENCE_SERVICE, "apps", "v1", "deployments")
 loop.wake_on(GROUP, VERSION, TRAINING_JOB.plural, JOB_WAITERS.of, handler_id="wake-inferenceservice-on-trainingjob")
