@@ -4,7 +4,8 @@
 #   make down   - stop the operator and the local cluster
 # Everything a fresh machine needs is installed here: a virtualenv with the
 # project and its dev tools (pip's cache is reused), and the Kubernetes binaries,
-# built from the Go module proxy once and cached in ~/.cache/lepton.
+# built from the Go module proxy once and cached in ~/.cache/lepton, and the
+# prometheus package (apt) for the serving e2e.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 export PYTHONPATH := $(CURDIR)/e2e
 
-.PHONY: setup demo down test unit e2e lint crds cluster
+.PHONY: setup demo down test unit e2e lint crds cluster prometheus
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,12 +43,18 @@ lint: setup
 unit: setup
 	$(VENV)/bin/pytest -m "not e2e"
 
-e2e: setup
+# The serving e2e runs a real Prometheus (Debian's package: 2.42, file-based
+# targets, no Kubernetes discovery needed) next to the Triton simulators.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+prometheus:
+	command -v prometheus >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends prometheus; }
+
+e2e: setup prometheus
 	$(PY) -m localcluster build
 	$(VENV)/bin/pytest -m e2e
 
 # The cluster binaries are built (or found in the cache) before pytest starts,
 # so a cold build prints its progress instead of hiding inside a fixture.
-test: lint
+test: lint prometheus
 	$(PY) -m localcluster build
 	$(VENV)/bin/pytest
