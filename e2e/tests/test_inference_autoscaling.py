@@ -111,6 +111,9 @@ def test_operator_inference_scales_up_and_down_on_a_load_step(
         wait_until(lambda: replicas_of(kubectl) == 1, 120, "scale-down to one replica")
         wait_until(lambda: len(load.endpoints) == 1, 60, "three replicas retired")
         print(f"low load -> back to one replica {time.monotonic() - down:.1f} s")
+        kept = [p for p in kubectl.get("pods", None, "-l", selector) if not p["metadata"].get("deletionTimestamp")]
+        annotations = kept[0]["metadata"].get("annotations", {})
+        assert "controller.kubernetes.io/pod-deletion-cost" in annotations  # priced by load before scale-down
         time.sleep(3)
     finally:
         load.stop()

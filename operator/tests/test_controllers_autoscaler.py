@@ -33,6 +33,8 @@ class FakeWorld:
         self.events: list[tuple[str, str]] = []
         self.statuses: list[Mapping[str, Any]] = []
         self.queries: list[tuple[str, str]] = []
+        self.pod_loads: dict[str, float] = {}
+        self.costs: dict[str, int] = {}
 
     def io(self) -> Io:
         def read(namespace: str, name: str) -> dict[str, Any]:
@@ -48,8 +50,12 @@ class FakeWorld:
                     return value
             return None
 
+        def cost(namespace: str, pod: str, value: int) -> None:
+            self.costs[pod] = value
+
         return Io(read, scale, lambda obj, reason, message: self.events.append((reason, message)),
-                  lambda namespace, name, status: self.statuses.append(status), query)  # fmt: skip
+                  lambda namespace, name, status: self.statuses.append(status), query,
+                  lambda url, promql: dict(self.pod_loads), cost)  # fmt: skip
 
     def load(self, pending: float | None, requests: float | None = 10.0) -> None:
         self.answers = {"sum(nv_inference_pending_request_count": pending, "sum(increase(": requests}
@@ -137,3 +143,20 @@ def test_a_round_steps_every_service_and_survives_one_failing() -> None:
     scaler.track(KEY, "uid-1", spec())
     asyncio.run(scaler.round(LOGGER))
     assert world.replicas == 5
+
+
+def test_scale_down_prices_pods_by_load_so_the_idle_ones_go_first() -> None:
+    world = FakeWorld(replicas=4)
+    clock = [0.0]
+    scaler = Autoscaler(world.io(), clock=lambda: clock[0])
+    scaler.track(KEY, "uid-1", spec(scaleDownStabilizationSeconds=0))
+    world.load(pending=2.0)  # 0.5 per replica: one replica is enough
+    world.pod_loads = {"serve-a": 1.25, "serve-b": 0.0, "serve-c": 0.5}
+    decision = scaler.step(KEY)
+    assert decision is not None and decision.direction == "down" and world.replicas == 1
+    assert world.costs == {"serve-a": 1250, "serve-b": 0, "serve-c": 500}
+    world.costs.clear()
+    clock[0] += 5
+    world.load(pending=20.0)
+    scaler.step(KEY)
+    assert world.replicas > 1 and world.costs == {}  # only scale-down prices pods

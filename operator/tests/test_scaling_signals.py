@@ -45,6 +45,22 @@ def test_activity_and_demand_queries() -> None:
     assert signals.demand_query(SERIES) == f"sum(nv_inference_pending_request_count{SEL})"
 
 
+def test_load_by_pod_query() -> None:
+    assert signals.load_by_pod_query(SERIES, 20) == (
+        f"sum by (pod) (rate(nv_inference_request_duration_us{SEL}[20s])) / 1e6"
+        f" + sum by (pod) (nv_inference_pending_request_count{SEL})"
+    )
+
+
+def test_parse_by_pod() -> None:
+    payload = {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"pod": "a"}, "value": [0, "1.5"]}, {"metric": {"pod": "b"}, "value": [0, "NaN"]},
+        {"metric": {}, "value": [0, "3"]}]}}  # fmt: skip
+    assert signals.parse_by_label(payload, "pod") == {"a": 1.5}
+    with pytest.raises(PrometheusError):
+        signals.parse_by_label({"status": "success", "data": {"resultType": "scalar", "result": [0, "1"]}}, "pod")
+
+
 def vector(*values: str) -> dict[str, Any]:
     result = [{"metric": {}, "value": [1700000000.0, value]} for value in values]
     return {"status": "success", "data": {"resultType": "vector", "result": result}}
@@ -99,6 +115,10 @@ def test_instant_query_over_http(prometheus: str) -> None:
     with pytest.raises(PrometheusError, match="parse error"):
         signals.instant_query(prometheus, "bad(")
     assert signals.known(prometheus, "bad(") is None
+    FakePrometheus.answers = {"by": (200, {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"pod": "p1"}, "value": [0, "2"]}]}})}  # fmt: skip
+    assert signals.by_pod(prometheus, "by") == {"p1": 2.0}
+    assert signals.by_pod(prometheus, "bad(") == {}
 
 
 def test_unreachable_prometheus_is_unknown() -> None:

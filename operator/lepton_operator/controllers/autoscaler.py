@@ -5,7 +5,9 @@ Not one timer per object: a single asyncio task runs a round every
 every tracked service in worker threads. A step reads the service's
 Deployment (replicas, ready), reads its signal, activity and demand from
 Prometheus (``scaling.signals``), asks the pure policy (``scaling.policy``) and
-acts on the decision: the Deployment's ``spec.replicas`` (a merge patch under
+acts on the decision: before a scale-down, each pod's deletion cost is set to
+its load (so the ReplicaSet removes the least-loaded replicas first and
+in-flight work finishes elsewhere); the Deployment's ``spec.replicas`` (a merge patch under
 the ``lepton-autoscaler`` field manager, while holding :data:`REPLICAS_LOCK`
 so the reconciler never re-applies a stale count), a Normal event per change,
 ``status.autoscaling`` and the ``lepton_inference_*`` metrics.
@@ -43,6 +45,8 @@ from lepton_operator.status.conditions import format_time
 #: Held while reading and writing a Deployment's replicas (the reconciler and the autoscaler).
 REPLICAS_LOCK = threading.Lock()
 FIELD_MANAGER = "lepton-autoscaler"
+#: The ReplicaSet controller removes pods with the lowest cost first on scale-down.
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 #: Status is written on every change of replicas or reason, otherwise at most this often.
 STATUS_EVERY_SECONDS = 30.0
 
@@ -56,10 +60,17 @@ class Io:
     post_event: Callable[[Mapping[str, Any], str, str], None]
     patch_status: Callable[[str, str, Mapping[str, Any]], None]
     query: Callable[[str, str], float | None]
+    load_by_pod: Callable[[str, str], dict[str, float]]
+    set_deletion_cost: Callable[[str, str, int], None]
 
 
 def _set_replicas(namespace: str, name: str, replicas: int) -> None:
     kube.patch("apps/v1", "Deployment", namespace, name, {"spec": {"replicas": replicas}}, field_manager=FIELD_MANAGER)
+
+
+def _set_deletion_cost(namespace: str, pod: str, cost: int) -> None:
+    kube.patch("v1", "Pod", namespace, pod, {"metadata": {"annotations": {DELETION_COST: str(cost)}}},
+               field_manager=FIELD_MANAGER)  # fmt: skip
 
 
 def cluster_io() -> Io:
@@ -70,6 +81,8 @@ def cluster_io() -> Io:
         post_event=lambda involved, reason, message: kube.post_event(involved, "Normal", reason, message, FIELD_MANAGER),
         patch_status=lambda namespace, name, status: kube.patch_status(INFERENCE_SERVICE, namespace, name, status),
         query=signals.known,
+        load_by_pod=signals.by_pod,
+        set_deletion_cost=_set_deletion_cost,
     )
 
 
@@ -161,6 +174,8 @@ class Autoscaler:
         changed = decision.desired != observed.replicas
         news = changed or entry.last_decision is None or entry.last_decision["reason"] != decision.reason
         entry.last_decision = {"from": observed.replicas, "to": decision.desired, "reason": decision.reason}
+        if decision.direction == "down":
+            self._prefer_idle_pods(io, entry)
         if changed:
             with REPLICAS_LOCK:
                 io.set_replicas(key.namespace, key.name, decision.desired)
@@ -177,6 +192,17 @@ class Autoscaler:
                 f" ({scaling.signal} {shown}, target {scaling.target:g})",
             )
         return decision
+
+    def _prefer_idle_pods(self, io: Io, entry: Tracked) -> None:
+        """Before a scale-down, price each replica by its load so the least-loaded go first (Triton #6230)."""
+        scaling = entry.spec.autoscaling
+        assert scaling is not None
+        url = scaling.prometheus.url if scaling.prometheus else self.prometheus_url
+        if url is None:
+            return
+        series = signals.Series(entry.key.namespace, entry.key.name, entry.spec.model.name)
+        for pod, load in io.load_by_pod(url, signals.load_by_pod_query(series, scaling.window_seconds)).items():
+            io.set_deletion_cost(entry.key.namespace, pod, round(load * 1000))
 
     @staticmethod
     def _status(entry: Tracked, value: float | None, desired: int) -> dict[str, Any]:

@@ -95,16 +95,52 @@ def demand_query(series: Series) -> str:
     return f"sum(nv_inference_pending_request_count{series.selector()})"
 
 
+def load_by_pod_query(series: Series, window_seconds: int) -> str:
+    """Each replica's load: requests in its server (Little's law) plus those waiting, by ``pod``."""
+    sel = series.selector()
+    return (
+        f"sum by (pod) (rate(nv_inference_request_duration_us{sel}[{window_seconds}s])) / 1e6"
+        f" + sum by (pod) (nv_inference_pending_request_count{sel})"
+    )
+
+
 class PrometheusError(Exception):
     """The query failed (unreachable, HTTP error, error status, unexpected shape)."""
 
 
-def parse_response(payload: Any) -> float | None:
-    """The scalar of an instant-query response: ``None`` for no series or NaN/Inf; raises on errors."""
+def _data(payload: Any) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("status") != "success":
         error = payload.get("error") if isinstance(payload, dict) else payload
         raise PrometheusError(f"query failed: {error}")
-    data = payload.get("data") or {}
+    data: dict[str, Any] = payload.get("data") or {}
+    return data
+
+
+def _number(sample: Any) -> float | None:
+    try:
+        value = float(sample[1])
+    except (TypeError, ValueError, IndexError) as error:
+        raise PrometheusError(f"unreadable sample {sample!r}") from error
+    return value if math.isfinite(value) else None
+
+
+def parse_by_label(payload: Any, label: str) -> dict[str, float]:
+    """A vector response as ``{series[label]: value}``, leaving out NaN/Inf and unlabelled series."""
+    data = _data(payload)
+    if data.get("resultType") != "vector":
+        raise PrometheusError(f"expected a vector, got {data.get('resultType')!r}")
+    values = {}
+    for series in data.get("result") or []:
+        key = (series.get("metric") or {}).get(label)
+        value = _number(series.get("value"))
+        if key is not None and value is not None:
+            values[str(key)] = value
+    return values
+
+
+def parse_response(payload: Any) -> float | None:
+    """The scalar of an instant-query response: ``None`` for no series or NaN/Inf; raises on errors."""
+    data = _data(payload)
     kind, result = data.get("resultType"), data.get("result")
     sample: Any
     if kind == "scalar":
@@ -117,15 +153,10 @@ def parse_response(payload: Any) -> float | None:
         sample = result[0].get("value")
     else:
         raise PrometheusError(f"unexpected result type {kind!r}")
-    try:
-        value = float(sample[1])
-    except (TypeError, ValueError, IndexError) as error:
-        raise PrometheusError(f"unreadable sample {sample!r}") from error
-    return value if math.isfinite(value) else None
+    return _number(sample)
 
 
-def instant_query(base_url: str, promql: str, timeout: float = QUERY_TIMEOUT) -> float | None:
-    """Evaluate ``promql`` now on the Prometheus at ``base_url``; see :func:`parse_response`."""
+def _fetch(base_url: str, promql: str, timeout: float) -> Any:
     url = base_url.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": promql})
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) from the spec
@@ -137,7 +168,20 @@ def instant_query(base_url: str, promql: str, timeout: float = QUERY_TIMEOUT) ->
             raise PrometheusError(f"HTTP {error.code} from {base_url}") from error
     except (OSError, ValueError) as error:
         raise PrometheusError(f"cannot query {base_url}: {error}") from error
-    return parse_response(payload)
+    return payload
+
+
+def instant_query(base_url: str, promql: str, timeout: float = QUERY_TIMEOUT) -> float | None:
+    """Evaluate ``promql`` now on the Prometheus at ``base_url``; see :func:`parse_response`."""
+    return parse_response(_fetch(base_url, promql, timeout))
+
+
+def by_pod(base_url: str, promql: str, timeout: float = QUERY_TIMEOUT) -> dict[str, float]:
+    """Evaluate a ``by (pod)`` query; empty when it fails (the caller then has no preference)."""
+    try:
+        return parse_by_label(_fetch(base_url, promql, timeout), "pod")
+    except PrometheusError:
+        return {}
 
 
 def known(base_url: str, promql: str) -> float | None:
