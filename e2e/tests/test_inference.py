@@ -211,3 +211,17 @@ def test_operator_inference_autoscaler_follows_the_signal(
     assert kubectl.get("deployment", "auto")["spec"]["replicas"] == 1
     text = lepton_operator.metrics()
     assert 'lepton_inference_scale_decisions_total{direction="up",reason="AboveTarget"}' in text
+
+
+def test_operator_inference_invalid_spec_is_stalled_then_recovers(
+    lepton_operator: RunningOperator, kubectl: Kubectl
+) -> None:
+    odd = {**SPEC, "model": {**SPEC["model"], "source": {"uri": "https://models.example/res\u00a0net/"}}}
+    kubectl.apply(service("odd", odd), "--server-side")  # admitted (RE2's \\S is ASCII), refused by the models
+    obj = status_for_generation(kubectl, "odd", "Failed")
+    validated = condition(obj, "Validated")
+    assert validated is not None and (validated["status"], validated["reason"]) == ("False", "InvalidSpec")
+    assert kubectl.get_or_none("deployment", "odd") is None
+    kubectl("patch", "lis", "odd", "--type=merge", "-p", json.dumps({"spec": {"model": SPEC["model"]}}))
+    obj = status_for_generation(kubectl, "odd", "Ready")  # Failed is recomputed, not one-way
+    assert condition(obj, "Validated")["status"] == "True"  # type: ignore[index]

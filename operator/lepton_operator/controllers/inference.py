@@ -112,23 +112,31 @@ def converge(body: Mapping[str, Any], spec: InferenceServiceSpec, now: datetime)
 def reconcile_service(
     body: Mapping[str, Any], status_patch: MutableMapping[str, Any], *, retry: int, logger: Logger, warn: Warn
 ) -> float | None:
-    """One pass over one InferenceService (fits ``loop.Reconciler``)."""
-    if reconcile.reconcile(KIND, body, status_patch, retry=retry, logger=logger, warn=warn) != "accepted":
+    """One pass over one InferenceService (fits ``loop.Reconciler``).
+
+    An invalid spec goes through the shared ``reconcile.reconcile`` (conditions,
+    Warning event, metrics); a valid one is converged here.
+    """
+    raw_spec = validation.to_plain(body.get("spec"))
+    parsed = validation.parse_spec(KIND, raw_spec)
+    if not isinstance(parsed, InferenceServiceSpec):
+        reconcile.reconcile(KIND, body, status_patch, retry=retry, logger=logger, warn=warn)
         return None
-    status_patch.clear()  # the foundation's "waiting for the controller" is replaced by the real status
     started, now = time.perf_counter(), datetime.now(UTC)
     existing = validation.to_plain(body.get("status") or {})
     generation = int((body.get("metadata") or {}).get("generation") or 0)
     try:
-        spec = InferenceServiceSpec.model_validate(validation.to_plain(body["spec"]))
-        new = converge(body, spec, now)
+        new = converge(body, parsed, now)
     except Exception as error:
         delay = retry_delay(retry)
         status_patch.update(validation.error_status(KIND, generation, error, existing, now, delay))
         metrics.record_reconcile(KIND, "error", time.perf_counter() - started)
         raise kopf.TemporaryError(f"reconcile failed: {type(error).__name__}: {error}", delay=delay) from error
+    if existing.get("observedGeneration") != generation:
+        logger.info(f"spec of generation {generation} accepted")
     if validation.needs_patch(existing, new):
         status_patch.update(new)
+    metrics.record_reconcile(KIND, "accepted", time.perf_counter() - started)
     return None
 
 
