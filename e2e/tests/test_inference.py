@@ -225,3 +225,26 @@ def test_operator_inference_invalid_spec_is_stalled_then_recovers(
     kubectl("patch", "lis", "odd", "--type=merge", "-p", json.dumps({"spec": {"model": SPEC["model"]}}))
     obj = status_for_generation(kubectl, "odd", "Ready")  # Failed is recomputed, not one-way
     assert condition(obj, "Validated")["status"] == "True"  # type: ignore[index]
+
+
+def test_operator_inference_idle_service_scales_to_zero(
+    lepton_operator: RunningOperator, kubectl: Kubectl, prometheus: str
+) -> None:
+    autoscaling = {"minReplicas": 0, "maxReplicas": 2, "target": 2, "scaleToZeroAfterSeconds": 5,
+                   "prometheus": {"url": prometheus}}  # fmt: skip
+    FakePrometheus.answers = {"sum(nv_inference_pending_request_count": "0", "sum(increase(": "0"}
+    kubectl.apply(service("idle", {**SPEC, "autoscaling": autoscaling}), "--server-side")
+    deployment_with(kubectl, "idle", 0)  # starts at one replica, no requests for 5 s: zero
+    obj = status_for_generation(kubectl, "idle", "ScaledToZero")
+    assert condition(obj, "Ready")["status"] == "True"  # type: ignore[index]
+    def idle_decision() -> bool:
+        decision = kubectl.get("lis", "idle")["status"].get("autoscaling", {}).get("lastDecision", {})
+        return decision.get("to") == 0 and decision.get("reason") == "Idle"  # 1 -> 0, then 0 -> 0 holds
+
+    wait_until(idle_decision, TIMEOUT, "the Idle decision in status.autoscaling")
+
+    def idle_event() -> bool:
+        events = kubectl.get("events", None, "--field-selector", "involvedObject.name=idle,reason=ScaledDown")
+        return any(e["message"].startswith("1 -> 0 replicas: Idle") for e in events)
+
+    wait_until(idle_event, TIMEOUT, "a ScaledDown event for Idle")
