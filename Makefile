@@ -4,7 +4,8 @@
 #   make down   - stop the operator and the local cluster
 # Everything a fresh machine needs is installed here: a virtualenv with the
 # project and its dev tools (pip's cache is reused), and the Kubernetes binaries,
-# built from the Go module proxy once and cached in ~/.cache/lepton.
+# built from the Go module proxy once and cached in ~/.cache/lepton, and the
+# prometheus package (apt) for the serving e2e.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -24,9 +25,10 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # System tools from Debian that tests run for real: promtool (alert rules) and
-# Prometheus (autoscaling signals). Installed once; needs root or sudo.
+# Prometheus 2.42 (autoscaling signals; file-based targets, no Kubernetes
+# discovery needed). Installed once; needs root or sudo.
 tools:
-	@command -v promtool >/dev/null || { \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
 	  echo "installing Debian's prometheus (promtool) ..."; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; }

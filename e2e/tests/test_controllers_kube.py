@@ -58,3 +58,12 @@ def test_patch_status_writes_the_status_subresource(namespace: str, kubectl: Kub
     status = kubectl.get("tj", "job")["status"]
     assert status["phase"] == "Pending" and status["workers"]["desired"] == 2
     kube.patch_status(TRAINING_JOB, namespace, "gone", {"phase": "Pending"})  # a vanished object is fine
+
+
+def test_merge_patch_and_events(namespace: str, kubectl: Kubectl) -> None:
+    created = kube.apply(config_map(namespace, "patched", {"a": "1"}))
+    kube.patch("v1", "ConfigMap", namespace, "patched", {"data": {"b": "2"}}, field_manager="lepton-test")
+    assert kubectl.get("configmap", "patched")["data"] == {"a": "1", "b": "2"}
+    kube.post_event(created, "Normal", "Tested", "an event from kube.post_event", "lepton-test")
+    events = kubectl.json("get", "events", "--field-selector", "involvedObject.name=patched")["items"]
+    assert [(e["reason"], e["type"], e["source"]["component"]) for e in events] == [("Tested", "Normal", "lepton-test")]

@@ -50,6 +50,8 @@ def run_options(args: argparse.Namespace) -> OperatorOptions:
         "standalone": args.standalone,
         "peering_name": args.peering_name,
         "verbose": args.verbose,
+        "prometheus_url": args.prometheus_url,
+        "autoscale_interval": args.autoscale_interval,
     }
     if args.priority is not None:
         fields["priority"] = args.priority
@@ -104,6 +106,17 @@ def _add_run(commands: Any) -> None:
         "--standalone",
         action="store_true",
         help="no peering: act even if another operator runs (development only)",
+    )
+    run.add_argument(
+        "--prometheus-url",
+        default=None,
+        help="Prometheus the InferenceService autoscaler queries when a service names none (e.g. http://prometheus:9090)",
+    )
+    run.add_argument(
+        "--autoscale-interval",
+        type=float,
+        default=5.0,
+        help="seconds between two autoscaling rounds over all InferenceServices (default: 5)",
     )
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     run.set_defaults(handler=_run)

@@ -150,6 +150,68 @@ def record_training_restart(reason: str) -> None:
     TRAINING_RESTARTS.labels(reason=reason).inc()
 
 
+# InferenceService autoscaling, one series per service (namespace, name); a
+# service's series are removed when it stops being autoscaled.
+SERVICE_LABELS: Final = ("namespace", "name")
+INFERENCE_SIGNAL: Final = Gauge(
+    "lepton_inference_signal_value",
+    "The autoscaling signal per replica (per request for queueTimeMicros) the autoscaler last read; absent when unknown.",
+    labelnames=(*SERVICE_LABELS, "signal"),
+    registry=REGISTRY,
+)
+INFERENCE_TARGET: Final = Gauge(
+    "lepton_inference_signal_target",
+    "The target of the autoscaling signal per replica (per request for queueTimeMicros).",
+    labelnames=(*SERVICE_LABELS, "signal"),
+    registry=REGISTRY,
+)
+INFERENCE_DESIRED: Final = Gauge(
+    "lepton_inference_desired_replicas",
+    "Replicas the autoscaler last decided on.",
+    labelnames=SERVICE_LABELS,
+    registry=REGISTRY,
+)
+INFERENCE_REPLICAS: Final = Gauge(
+    "lepton_inference_replicas",
+    "Replicas of the service's Deployment, by readiness (ready, starting).",
+    labelnames=(*SERVICE_LABELS, "state"),
+    registry=REGISTRY,
+)
+SCALE_DECISIONS: Final = Counter(
+    "lepton_inference_scale_decisions",
+    "Autoscaler decisions, by direction (up, down, none) and reason (AboveTarget, Idle, SignalUnknown, ...).",
+    labelnames=("direction", "reason"),
+    registry=REGISTRY,
+)
+
+
+def record_scale(
+    namespace: str, name: str, signal: str, value: float | None, desired: int, ready: int, replicas: int,
+    direction: str, reason: str, target: float | None = None,
+) -> None:
+    """Export one autoscaling decision of one service."""
+    if target is not None:
+        INFERENCE_TARGET.labels(namespace, name, signal).set(target)
+    if value is None:
+        try:
+            INFERENCE_SIGNAL.remove(namespace, name, signal)
+        except KeyError:
+            pass
+    else:
+        INFERENCE_SIGNAL.labels(namespace, name, signal).set(value)
+    INFERENCE_DESIRED.labels(namespace, name).set(desired)
+    INFERENCE_REPLICAS.labels(namespace, name, "ready").set(ready)
+    INFERENCE_REPLICAS.labels(namespace, name, "starting").set(max(0, replicas - ready))
+    SCALE_DECISIONS.labels(direction, reason).inc()
+
+
+def forget_service(namespace: str, name: str) -> None:
+    """Drop a service's autoscaling series (it was deleted or is no longer autoscaled)."""
+    for gauge in (INFERENCE_SIGNAL, INFERENCE_TARGET, INFERENCE_DESIRED, INFERENCE_REPLICAS):
+        for labels in [key for key in gauge._metrics if key[:2] == (namespace, name)]:  # noqa: SLF001
+            gauge.remove(*labels)
+
+
 def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from other pods
     """Serve :data:`REGISTRY` on ``http://<address>:<port>/metrics`` from a daemon thread.
 

@@ -87,6 +87,22 @@ def test_first_pass_at_once_then_sleeps_until_woken() -> None:
     asyncio.run(scenario())
 
 
+def test_on_stop_runs_when_the_loop_ends() -> None:
+    async def scenario() -> None:
+        harness = Harness([None])
+        stopped_keys: list[ObjectKey] = []
+        task = asyncio.create_task(
+            loop.run_loop(TRAINING_JOB, harness.reconciler, BODY, harness.stopped, LOGGER, lambda r, m: None,
+                          write_status=harness.write, wakeups=harness.wakeups, on_stop=stopped_keys.append)  # fmt: skip
+        )
+        await harness.next_pass()
+        assert stopped_keys == []
+        await harness.stop(task)
+        assert stopped_keys == [KEY]
+
+    asyncio.run(scenario())
+
+
 def test_wakeups_during_a_pass_coalesce_into_one_more_pass() -> None:
     async def scenario() -> None:
         harness = Harness([None])
@@ -154,7 +170,7 @@ def test_validating_reconciler_reports_invalid_spec_through_the_loop() -> None:
 # Watchers a kind's objects have besides their own "wake": other loops woken by them, clean-ups.
 OTHER_WATCHERS: dict[str, list[str]] = {
     "LeptonDataset": ["wake-trainingjob-dataset"],  # a job waits for its dataset
-    "TrainingJob": ["training-metrics"],  # a deleted job leaves the worker gauges
+    "TrainingJob": ["training-metrics", "wake-inferenceservice-on-trainingjob"],  # gauges; a service waits on its job
 }
 
 

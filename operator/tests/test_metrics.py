@@ -55,6 +55,17 @@ def test_only_lepton_metrics_are_exported() -> None:
     assert "process_cpu_seconds_total" not in text  # not the global registry
 
 
+def test_inference_autoscaling_series_are_per_service_and_forgotten() -> None:
+    metrics.record_scale("ns", "svc", "rps", 3.5, 4, 2, 3, "up", "AboveTarget")
+    labels = {"namespace": "ns", "name": "svc"}
+    assert metrics.REGISTRY.get_sample_value("lepton_inference_signal_value", {**labels, "signal": "rps"}) == 3.5
+    assert metrics.REGISTRY.get_sample_value("lepton_inference_replicas", {**labels, "state": "starting"}) == 1
+    metrics.record_scale("ns", "svc", "rps", None, 4, 3, 3, "none", "SignalUnknown")
+    assert metrics.REGISTRY.get_sample_value("lepton_inference_signal_value", {**labels, "signal": "rps"}) is None
+    metrics.forget_service("ns", "svc")
+    assert metrics.REGISTRY.get_sample_value("lepton_inference_desired_replicas", labels) is None
+
+
 def test_serve_exposes_the_registry_over_http() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

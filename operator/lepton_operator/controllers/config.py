@@ -72,6 +72,10 @@ class OperatorOptions:
     """Skip peering (development on a private cluster)."""
     peering_name: str = DEFAULT_PEERING_NAME
     verbose: bool = False
+    prometheus_url: str | None = None
+    """Prometheus the autoscaler queries for services that name none in spec.autoscaling."""
+    autoscale_interval: float = 5.0
+    """Seconds between two rounds of the autoscaler over every autoscaled service."""
 
     @property
     def clusterwide(self) -> bool:

@@ -1,12 +1,161 @@
-"""kopf wiring for InferenceService: one reconcile loop per object (see ``loop``).
+"""kopf wiring and the reconciler of InferenceService: one loop per object (see ``loop``).
 
-In this version the reconciler validates the spec and reports it in status
-(``reconcile.validating``); the InferenceService behaviour arrives with its own issue,
-as pure ``render``/``status`` functions called from a reconciler here.
+A pass: validate the spec (``reconcile.reconcile``: Validated/Stalled on bad
+input); resolve the model source (a referenced TrainingJob must have
+Succeeded, its ``status.output.uri`` names the export); server-side apply the
+model-config ConfigMap, the Triton Deployment and the Service
+(``render.inference``); compute status from the Deployment
+(``status.inference``). The loop wakes on the service's own spec, its
+Deployments, and the TrainingJobs services wait on.
+
+Replicas: without ``spec.autoscaling`` the Deployment gets ``spec.replicas``,
+which ``kubectl scale`` and an external HPA/KEDA set through the ``/scale``
+subresource. With autoscaling, the built-in autoscaler (``autoscaler``) owns
+the count; the reconciler keeps what the Deployment has (within bounds). Both
+write replicas under :data:`REPLICAS_LOCK`, so a pass never re-applies a count
+the autoscaler has just changed.
 """
 
-from lepton_operator.api.meta import INFERENCE_SERVICE
-from lepton_operator.controllers import loop
-from lepton_operator.controllers.reconcile import validating
+from __future__ import annotations
 
-loop.register(INFERENCE_SERVICE, validating(INFERENCE_SERVICE.kind))
+import asyncio
+import threading
+import time
+from collections.abc import Mapping, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from lepton_operator import metrics
+from lepton_operator.api.inference import InferenceServiceSpec
+from lepton_operator.api.meta import API_VERSION, GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION
+from lepton_operator.controllers import kube, loop, reconcile
+from lepton_operator.controllers.autoscaler import AUTOSCALER, REPLICAS_LOCK
+from lepton_operator.controllers.config import retry_delay
+from lepton_operator.controllers.startup import options_of
+from lepton_operator.controllers.reconcile import Logger, Warn
+from lepton_operator.controllers.wakeups import ObjectKey
+from lepton_operator.render import common
+from lepton_operator.render import inference as render
+from lepton_operator.status import validation
+from lepton_operator.status.inference import Unavailable, service_status
+
+KIND = INFERENCE_SERVICE.kind
+_background: set[asyncio.Task[None]] = set()
+
+
+class JobWaiters:
+    """Which services wait on which TrainingJob, so a job's change wakes exactly them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_job: dict[tuple[str, str], set[ObjectKey]] = {}
+
+    def set(self, service: ObjectKey, job: str | None) -> None:
+        with self._lock:
+            for waiting in self._by_job.values():
+                waiting.discard(service)
+            if job is not None:
+                self._by_job.setdefault((service.namespace, job), set()).add(service)
+
+    def of(self, job: Mapping[str, Any]) -> list[ObjectKey]:
+        metadata = job.get("metadata") or {}
+        with self._lock:
+            return sorted(self._by_job.get((str(metadata.get("namespace")), str(metadata.get("name"))), ()))
+
+
+JOB_WAITERS = JobWaiters()
+
+
+def _model_unavailable(spec: InferenceServiceSpec, job: Mapping[str, Any] | None) -> tuple[render.Source | None, Unavailable | None]:
+    try:
+        render.config_text(spec)  # Triton's schema checks the spec's model config
+        return render.resolve_source(spec, job), None
+    except render.SourceUnavailable as missing:
+        return None, Unavailable(missing.reason, missing.message, missing.stalled)
+    except ValueError as error:
+        return None, Unavailable("InvalidModelConfig", f"config.pbtxt: {error}", stalled=True)
+
+
+def converge(body: Mapping[str, Any], spec: InferenceServiceSpec, now: datetime) -> dict[str, Any]:
+    """Apply the children of one valid service; returns the status fields the reconciler owns."""
+    metadata = body["metadata"]
+    name, namespace, uid = metadata["name"], metadata["namespace"], metadata.get("uid", "")
+    generation = int(metadata.get("generation") or 0)
+    ref = spec.model.source.training_job_ref
+    key = ObjectKey(KIND, namespace, name)
+    JOB_WAITERS.set(key, ref.name if ref else None)
+    AUTOSCALER.track(key, uid, spec)
+    job = kube.get(API_VERSION, TRAINING_JOB.kind, namespace, ref.name) if ref else None
+    source, unavailable = _model_unavailable(spec, job)
+    with REPLICAS_LOCK:
+        deployment = kube.get("apps/v1", "Deployment", namespace, name)
+        current = (deployment or {}).get("spec", {}).get("replicas") if deployment else None
+        desired = render.replicas(spec, None if current is None else int(current))
+        if source is not None:
+            kube.apply(render.configmap(name, namespace, uid, spec))
+            deployment = kube.apply(render.deployment(name, namespace, uid, spec, source, desired))
+            kube.apply(render.service(name, namespace, uid))
+    return service_status(
+        generation,
+        desired=desired,
+        deployment=deployment,
+        unavailable=unavailable,
+        selector=common.label_selector(render.selector(name)),
+        url=render.url(name, namespace, spec.model.name),
+        existing=body.get("status") or {},
+        now=now,
+    )
+
+
+def reconcile_service(
+    body: Mapping[str, Any], status_patch: MutableMapping[str, Any], *, retry: int, logger: Logger, warn: Warn
+) -> float | None:
+    """One pass over one InferenceService (fits ``loop.Reconciler``).
+
+    An invalid spec goes through the shared ``reconcile.reconcile`` (conditions,
+    Warning event, metrics); a valid one is converged here.
+    """
+    raw_spec = validation.to_plain(body.get("spec"))
+    parsed = validation.parse_spec(KIND, raw_spec)
+    if not isinstance(parsed, InferenceServiceSpec):
+        reconcile.reconcile(KIND, body, status_patch, retry=retry, logger=logger, warn=warn)
+        return None
+    started, now = time.perf_counter(), datetime.now(UTC)
+    existing = validation.to_plain(body.get("status") or {})
+    generation = int((body.get("metadata") or {}).get("generation") or 0)
+    try:
+        new = converge(body, parsed, now)
+    except Exception as error:
+        delay = retry_delay(retry)
+        status_patch.update(validation.error_status(KIND, generation, error, existing, now, delay))
+        metrics.record_reconcile(KIND, "error", time.perf_counter() - started)
+        raise kopf.TemporaryError(f"reconcile failed: {type(error).__name__}: {error}", delay=delay) from error
+    if existing.get("observedGeneration") != generation:
+        logger.info(f"spec of generation {generation} accepted")
+    if validation.needs_patch(existing, new):
+        status_patch.update(new)
+    metrics.record_reconcile(KIND, "accepted", time.perf_counter() - started)
+    return None
+
+
+def stopped(key: ObjectKey) -> None:
+    """The object's loop ended (deleted, or this replica paused): forget it everywhere."""
+    JOB_WAITERS.set(key, None)
+    AUTOSCALER.untrack(key)
+
+
+@kopf.on.startup()
+async def start_autoscaler(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Start the one autoscaling loop (it scales only what the reconcile loops track)."""
+    options = options_of(memo)
+    AUTOSCALER.prometheus_url = options.prometheus_url
+    task = asyncio.create_task(AUTOSCALER.run(options.autoscale_interval, logger), name="autoscaler")
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+loop.register(INFERENCE_SERVICE, reconcile_service, on_stop=stopped)
+loop.wake_owner_on(INFERENCE_SERVICE, "apps", "v1", "deployments")
+loop.wake_on(GROUP, VERSION, TRAINING_JOB.plural, JOB_WAITERS.of, handler_id="wake-inferenceservice-on-trainingjob")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import kubernetes
@@ -150,3 +151,45 @@ def patch_status(info: ResourceInfo, namespace: str, name: str, status: Mapping[
     except kubernetes.client.ApiException as error:
         if error.status != 404:
             raise
+
+
+def patch(
+    api_version: str, kind: str, namespace: str, name: str, body: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER
+) -> dict[str, Any]:
+    """JSON-merge-patch one object (e.g. the autoscaler's ``spec.replicas`` of a Deployment)."""
+    result = _resource(api_version, kind).patch(
+        body=dict(body),
+        name=name,
+        namespace=namespace,
+        content_type="application/merge-patch+json",
+        field_manager=field_manager,
+        _request_timeout=REQUEST_TIMEOUT,
+    )
+    patched: dict[str, Any] = result.to_dict()
+    return patched
+
+
+def post_event(involved: Mapping[str, Any], event_type: str, reason: str, message: str, component: str) -> None:
+    """Record a core/v1 Event on ``involved`` (an object as read), as ``kubectl describe`` shows it."""
+    metadata = involved.get("metadata") or {}
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {
+        "metadata": {"generateName": f"{metadata.get('name', 'object')}.", "namespace": metadata.get("namespace")},
+        "involvedObject": {
+            "apiVersion": involved.get("apiVersion"),
+            "kind": involved.get("kind"),
+            "name": metadata.get("name"),
+            "namespace": metadata.get("namespace"),
+            "uid": metadata.get("uid"),
+        },
+        "type": event_type,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": component},
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    kubernetes.client.CoreV1Api(api_client()).create_namespaced_event(
+        str(metadata.get("namespace")), event, _request_timeout=REQUEST_TIMEOUT  # type: ignore[arg-type]  # dicts serialise as is
+    )

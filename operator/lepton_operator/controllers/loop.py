@@ -76,8 +76,14 @@ async def run_loop(
     write_status: StatusWriter = kube.patch_status,
     wakeups: Wakeups = WAKEUPS,
     resync: float = RESYNC_SECONDS,
+    on_stop: Callable[[ObjectKey], None] | None = None,
 ) -> None:
-    """Reconcile ``body`` until ``stopped``; see the module docstring."""
+    """Reconcile ``body`` until ``stopped``; see the module docstring.
+
+    ``on_stop`` runs when the loop ends (the object is gone, or peering paused
+    this replica), e.g. to drop the object from a process-wide loop such as the
+    autoscaler's.
+    """
     key = object_key(info, body)
     retry = 0
     try:
@@ -102,15 +108,17 @@ async def run_loop(
     finally:
         wakeups.forget(key)
         metrics.record_phase(info.kind, key.namespace, key.name, None)
+        if on_stop is not None:
+            on_stop(key)
 
 
-def register(info: ResourceInfo, reconciler: Reconciler) -> None:
-    """Run ``reconciler`` in one loop per ``info`` object, woken by changes of its spec."""
+def register(info: ResourceInfo, reconciler: Reconciler, *, on_stop: Callable[[ObjectKey], None] | None = None) -> None:
+    """Run ``reconciler`` in one loop per ``info`` object, woken by changes of its spec (see ``run_loop``)."""
     generations: dict[ObjectKey, int] = {}
 
     @kopf.daemon(GROUP, VERSION, info.plural, id="loop", cancellation_timeout=CANCELLATION_TIMEOUT)
     async def loop(body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
-        await run_loop(info, reconciler, body, stopped, logger, event_poster(body))
+        await run_loop(info, reconciler, body, stopped, logger, event_poster(body), on_stop=on_stop)
 
     @kopf.on.event(GROUP, VERSION, info.plural, id="wake")
     async def wake_on_spec_change(body: kopf.Body, type: str | None, **_: Any) -> None:

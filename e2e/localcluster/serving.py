@@ -1,0 +1,265 @@
+"""Serving e2e harness: a real Prometheus, one Triton simulator per Ready replica, a tritonclient load.
+
+Pods on kwok nodes run nothing, so the harness plays the data plane of an
+InferenceService on this machine, kept in step with the cluster:
+
+- :class:`Prometheus` runs the Debian ``prometheus`` binary (2.42; its build has
+  no Kubernetes discovery) scraping every second from a file-based target list.
+- :class:`Replicas` watches the service's pods (by ``status.selector``): for each
+  Ready pod it starts ``lepton_workloads.triton_simulator`` on free ports, waits
+  for ``/v2/models/<m>/ready`` (the readiness probe's question), then adds it to
+  the load's endpoints and to the target file with the labels a ServiceMonitor
+  would give (``namespace``, ``service``, ``pod``). When a pod goes, it does what
+  Kubernetes and Triton do on scale-down: endpoint removed first, in-flight
+  requests finished (Triton's exit timeout), then the process stops.
+- :class:`Load` sends requests with ``tritonclient.http`` at a set rate (open
+  loop, a thread per request) to the current endpoints, counting failures.
+
+``prometheus`` comes from apt (``make tools`` installs it on a fresh machine).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROMETHEUS = "prometheus"
+SCRAPE_SECONDS = 1
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status) == 200
+    except OSError:
+        return False
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+class Prometheus:
+    """A Prometheus server scraping the targets written to ``targets.json``."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which(PROMETHEUS)
+        if binary is None:
+            raise RuntimeError("prometheus is not installed: run `make tools` (apt-get install prometheus)")
+        self.workdir = workdir
+        self.targets = workdir / "targets.json"
+        self.targets.write_text("[]")
+        config = {
+            "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "evaluation_interval": f"{SCRAPE_SECONDS}s"},
+            "scrape_configs": [{
+                "job_name": "triton",
+                "file_sd_configs": [{"files": [str(self.targets)], "refresh_interval": "1s"}],
+            }],
+        }  # fmt: skip
+        (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (workdir / "prometheus.log").open("w")
+        self.process = subprocess.Popen(
+            [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        _wait(lambda: _answers(self.url + "/-/ready"), 60, "Prometheus ready")
+
+    def set_targets(self, groups: list[dict[str, Any]]) -> None:
+        """Replace the target file atomically (Prometheus re-reads it within a second)."""
+        staging = self.targets.with_suffix(".tmp")
+        staging.write_text(json.dumps(groups))
+        staging.replace(self.targets)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(20)
+        self.log.close()
+
+
+@dataclass
+class Endpoint:
+    """One simulator process: a Ready replica's data plane."""
+
+    pod: str
+    process: subprocess.Popen[bytes]
+    http_port: int
+    metrics_port: int
+    in_flight: int = 0
+    served: int = 0
+
+
+@dataclass
+class Load:
+    """Open-loop requests at ``rate`` per second over the current endpoints (round robin)."""
+
+    model: str
+    make_input: Callable[[], Any]
+    endpoints: list[Endpoint] = field(default_factory=list)
+    rate: float = 0.0
+    succeeded: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _next: int = 0
+
+    def _pick(self) -> Endpoint | None:
+        with self.lock:
+            if not self.endpoints:
+                return None
+            endpoint = self.endpoints[self._next % len(self.endpoints)]
+            self._next += 1
+            endpoint.in_flight += 1
+            return endpoint
+
+    def _one(self, endpoint: Endpoint) -> None:
+        import tritonclient.http as triton_http  # noqa: PLC0415 - only the load needs the client
+
+        try:
+            client = triton_http.InferenceServerClient(f"127.0.0.1:{endpoint.http_port}", network_timeout=120)
+            tensor = self.make_input()
+            given = triton_http.InferInput("INPUT__0", list(tensor.shape), "FP32")
+            given.set_data_from_numpy(tensor)
+            client.infer(self.model, [given])
+            with self.lock:
+                self.succeeded += 1
+                endpoint.served += 1
+        except Exception as error:
+            with self.lock:
+                self.failed += 1
+                self.errors.append(f"{endpoint.pod}: {type(error).__name__}: {error}")
+        finally:
+            with self.lock:
+                endpoint.in_flight -= 1
+
+    def run(self) -> None:
+        """Send until :meth:`stop`; with no endpoint a request is counted as failed (nothing serves)."""
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            if self.rate <= 0:
+                time.sleep(0.05)
+                next_at = time.monotonic()
+                continue
+            next_at += 1.0 / self.rate
+            endpoint = self._pick()
+            if endpoint is None:
+                with self.lock:
+                    self.failed += 1
+                    self.errors.append("no ready endpoint")
+            else:
+                threading.Thread(target=self._one, args=(endpoint,), daemon=True).start()
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class Replicas:
+    """Keeps one simulator per Ready pod of a service, its endpoints and Prometheus' targets in step."""
+
+    def __init__(
+        self,
+        list_pods: Callable[[], list[dict[str, Any]]],
+        *,
+        namespace: str,
+        service: str,
+        model: str,
+        repository: Path,
+        prometheus: Prometheus,
+        load: Load,
+        service_time_ms: float,
+        concurrency: int = 1,
+    ) -> None:
+        self.list_pods, self.namespace, self.service, self.model = list_pods, namespace, service, model
+        self.repository, self.prometheus, self.load = repository, prometheus, load
+        self.service_time_ms, self.concurrency = service_time_ms, concurrency
+        self.running: dict[str, Endpoint] = {}
+        self.ready_at: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._finished = threading.Event()
+
+    def _start(self, pod: str) -> Endpoint:
+        http_port, metrics_port = free_port(), free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lepton_workloads.triton_simulator", f"--model-repository={self.repository}",
+             f"--model={self.model}", f"--http-port={http_port}", f"--metrics-port={metrics_port}",
+             f"--service-time-ms={self.service_time_ms}", f"--concurrency={self.concurrency}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        return Endpoint(pod, process, http_port, metrics_port)
+
+    def _publish(self) -> None:
+        with self.load.lock:
+            self.load.endpoints = [e for e in self.running.values() if e.pod in self.ready_at]
+        self.prometheus.set_targets([
+            {"targets": [f"127.0.0.1:{e.metrics_port}"],
+             "labels": {"namespace": self.namespace, "service": self.service, "pod": e.pod}}
+            for e in self.running.values() if e.pod in self.ready_at
+        ])  # fmt: skip
+
+    def _retire(self, endpoint: Endpoint) -> None:
+        """Scale-down as Kubernetes + Triton do it: out of the endpoints, drain, then stop."""
+        self.ready_at.pop(endpoint.pod, None)
+        self._publish()
+        _wait(lambda: endpoint.in_flight == 0, 30, f"{endpoint.pod} to finish its requests")
+        endpoint.process.terminate()
+        endpoint.process.wait(10)
+
+    def sync(self) -> None:
+        """One pass: start simulators for new Ready pods, mark them ready when Triton would, retire gone ones."""
+        ready_pods = {
+            pod["metadata"]["name"]
+            for pod in self.list_pods()
+            if not pod["metadata"].get("deletionTimestamp")
+            and any(c.get("type") == "Ready" and c.get("status") == "True" for c in pod.get("status", {}).get("conditions", []))
+        }  # fmt: skip
+        for pod in ready_pods - set(self.running):
+            self.running[pod] = self._start(pod)
+        for pod, endpoint in list(self.running.items()):
+            if pod not in ready_pods:
+                self._retire(self.running.pop(pod))
+            elif pod not in self.ready_at and _answers(f"http://127.0.0.1:{endpoint.http_port}/v2/models/{self.model}/ready"):
+                self.ready_at[pod] = time.monotonic()
+        self._publish()
+
+    def run(self) -> None:
+        """:meth:`sync` every half second until :meth:`stop`."""
+        try:
+            while not self._stop.is_set():
+                self.sync()
+                time.sleep(0.5)
+        finally:
+            self._finished.set()
+
+    def stop(self) -> None:
+        """End :meth:`run` (waiting for its pass) and every simulator."""
+        self._stop.set()
+        self._finished.wait(60)
+        for endpoint in self.running.values():
+            endpoint.process.terminate()
+        for endpoint in self.running.values():
+            endpoint.process.wait(10)

@@ -1,0 +1,127 @@
+"""The autoscaler end to end: real Prometheus, Triton simulators per Ready replica, a tritonclient load step.
+
+The figures (seconds from the step to the decision and to the new replicas
+serving) are printed, not asserted tightly: this machine is shared; the
+bound asserted is the target (decision within 15 s of the step).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from lepton_workloads import triton_config
+from localcluster.kube import Kubectl, wait_until
+from localcluster.serving import Load, Prometheus, Replicas
+from operator_fixtures import RunningOperator
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "double"
+SERVICE_TIME_MS = 100.0  # one instance per replica: 10 requests/s at most
+DECISION_TARGET_SECONDS = 15.0
+
+
+class Doubler(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2.0
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    (tmp_path / "models" / MODEL / "1").mkdir(parents=True)
+    torch.jit.script(Doubler()).save(str(tmp_path / "models" / MODEL / "1" / "model.pt"))
+    tensor = (triton_config.Tensor("INPUT__0", "TYPE_FP32", (4,)),)
+    config = triton_config.ModelConfig(MODEL, "pytorch_libtorch", tensor, (triton_config.Tensor("OUTPUT__0", "TYPE_FP32", (4,)),), max_batch_size=8)
+    (tmp_path / "models" / MODEL / "config.pbtxt").write_text(triton_config.render(config))
+    return tmp_path / "models"
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
+    (tmp_path / "prometheus").mkdir()
+    server = Prometheus(tmp_path / "prometheus")
+    yield server
+    server.stop()
+
+
+def promql(prometheus: Prometheus, query: str) -> list[Any]:
+    url = prometheus.url + "/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(url, timeout=5) as response:
+        result: list[Any] = json.loads(response.read())["data"]["result"]
+        return result
+
+
+def replicas_of(kubectl: Kubectl) -> int:
+    return int(kubectl.get("deployment", "auto")["spec"]["replicas"])
+
+
+def test_operator_inference_scales_up_and_down_on_a_load_step(
+    lepton_operator: RunningOperator, kubectl: Kubectl, namespace: str, repository: Path, prometheus: Prometheus
+) -> None:
+    spec = {
+        "model": {"name": MODEL, "source": {"uri": "https://models.example/double/"}, "maxBatchSize": 8,
+                  "inputs": [{"name": "INPUT__0", "dims": [4]}], "outputs": [{"name": "OUTPUT__0", "dims": [4]}]},
+        "autoscaling": {"minReplicas": 1, "maxReplicas": 4, "signal": "concurrency", "target": 0.5,
+                        "windowSeconds": 10, "scaleDownStabilizationSeconds": 15,
+                        "prometheus": {"url": prometheus.url}},
+    }  # fmt: skip
+    kubectl.apply({"apiVersion": "lepton.ai/v1alpha1", "kind": "InferenceService", "metadata": {"name": "auto"},
+                   "spec": spec}, "--server-side")  # fmt: skip
+    selector = wait_until(lambda: kubectl.get("lis", "auto").get("status", {}).get("selector"), 60, "status.selector")
+
+    load = Load(MODEL, lambda: np.ones((1, 4), dtype=np.float32))
+    harness = Replicas(lambda: kubectl.get("pods", None, "-l", selector), namespace=namespace, service="auto",
+                       model=MODEL, repository=repository, prometheus=prometheus, load=load,
+                       service_time_ms=SERVICE_TIME_MS)  # fmt: skip
+    threads = [threading.Thread(target=harness.run, daemon=True), threading.Thread(target=load.run, daemon=True)]
+    for thread in threads[:1]:
+        thread.start()
+    try:
+        wait_until(lambda: load.endpoints, 90, "the first replica serving")
+        load.rate = 3.0  # 0.3 requests in the server: one replica is enough
+        threads[1].start()
+        wait_until(lambda: promql(prometheus, f'nv_inference_request_success{{service="auto",namespace="{namespace}"}}'),
+                   30, "Prometheus scraping the replica")  # fmt: skip
+        time.sleep(10)  # a steady low phase: the autoscaler must hold at one replica
+        assert replicas_of(kubectl) == 1
+
+        load.rate = 18.0  # 1.8 in the server at the service time: 4 replicas' worth at the target
+        step = time.monotonic()
+        wait_until(lambda: replicas_of(kubectl) > 1, 60, "a scale-up decision")
+        decided = time.monotonic() - step
+        wait_until(lambda: len(load.endpoints) == 4, 120, "four replicas serving")
+        serving = time.monotonic() - step
+        print(f"\nstep -> decision {decided:.1f} s, step -> 4 replicas serving {serving:.1f} s")
+        assert decided <= DECISION_TARGET_SECONDS
+        time.sleep(5)
+
+        load.rate = 2.0
+        down, failed_before_down = time.monotonic(), load.failed
+        wait_until(lambda: replicas_of(kubectl) == 1, 120, "scale-down to one replica")
+        wait_until(lambda: len(load.endpoints) == 1, 60, "three replicas retired")
+        print(f"low load -> back to one replica {time.monotonic() - down:.1f} s")
+        kept = [p for p in kubectl.get("pods", None, "-l", selector) if not p["metadata"].get("deletionTimestamp")]
+        annotations = kept[0]["metadata"].get("annotations", {})
+        assert "controller.kubernetes.io/pod-deletion-cost" in annotations  # priced by load before scale-down
+        time.sleep(3)
+    finally:
+        load.stop()
+        harness.stop()
+    print(f"requests: {load.succeeded} succeeded, {load.failed} failed (before scale-down: {failed_before_down})")
+    assert load.failed == failed_before_down, load.errors[-5:]  # zero failed requests during scale-down
+    assert failed_before_down == 0, load.errors[:5]  # nor while one replica was overloaded before scale-up
+    assert load.succeeded > 100
+    events = kubectl.get("events", None, "--field-selector", "involvedObject.name=auto")
+    reasons = [e["reason"] for e in events if e["reason"] in ("ScaledUp", "ScaledDown")]
+    assert "ScaledUp" in reasons and "ScaledDown" in reasons
