@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
 from lepton_operator.api.meta import RESOURCES
 
@@ -65,6 +65,41 @@ def record_reconcile(kind: str, outcome: Outcome, seconds: float) -> None:
     """Count one reconcile of ``kind`` and record how long it took."""
     RECONCILE_SECONDS.labels(kind=kind).observe(seconds)
     RECONCILE_TOTAL.labels(kind=kind, outcome=outcome).inc()
+
+
+DATASET_BYTES: Final = Gauge(
+    "lepton_dataset_bytes",
+    "Bytes of a Ready dataset's prepared shards.",
+    labelnames=("namespace", "dataset"),
+    registry=REGISTRY,
+)
+
+DATASET_RECORDS: Final = Gauge(
+    "lepton_dataset_records",
+    "Records in a Ready dataset.",
+    labelnames=("namespace", "dataset"),
+    registry=REGISTRY,
+)
+
+DATASET_PREPARATION_SECONDS: Final = Histogram(
+    "lepton_dataset_preparation_seconds",
+    "From the prepare Job's start to its completion, per successful preparation.",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
+    registry=REGISTRY,
+)
+
+DATASET_PREPARATION_FAILURES: Final = Counter(
+    "lepton_dataset_preparation_failures",
+    "Preparations that ended Failed, by reason (ChecksumMismatch, SourceUnreachable, BackoffLimitExceeded...).",
+    labelnames=("reason",),
+    registry=REGISTRY,
+)
+
+
+def record_dataset(namespace: str, name: str, size_bytes: int, records: int) -> None:
+    """Export the numbers of a Ready dataset."""
+    DATASET_BYTES.labels(namespace=namespace, dataset=name).set(size_bytes)
+    DATASET_RECORDS.labels(namespace=namespace, dataset=name).set(records)
 
 
 def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from other pods

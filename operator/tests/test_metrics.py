@@ -46,7 +46,10 @@ def test_record_reconcile_counts_and_times() -> None:
 
 def test_only_lepton_metrics_are_exported() -> None:
     families = list(metrics.REGISTRY.collect())
-    assert {family.name for family in families} == {"lepton_reconcile_seconds", "lepton_reconcile"}
+    assert {family.name for family in families} == {
+        "lepton_reconcile_seconds", "lepton_reconcile", "lepton_dataset_bytes", "lepton_dataset_records",
+        "lepton_dataset_preparation_seconds", "lepton_dataset_preparation_failures",
+    }  # fmt: skip
     text = generate_latest(metrics.REGISTRY).decode()
     for kind in KINDS:
         assert f'lepton_reconcile_seconds_bucket{{kind="{kind}",le="0.005"}}' in text
