@@ -11,6 +11,8 @@ import logging
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import DynamicApiError
 
 from lepton_operator import metrics
 from lepton_operator.api.dataset import LeptonDatasetSpec
@@ -140,3 +142,18 @@ def test_ready_exports_metrics(fake: FakeKube) -> None:
 def test_invalid_spec_is_reported_and_creates_nothing(fake: FakeKube) -> None:
     patch, due, warnings = run(body({"source": {"uri": "ftp://x/y"}, "modality": "text"}))
     assert patch["phase"] == "Failed" and warnings and due is None and fake.objects == {}
+
+
+def test_refused_claim_resize_is_a_warning_not_a_failed_pass(fake: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = {"source": {"uri": "https://h/x/"}, "modality": "text"}
+    run(body(spec))
+
+    def refuse(manifest: dict[str, Any]) -> dict[str, Any]:
+        if manifest["kind"] == "PersistentVolumeClaim":
+            raise DynamicApiError(ApiException(status=403, reason="only dynamically provisioned pvc can be resized"))
+        return fake.apply(manifest)
+
+    monkeypatch.setattr(kube, "apply", refuse)
+    patch, _, warnings = run(body({**spec, "storage": {"size": "20Gi"}}, generation=2))
+    assert patch["phase"] == "Preparing"
+    assert [reason for reason, _ in warnings] == ["ClaimResizeRefused"]

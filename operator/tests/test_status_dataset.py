@@ -107,3 +107,9 @@ def test_transition_time_is_kept_while_status_holds() -> None:
     first = compute(job(), [])
     later = status.dataset_status(3, "d", job(), [], None, first, NOW.replace(hour=9))
     assert first["conditions"] == later["conditions"]
+
+
+def test_a_success_document_on_a_failed_pod_is_not_a_reason() -> None:
+    result = compute(job("Failed", reason="BackoffLimitExceeded"), [pod("Failed", OK)])
+    assert conditions(result)["Prepared"] == ("False", "BackoffLimitExceeded")
+    assert compute(job(), [pod("Failed", OK)])["phase"] == "Preparing"

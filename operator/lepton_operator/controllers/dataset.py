@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kubernetes.dynamic.exceptions import DynamicApiError
 from pydantic import ValidationError
 
 from lepton_operator import metrics
@@ -62,6 +63,27 @@ def secret_problem(namespace: str, spec: LeptonDatasetSpec) -> dataset_status.Se
     if missing:
         return dataset_status.SecretProblem("SecretKeyMissing", f"Secret {ref.name} has no key {', '.join(missing)}")
     return None
+
+
+def _ensure_claim(namespace: str, name: str, uid: str, spec: LeptonDatasetSpec, warn: Warn) -> None:
+    """Create the claim when missing; ask for a larger size when the spec grew it.
+
+    Storage classes without expansion refuse a resize: that is a Warning event,
+    not a failed pass, since the data on the claim is still fine.
+    """
+    desired = render.claim(name, namespace, uid, spec)
+    existing = kube.get("v1", "PersistentVolumeClaim", namespace, render.claim_name(name))
+    if existing is not None:
+        requested = (((existing.get("spec") or {}).get("resources") or {}).get("requests") or {}).get("storage")
+        if requested == desired["spec"]["resources"]["requests"]["storage"]:
+            return
+    try:
+        kube.apply(desired)
+    except DynamicApiError as error:
+        if existing is None:
+            raise
+        summary = error.summary()  # type: ignore[no-untyped-call]
+        warn("ClaimResizeRefused", f"claim {render.claim_name(name)} was not resized: {summary}")
 
 
 def _current_job(namespace: str, name: str, uid: str, spec: LeptonDatasetSpec) -> tuple[dict[str, Any] | None, bool]:
@@ -111,6 +133,8 @@ def reconcile_dataset(
     namespace, name, uid = str(metadata.get("namespace")), str(metadata.get("name")), str(metadata.get("uid"))
     generation = int(metadata.get("generation") or 0)
     existing = validation.to_plain(body.get("status") or {})
+    if metadata.get("deletionTimestamp"):
+        return None  # going away: the garbage collector removes the children; create nothing new
     try:
         raw = validation.to_plain(body.get("spec"))
         parsed = validation.parse_spec(KIND, raw)
@@ -123,7 +147,7 @@ def reconcile_dataset(
             return None
         assert isinstance(parsed, LeptonDatasetSpec)
         problem = secret_problem(namespace, parsed)
-        kube.apply(render.claim(name, namespace, uid, parsed))
+        _ensure_claim(namespace, name, uid, parsed, warn)
         job, stale = (None, False) if problem is not None else _current_job(namespace, name, uid, parsed)
         pods: list[dict[str, Any]] = []
         if job is not None:

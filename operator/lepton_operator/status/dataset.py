@@ -97,11 +97,15 @@ def _finished(pod: Mapping[str, Any]) -> str:
 
 
 def latest_result(pods: Sequence[Mapping[str, Any]], phase: str) -> PrepareResult | None:
-    """The result left by the newest pod in ``phase`` (Succeeded or Failed)."""
+    """The result left by the newest pod in ``phase``: a success for Succeeded, a failure for Failed.
+
+    A pod that failed after writing a success document (killed at the very end)
+    tells nothing about why it failed, so it is skipped.
+    """
     for pod in sorted(pods, key=_finished, reverse=True):
         if (pod.get("status") or {}).get("phase") == phase:
             result = parse_result(termination_message(pod))
-            if result is not None:
+            if result is not None and result.ok == (phase == "Succeeded"):
                 return result
     return None
 
@@ -134,7 +138,7 @@ def outcome(
     name = (job.get("metadata") or {}).get("name", "")
     if _job_condition(job, "Complete") is not None:
         result = latest_result(pods, "Succeeded")
-        if result is None or not result.ok:
+        if result is None:
             return Outcome("Failed", "ResultMissing", f"Job {name} completed without a valid prepare result document")
         return Outcome(
             "Ready", "Prepared",
