@@ -11,6 +11,8 @@ variable, because the operator's Job sets the environment:
 ``LEPTON_SOURCE_URI``       the source (see ``prepare_sources``)
 ``LEPTON_SOURCE_ROOT``      where the Job mounts a ``pvc://`` source claim
 ``LEPTON_SOURCE_TOKEN``     bearer token for http(s) sources (secretKeyRef)
+``LEPTON_S3_ENDPOINT``      S3-compatible endpoint URL; ``AWS_REGION``, ``AWS_*`` keys
+                            (secretKeyRef) for s3:// sources
 ``LEPTON_MODALITY``         image | audio | text | tabular | multimodal
 ``LEPTON_OUTPUT_DIR``       the dataset claim's mount (shards + manifest)
 ``LEPTON_SHARD_TARGET_BYTES`` / ``LEPTON_SHARD_COUNT``  shard size or count
@@ -58,7 +60,7 @@ from typing import Any
 
 from lepton_workloads import shards
 from lepton_workloads.prepare_layouts import LayoutError, Record, records
-from lepton_workloads.prepare_sources import SourceError, fetch
+from lepton_workloads.prepare_sources import S3Options, SourceError, fetch
 
 RESULT_SCHEMA = "lepton.ai/prepare-result/v1"
 DEFAULT_RESULT_PATH = "/dev/termination-log"
@@ -67,7 +69,7 @@ STAGING_DIR = ".staging"
 PROGRESS_FILE = ".progress.json"
 EXIT_RETRYABLE = 1
 EXIT_PERMANENT = 3
-RETRYABLE_REASONS = frozenset({"SourceUnreachable", "SourceTruncated"})
+RETRYABLE_REASONS = frozenset({"SourceUnreachable", "SourceTruncated", "AccessDenied"})
 MAX_RESULT_BYTES = 4096
 
 
@@ -191,7 +193,11 @@ def prepare(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
                        started)  # fmt: skip
     staging = output / STAGING_DIR
     token = os.environ.get("LEPTON_SOURCE_TOKEN") or None
-    fetched = fetch(args.source, staging, source_root=args.source_root, token=token, progress=reporter.bytes)
+    s3 = S3Options(
+        endpoint=_env("LEPTON_S3_ENDPOINT"), region=_env("AWS_REGION"), access_key=_env("AWS_ACCESS_KEY_ID"),
+        secret_key=_env("AWS_SECRET_ACCESS_KEY"), session_token=_env("AWS_SESSION_TOKEN"),
+    )  # fmt: skip
+    fetched = fetch(args.source, staging, source_root=args.source_root, token=token, progress=reporter.bytes, s3=s3)
     if args.sha256:
         if fetched.sha256 is None:
             raise PrepareError("ChecksumNotApplicable", "verify.sha256 applies to a single-object source, not a directory")

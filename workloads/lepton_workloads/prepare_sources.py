@@ -15,6 +15,12 @@ Accepted sources (the ``LeptonDataset`` ``spec.source.uri``):
 * ``http://`` / ``https://`` not ending in ``/`` - a *single object*: a tar
   archive (``.tar``, ``.tar.gz``, ``.tgz``; unpacked after download) or a data
   file (``.jsonl``, ``.csv``, ``.txt``...) used as it is.
+* ``s3://<bucket>/<prefix>/`` (ending in ``/``, or the bucket alone) - every
+  object under the prefix, keeping relative keys; ``s3://<bucket>/<key>`` - a
+  single object, as for http. Through the MinIO Python SDK, so any
+  S3-compatible store works: ``endpoint`` (``LEPTON_S3_ENDPOINT``, default AWS),
+  ``AWS_REGION``, and ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` /
+  ``AWS_SESSION_TOKEN`` from the Secret (anonymous when unset).
 
 A single object is hashed while it downloads, so ``verify.sha256`` costs no
 extra read; a download shorter than its ``Content-Length`` is an error, never a
@@ -33,14 +39,17 @@ import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 CHUNK = 1 << 20
 TIMEOUT_SECONDS = 60.0
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+#: S3 error codes that mean the credentials (not the store) are the problem.
+DENIED = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
 #: Called with the bytes fetched so far and the total when known.
 Progress = Callable[[int, int | None], None]
 
@@ -157,6 +166,100 @@ def _fetch_http(uri: str, staging: Path, token: str | None, progress: Progress) 
     return Fetched(staging, total, None)
 
 
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach an S3-compatible store (all optional)."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    session_token: str | None = None
+
+
+def _s3_client(options: S3Options) -> Any:
+    import urllib3
+    from minio import Minio
+
+    endpoint = urllib.parse.urlparse(options.endpoint or "https://s3.amazonaws.com")
+    # Few, quick retries: an unreachable store should fail the attempt in seconds and
+    # leave retrying to the Job's backoff, not hang in the client.
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=10, read=TIMEOUT_SECONDS),
+        retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
+    return Minio(
+        endpoint.netloc, access_key=options.access_key, secret_key=options.secret_key,
+        session_token=options.session_token, secure=endpoint.scheme == "https", region=options.region,
+        http_client=http,
+    )  # fmt: skip
+
+
+def _s3_errors(uri: str) -> Any:
+    """A context manager turning the SDK's and urllib3's errors into :class:`SourceError`."""
+    import contextlib
+
+    import urllib3
+    from minio.error import MinioException, S3Error
+
+    @contextlib.contextmanager
+    def translate() -> Iterator[None]:
+        try:
+            yield
+        except S3Error as error:
+            reason = "AccessDenied" if error.code in DENIED else "SourceUnreachable"
+            raise SourceError(reason, f"{uri}: {error.code}: {error.message}") from error
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as error:
+            raise SourceError("SourceUnreachable", f"{uri}: {type(error).__name__}: {error}") from error
+
+    return translate()
+
+
+def _s3_download(client: Any, bucket: str, key: str, target: Path, done: int, progress: Progress) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    response = client.get_object(bucket, key)
+    try:
+        expected = int(response.headers.get("Content-Length", -1))
+        with target.open("wb") as out:
+            for chunk in response.stream(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+                progress(done + size, None)
+    finally:
+        response.close()
+        response.release_conn()
+    if expected >= 0 and size != expected:
+        raise SourceError("SourceTruncated", f"s3://{bucket}/{key}: got {size} of {expected} bytes")
+    return size, digest.hexdigest()
+
+
+def _fetch_s3(uri: str, staging: Path, options: S3Options, progress: Progress) -> Fetched:
+    parsed = urllib.parse.urlparse(uri)
+    bucket, key = parsed.netloc, urllib.parse.unquote(parsed.path).lstrip("/")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    client = _s3_client(options)
+    with _s3_errors(uri):
+        if key and not key.endswith("/"):
+            name = Path(key).name
+            size, sha = _s3_download(client, bucket, key, staging / name, 0, progress)
+            if _is_archive(name):
+                _unpack(staging / name, staging)
+            return Fetched(staging, size, sha)
+        objects = [o for o in client.list_objects(bucket, prefix=key or None, recursive=True) if not o.is_dir]
+        total_expected = sum(int(o.size or 0) for o in objects)
+        total = 0
+        for item in objects:
+            relative = item.object_name[len(key) :]
+            size, _ = _s3_download(client, bucket, item.object_name, staging / relative, total, progress)
+            total += size
+            progress(total, total_expected)
+    return Fetched(staging, total, None)
+
+
 def _fetch_local(path: Path, progress: Progress) -> Fetched:
     if not path.exists():
         raise SourceError("SourceUnreachable", f"{path}: no such file or directory")
@@ -185,7 +288,15 @@ def local_path(uri: str, source_root: Path) -> Path | None:
     return None
 
 
-def fetch(uri: str, staging: Path, *, source_root: Path, token: str | None, progress: Progress) -> Fetched:
+def fetch(
+    uri: str,
+    staging: Path,
+    *,
+    source_root: Path,
+    token: str | None,
+    progress: Progress,
+    s3: S3Options | None = None,
+) -> Fetched:
     """Make ``uri`` readable as local files; see the module docstring for what is accepted."""
     path = local_path(uri, source_root)
     if path is not None:
@@ -200,4 +311,6 @@ def fetch(uri: str, staging: Path, *, source_root: Path, token: str | None, prog
     scheme = urllib.parse.urlparse(uri).scheme
     if scheme in ("http", "https"):
         return _fetch_http(uri, staging, token, progress)
-    raise SourceError("UnsupportedSource", f"{uri}: this preparer reads pvc://, file paths, http:// and https://")
+    if scheme == "s3":
+        return _fetch_s3(uri, staging, s3 or S3Options(), progress)
+    raise SourceError("UnsupportedSource", f"{uri}: this preparer reads pvc://, file paths, http(s):// and s3://")
