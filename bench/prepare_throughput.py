@@ -1,4 +1,4 @@
-"""Preparer throughput against a plain sequential read of the same bytes on the same disk.
+"""Preparer and shard-reader throughput against a plain sequential read of the same bytes on the same disk.
 
     PYTHONPATH=workloads python bench/prepare_throughput.py [--files 400] [--size 262144] [--dir /tmp]
 
@@ -14,7 +14,10 @@ with a ``labels.csv``, then, in the same run and on the same directory:
    source (``pvc://`` path) into webdataset shards, including hashing every
    shard while writing (shards are not read back; their sizes are checked).
 
-Both runs read from the page cache (the files were just written, and the
+4. ``reader``: the trainer's shard reader (``shards.iter_samples``, every
+   sample of every shard) against a plain sequential read of the shard files.
+
+All runs read from the page cache (the files were just written, and the
 reference runs first); the figure is the ratio. Prints one JSON line per
 repetition and a summary.
 """
@@ -31,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lepton_workloads import prepare
+from lepton_workloads import prepare, shards
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHUNK = 1 << 20
@@ -83,6 +86,7 @@ def main() -> int:
         total = generate(source, args.files, args.size)
         ratios: list[float] = []
         hashed_ratios: list[float] = []
+        reader_ratios: list[float] = []
         for repetition in range(args.repeat):
             started = time.perf_counter()
             read = sequential_read(source)
@@ -101,6 +105,14 @@ def main() -> int:
                 print((work / "result.json").read_text(), file=sys.stderr)
                 return 1
             result = json.loads((work / "result.json").read_text())
+            manifest, _ = shards.read_manifest(output)
+            started = time.perf_counter()
+            shard_bytes = sequential_read(output / shards.SHARD_DIR)
+            shard_read_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            samples = sum(1 for _ in shards.iter_samples(output, manifest.shards))
+            reader_seconds = time.perf_counter() - started
+            reader_ratios.append(shard_read_seconds / reader_seconds)
             shutil.rmtree(output)
             ratio = read_seconds / prepare_seconds
             ratios.append(ratio)
@@ -111,11 +123,16 @@ def main() -> int:
                 "prepare_records_per_s": round(result["records"] / prepare_seconds, 1), "ratio": round(ratio, 3),
                 "hashed_read_MBps": round(read / hashed_seconds / 1e6, 1),
                 "ratio_to_hashed_read": round(hashed_seconds / prepare_seconds, 3),
+                "reader_samples": samples, "reader_MBps": round(shard_bytes / reader_seconds / 1e6, 1),
+                "shard_read_MBps": round(shard_bytes / shard_read_seconds / 1e6, 1),
+                "reader_ratio": round(shard_read_seconds / reader_seconds, 3),
             }))  # fmt: skip
         ratios.sort()
         hashed_ratios.sort()
+        reader_ratios.sort()
         print(json.dumps({"summary": "prepare throughput / sequential read", "median_ratio": round(ratios[len(ratios) // 2], 3),
                           "median_ratio_to_hashed_read": round(hashed_ratios[len(hashed_ratios) // 2], 3),
+                          "median_reader_ratio": round(reader_ratios[len(reader_ratios) // 2], 3),
                           "target": 0.8}))  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -193,3 +193,21 @@ def test_dataset_admitted_but_invalid_spec_is_stalled_then_prepares(
     assert reason(obj["status"], "Validated") == ("False", "InvalidSpec") and jobs(kubectl, "corpus") == []
     kubectl("patch", "lds", "corpus", "--type=merge", "-p", json.dumps({"spec": {"source": {"uri": SOURCE}}}))
     status_when(kubectl, "corpus", "Ready after the fix", lambda s: s.get("phase") == "Ready")
+
+
+def test_dataset_deletion_removes_its_children_without_a_deadlock(
+    lepton_operator: RunningOperator, kubectl: Kubectl, storage_class: str, tmp_path: Path
+) -> None:
+    _, result = run_preparer(tmp_path, "ok")
+    kubectl.apply(dataset("corpus", storage_class, {TERMINATION_MESSAGE: result}), "--server-side")
+    obj = status_when(kubectl, "corpus", "Ready", lambda s: s.get("phase") == "Ready")
+    namespace = obj["metadata"]["namespace"]
+    kubectl.delete("lds", "corpus")
+
+    def gone() -> bool:
+        return (kubectl.get_or_none("lds", "corpus") is None and kubectl.get_or_none("pvc", "corpus") is None
+                and jobs(kubectl, "corpus") == [])  # fmt: skip
+
+    wait_until(gone, TIMEOUT, "the dataset, its claim and its Job to be gone")
+    wait_until(lambda: not metric_samples(lepton_operator.metrics(), "lepton_dataset_records").get(
+        (("dataset", "corpus"), ("namespace", namespace))), TIMEOUT, "the dataset's gauges to go")  # fmt: skip

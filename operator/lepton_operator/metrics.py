@@ -102,6 +102,15 @@ def record_dataset(namespace: str, name: str, size_bytes: int, records: int) -> 
     DATASET_RECORDS.labels(namespace=namespace, dataset=name).set(records)
 
 
+def forget_dataset(namespace: str, name: str) -> None:
+    """Drop the series of a deleted dataset (absent, not a stale last value)."""
+    for gauge in (DATASET_BYTES, DATASET_RECORDS):
+        try:
+            gauge.remove(namespace, name)
+        except KeyError:
+            pass
+
+
 def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from other pods
     """Serve :data:`REGISTRY` on ``http://<address>:<port>/metrics`` from a daemon thread.
 

@@ -7,6 +7,7 @@ covered by e2e/tests/test_dataset.py.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -137,6 +138,8 @@ def test_ready_exports_metrics(fake: FakeKube) -> None:
     assert metrics.REGISTRY.get_sample_value("lepton_dataset_records", {"namespace": "ns", "dataset": "d"}) == 7
     assert metrics.REGISTRY.get_sample_value("lepton_dataset_bytes", {"namespace": "ns", "dataset": "d"}) == 1024
     assert metrics.REGISTRY.get_sample_value("lepton_dataset_preparation_seconds_count") == before + 1
+    asyncio.run(controller.forget_deleted({"metadata": {"namespace": "ns", "name": "d"}}, "DELETED"))
+    assert metrics.REGISTRY.get_sample_value("lepton_dataset_records", {"namespace": "ns", "dataset": "d"}) is None
 
 
 def test_invalid_spec_is_reported_and_creates_nothing(fake: FakeKube) -> None:

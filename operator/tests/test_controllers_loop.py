@@ -157,7 +157,8 @@ def test_each_kind_is_one_loop_woken_by_its_own_events(info: Any) -> None:
     watchers = [h for h in controllers.REGISTRY._watching.get_all_handlers() if h.selector.any_name == info.plural]
     changing = [h for h in controllers.REGISTRY._changing.get_all_handlers() if h.selector.any_name == info.plural]
     assert [h.id for h in daemons] == ["loop"]
-    assert [h.id for h in watchers] == ["wake"]
+    # One wake handler; other watchers (e.g. the dataset's "forget-metrics") only keep books.
+    assert [h.id for h in watchers if h.id.startswith("wake")] == ["wake"]
     assert changing == []  # level-based: no create/update edges to miss
 
 

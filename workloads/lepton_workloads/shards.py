@@ -226,22 +226,72 @@ def shards_for_rank(manifest: Manifest, split: str, rank: int, world_size: int) 
     return manifest.split(split)[rank::world_size]
 
 
+BLOCK = 512
+_REGULAR = (b"0", b"\0")
+_DIRECTORY = b"5"
+
+
+def _plain_members(path: Path) -> list[tuple[str, int, int]] | None:
+    """(name, data offset, size) of every file in a plain ustar shard; ``None`` for anything else.
+
+    Walks the headers only (one 512-byte read per member, data skipped by
+    seeking). A member kind this fast path does not handle (pax or GNU long
+    names, links...) or a bad header checksum returns ``None``, and the caller
+    reads the shard with :mod:`tarfile` instead.
+    """
+    members: list[tuple[str, int, int]] = []
+    offset = 0
+    with path.open("rb") as handle:
+        while True:
+            handle.seek(offset)
+            header = handle.read(BLOCK)
+            if len(header) < BLOCK or header == bytes(BLOCK):
+                return members
+            try:
+                checksum = int(header[148:156].strip(b" \0") or b"0", 8)
+                size = int(header[124:136].strip(b" \0") or b"0", 8)
+            except ValueError:
+                return None
+            if checksum != sum(header[:148]) + 8 * 32 + sum(header[156:]):
+                return None
+            kind = header[156:157]
+            if header[257:263] != b"ustar\0" or kind not in (*_REGULAR, _DIRECTORY):
+                return None
+            name = header[:100].split(b"\0", 1)[0].decode()
+            prefix = header[345:500].split(b"\0", 1)[0].decode()
+            if kind in _REGULAR:
+                members.append((f"{prefix}/{name}" if prefix else name, offset + BLOCK, size))
+            offset += BLOCK + -(-size // BLOCK) * BLOCK
+
+
+def _members(path: Path) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of every regular file of one shard, in order."""
+    plain = _plain_members(path)
+    if plain is not None:  # the fast path: one read per member, no tarfile bookkeeping
+        with path.open("rb") as handle:
+            for name, offset, size in plain:
+                handle.seek(offset)
+                yield name, handle.read(size)
+        return
+    with tarfile.open(path, mode="r|") as tar:
+        for member in tar:
+            if member.isfile():
+                extracted = tar.extractfile(member)
+                yield member.name, extracted.read() if extracted else b""
+
+
 def iter_samples(root: Path, shards: tuple[ShardInfo, ...] | list[ShardInfo]) -> Iterator[dict[str, bytes]]:
     """Samples of ``shards`` in order: ``{"__key__": key, ext: data, ...}`` (key as bytes)."""
     for shard in shards:
-        with tarfile.open(root / shard.name, mode="r|") as tar:
-            sample: dict[str, bytes] = {}
-            current: str | None = None
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, extension = member.name.partition(".")
-                if key != current and sample:
-                    yield sample
-                    sample = {}
-                current = key
-                sample["__key__"] = key.encode()
-                handle = tar.extractfile(member)
-                sample[extension] = handle.read() if handle else b""
-            if sample:
+        sample: dict[str, bytes] = {}
+        current: str | None = None
+        for name, data in _members(root / shard.name):
+            key, _, extension = name.partition(".")
+            if key != current and sample:
                 yield sample
+                sample = {}
+            current = key
+            sample["__key__"] = key.encode()
+            sample[extension] = data
+        if sample:
+            yield sample

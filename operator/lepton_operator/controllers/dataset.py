@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from lepton_operator import metrics
 from lepton_operator.api.dataset import LeptonDatasetSpec
-from lepton_operator.api.meta import LEPTON_DATASET
+from lepton_operator.api.meta import GROUP, LEPTON_DATASET, VERSION
 from lepton_operator.controllers import kube, loop
 from lepton_operator.controllers.config import retry_delay
 from lepton_operator.controllers.reconcile import Logger, Warn
@@ -177,5 +177,13 @@ def reconcile_dataset(
     return None
 
 
+async def forget_deleted(body: Mapping[str, Any], type: str | None, **_: Any) -> None:
+    """A deleted dataset's gauges go with it."""
+    if type == "DELETED":
+        metadata = body.get("metadata") or {}
+        metrics.forget_dataset(str(metadata.get("namespace")), str(metadata.get("name")))
+
+
 loop.register(LEPTON_DATASET, reconcile_dataset)
 loop.wake_owner_on(LEPTON_DATASET, "batch", "v1", "jobs")
+kopf.on.event(GROUP, VERSION, LEPTON_DATASET.plural, id="forget-metrics")(forget_deleted)
