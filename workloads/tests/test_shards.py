@@ -91,3 +91,23 @@ def test_reader_handles_tars_from_other_writers(tmp_path: Path) -> None:
         assert [s["txt"] for s in samples] == [k.encode() for k in keys], fmt
         assert all(s["cls"] == b"7" for s in samples)
         assert (shards._plain_members(path) is not None) == (fmt == tarfile.USTAR_FORMAT)
+
+
+def test_writer_bytes_are_what_tarfile_writes(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    fields = [("000001", {"png": b"\x89PNG" + b"x" * 700, "cls": b"3"}), ("000002", {"txt": b"", "json": b"{}" * 300})]
+    writer = shards.ShardWriter(tmp_path, "train", records_per_shard=10)
+    for key, sample in fields:
+        writer.add(key, sample)
+    [shard] = writer.close()
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, sample in fields:
+            for extension, data in sorted(sample.items()):
+                member = tarfile.TarInfo(f"{key}.{extension}")
+                member.size = len(data)
+                member.mode = 0o444
+                tar.addfile(member, io.BytesIO(data))
+    assert (tmp_path / shard.name).read_bytes() == expected.getvalue()
