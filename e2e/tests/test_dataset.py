@@ -211,3 +211,11 @@ def test_dataset_deletion_removes_its_children_without_a_deadlock(
     wait_until(gone, TIMEOUT, "the dataset, its claim and its Job to be gone")
     wait_until(lambda: not metric_samples(lepton_operator.metrics(), "lepton_dataset_records").get(
         (("dataset", "corpus"), ("namespace", namespace))), TIMEOUT, "the dataset's gauges to go")  # fmt: skip
+
+
+def test_dataset_waiting_for_storage_says_so(lepton_operator: RunningOperator, kubectl: Kubectl, namespace: str) -> None:
+    """No volume of the class exists (there is no provisioner here): the status names the claim."""
+    kubectl.apply(dataset("corpus", f"absent-{namespace}", {}), "--server-side")
+    obj = status_when(kubectl, "corpus", "ClaimPending", lambda s: reason(s, "Prepared")[1] == "ClaimPending")
+    assert obj["status"]["phase"] == "Preparing"
+    assert f"absent-{namespace}" in (condition(obj, "Prepared") or {})["message"]

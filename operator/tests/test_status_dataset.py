@@ -113,3 +113,13 @@ def test_a_success_document_on_a_failed_pod_is_not_a_reason() -> None:
     result = compute(job("Failed", reason="BackoffLimitExceeded"), [pod("Failed", OK)])
     assert conditions(result)["Prepared"] == ("False", "BackoffLimitExceeded")
     assert compute(job(), [pod("Failed", OK)])["phase"] == "Preparing"
+
+
+def test_an_unbound_claim_is_named_while_the_job_waits() -> None:
+    claim = {"metadata": {"name": "d"}, "spec": {"storageClassName": "fast"}, "status": {"phase": "Pending"}}
+    result = status.dataset_status(3, "d", job(), [], None, None, NOW, claim_object=claim)
+    prepared = next(c for c in result["conditions"] if c["type"] == "Prepared")
+    assert result["phase"] == "Preparing" and prepared["reason"] == "ClaimPending" and "fast" in prepared["message"]
+    bound = {**claim, "status": {"phase": "Bound"}}
+    assert conditions(status.dataset_status(3, "d", job(), [], None, None, NOW, claim_object=bound))["Prepared"] == (
+        "False", "Preparing")

@@ -65,7 +65,7 @@ def secret_problem(namespace: str, spec: LeptonDatasetSpec) -> dataset_status.Se
     return None
 
 
-def _ensure_claim(namespace: str, name: str, uid: str, spec: LeptonDatasetSpec, warn: Warn) -> None:
+def _ensure_claim(namespace: str, name: str, uid: str, spec: LeptonDatasetSpec, warn: Warn) -> dict[str, Any]:
     """Create the claim when missing; ask for a larger size when the spec grew it.
 
     Storage classes without expansion refuse a resize: that is a Warning event,
@@ -76,14 +76,15 @@ def _ensure_claim(namespace: str, name: str, uid: str, spec: LeptonDatasetSpec, 
     if existing is not None:
         requested = (((existing.get("spec") or {}).get("resources") or {}).get("requests") or {}).get("storage")
         if requested == desired["spec"]["resources"]["requests"]["storage"]:
-            return
+            return existing
     try:
-        kube.apply(desired)
+        return kube.apply(desired)
     except DynamicApiError as error:
         if existing is None:
             raise
         summary = error.summary()  # type: ignore[no-untyped-call]
         warn("ClaimResizeRefused", f"claim {render.claim_name(name)} was not resized: {summary}")
+        return existing
 
 
 def _current_job(namespace: str, name: str, uid: str, spec: LeptonDatasetSpec) -> tuple[dict[str, Any] | None, bool]:
@@ -147,12 +148,14 @@ def reconcile_dataset(
             return None
         assert isinstance(parsed, LeptonDatasetSpec)
         problem = secret_problem(namespace, parsed)
-        _ensure_claim(namespace, name, uid, parsed, warn)
+        claim = _ensure_claim(namespace, name, uid, parsed, warn)
         job, stale = (None, False) if problem is not None else _current_job(namespace, name, uid, parsed)
         pods: list[dict[str, Any]] = []
         if job is not None:
             pods = kube.list_labelled("v1", "Pod", namespace, f"{JOB_NAME_LABEL}={job['metadata']['name']}")
-        new = dataset_status.dataset_status(generation, render.claim_name(name), job, pods, problem, existing, moment)
+        new = dataset_status.dataset_status(
+            generation, render.claim_name(name), job, pods, problem, existing, moment, claim_object=claim
+        )
         if validation.needs_patch(existing, new):
             status_patch.update(new)
             if new["phase"] != existing.get("phase"):

@@ -128,7 +128,10 @@ class Outcome:
 
 
 def outcome(
-    job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]], secret: SecretProblem | None
+    job: Mapping[str, Any] | None,
+    pods: Sequence[Mapping[str, Any]],
+    secret: SecretProblem | None,
+    claim: Mapping[str, Any] | None = None,
 ) -> Outcome:
     """What the dataset's children say, as one phase + reason + message."""
     if secret is not None:
@@ -154,6 +157,13 @@ def outcome(
         return Outcome("Failed", reason, f"Job {name} failed: {failed.get('message') or reason}")
     if attempt is not None:
         return Outcome("Preparing", "Retrying", f"an attempt failed ({attempt.reason}: {attempt.message}); retrying")
+    claim_phase = ((claim or {}).get("status") or {}).get("phase")
+    if claim is not None and claim_phase != "Bound":
+        claim_name = (claim.get("metadata") or {}).get("name", "")
+        storage_class = (claim.get("spec") or {}).get("storageClassName") or "the default class"
+        return Outcome("Preparing", "ClaimPending",
+                       f"claim {claim_name} is {claim_phase or 'Pending'}: no volume of {storage_class} bound yet; "
+                       f"Job {name} waits for it")  # fmt: skip
     return Outcome("Preparing", "Preparing", f"Job {name} is preparing the data")
 
 
@@ -165,9 +175,10 @@ def dataset_status(
     secret: SecretProblem | None,
     existing: Mapping[str, Any] | None,
     now: datetime,
+    claim_object: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The merge patch of status for a dataset whose spec is valid."""
-    found = outcome(job, pods, secret)
+    """The merge patch of status for a dataset whose spec is valid (``claim_object``: the PVC as read)."""
+    found = outcome(job, pods, secret, claim_object)
     ready = found.phase == "Ready"
     failed = found.phase == "Failed"
     stalled = failed or secret is not None
