@@ -252,7 +252,15 @@ def build_kind(work: Path, out: Path) -> None:
            work, "compile kind", {"GOBIN": str(out)})
 
 
+def build_versitygw(work: Path, out: Path) -> None:
+    """``go install`` versitygw, the S3 server the preparer's s3:// tests run against."""
+    run_go(["install", "-trimpath", "-ldflags", "-s -w", f"{versions.VERSITYGW_MAIN_PACKAGE}@{versions.VERSITYGW_VERSION}"],
+           work, "compile versitygw", {"GOBIN": str(out)})
+
+
 _BUILDERS = {"kubernetes": build_kubernetes, "etcd": build_etcd, "kwok": build_kwok}
+#: Single-binary tools built on demand, outside the cluster's groups.
+_TOOLS = {"kind": (versions.KIND_BINARY, build_kind), "versitygw": (versions.VERSITYGW_BINARY, build_versitygw)}
 
 
 @contextmanager
@@ -289,8 +297,8 @@ def _build_group(group: str, todo: Sequence[Binary]) -> float:
         work, out = Path(tmp) / "mod", Path(tmp) / "out"
         work.mkdir()
         out.mkdir()
-        if group == "kind":
-            build_kind(work, out)
+        if group in _TOOLS:
+            _TOOLS[group][1](work, out)
         else:
             _BUILDERS[group](work, out)
         _install(out, todo)
@@ -305,8 +313,10 @@ def ensure_built(groups: Sequence[str] = ("kubernetes", "etcd", "kwok")) -> dict
     Cached binaries are never rebuilt; an all-cached call returns ``{}`` in milliseconds.
     """
     def todo_of(group: str) -> list[Binary]:
-        return [versions.KIND_BINARY] if group == "kind" and not versions.binary_path(
-            versions.KIND_BINARY).is_file() else ([] if group == "kind" else missing(group))
+        if group in _TOOLS:
+            tool = _TOOLS[group][0]
+            return [] if versions.binary_path(tool).is_file() else [tool]
+        return missing(group)
 
     if not any(todo_of(g) for g in groups):
         return {}
@@ -318,6 +328,12 @@ def ensure_built(groups: Sequence[str] = ("kubernetes", "etcd", "kwok")) -> dict
             if todo:
                 times[group] = _build_group(group, todo)
     return times
+
+
+def ensure_versitygw() -> Path:
+    """The versitygw executable, built into the cache at the pinned version when missing."""
+    ensure_built(("versitygw",))
+    return versions.binary_path(versions.VERSITYGW_BINARY)
 
 
 def ensure_kind() -> Path:

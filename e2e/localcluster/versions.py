@@ -26,6 +26,10 @@ ETCD_VERSION = "v3.6.14"
 KWOK_VERSION = "v0.8.0"
 #: Only used when ``LEPTON_E2E_CLUSTER=kind`` and no ``kind`` is on PATH.
 KIND_VERSION = "v0.33.0"
+#: A real S3-compatible server (an S3 gateway over a local directory) for the dataset preparer's
+#: s3:// tests; its go.mod has no replace directives, so a plain ``go install`` builds it.
+VERSITYGW_VERSION = "v1.8.0"
+VERSITYGW_MAIN_PACKAGE = "github.com/versity/versitygw/cmd/versitygw"
 
 #: Binaries built from k8s.io/kubernetes, and their main packages.
 KUBERNETES_COMMANDS: dict[str, str] = {
@@ -47,7 +51,7 @@ class Binary:
 
     name: str
     version: str
-    group: str  # "kubernetes" | "etcd" | "kwok" | "kind"
+    group: str  # "kubernetes" | "etcd" | "kwok" | "kind" | "versitygw"
 
 
 BINARIES: tuple[Binary, ...] = (
@@ -56,6 +60,7 @@ BINARIES: tuple[Binary, ...] = (
     *(Binary(n, KWOK_VERSION, "kwok") for n in KWOK_COMMANDS),
 )
 KIND_BINARY = Binary("kind", KIND_VERSION, "kind")
+VERSITYGW_BINARY = Binary("versitygw", VERSITYGW_VERSION, "versitygw")
 
 
 def cache_root() -> Path:

@@ -141,7 +141,9 @@ _TRAINING_WORKERS_BY_JOB: Final = SummedGauge(TRAINING_WORKERS)
 
 def record_training_workers(namespace: str, name: str, counts: Mapping[str, int] | None) -> None:
     """Set one job's worker counts (``None`` when the job is gone); the gauge is the sum over jobs."""
-    share = None if counts is None else {(state,): float(counts.get(state, 0)) for state in TRAINING_WORKER_STATES}
+    share: dict[tuple[str, ...], float] | None = None
+    if counts is not None:
+        share = {(state,): float(counts.get(state, 0)) for state in TRAINING_WORKER_STATES}
     _TRAINING_WORKERS_BY_JOB.set((namespace, name), share)
 
 
@@ -210,6 +212,50 @@ def forget_service(namespace: str, name: str) -> None:
     for gauge in (INFERENCE_SIGNAL, INFERENCE_TARGET, INFERENCE_DESIRED, INFERENCE_REPLICAS):
         for labels in [key for key in gauge._metrics if key[:2] == (namespace, name)]:  # noqa: SLF001
             gauge.remove(*labels)
+
+
+DATASET_BYTES: Final = Gauge(
+    "lepton_dataset_bytes",
+    "Bytes of a Ready dataset's prepared shards.",
+    labelnames=("namespace", "dataset"),
+    registry=REGISTRY,
+)
+
+DATASET_RECORDS: Final = Gauge(
+    "lepton_dataset_records",
+    "Records in a Ready dataset.",
+    labelnames=("namespace", "dataset"),
+    registry=REGISTRY,
+)
+
+DATASET_PREPARATION_SECONDS: Final = Histogram(
+    "lepton_dataset_preparation_seconds",
+    "From the prepare Job's start to its completion, per successful preparation.",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
+    registry=REGISTRY,
+)
+
+DATASET_PREPARATION_FAILURES: Final = Counter(
+    "lepton_dataset_preparation_failures",
+    "Preparations that ended Failed, by reason (ChecksumMismatch, SourceUnreachable, BackoffLimitExceeded...).",
+    labelnames=("reason",),
+    registry=REGISTRY,
+)
+
+
+def record_dataset(namespace: str, name: str, size_bytes: int, records: int) -> None:
+    """Export the numbers of a Ready dataset."""
+    DATASET_BYTES.labels(namespace=namespace, dataset=name).set(size_bytes)
+    DATASET_RECORDS.labels(namespace=namespace, dataset=name).set(records)
+
+
+def forget_dataset(namespace: str, name: str) -> None:
+    """Drop the series of a deleted dataset (absent, not a stale last value)."""
+    for gauge in (DATASET_BYTES, DATASET_RECORDS):
+        try:
+            gauge.remove(namespace, name)
+        except KeyError:
+            pass
 
 
 def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from other pods

@@ -169,7 +169,7 @@ def test_validating_reconciler_reports_invalid_spec_through_the_loop() -> None:
 
 # Watchers a kind's objects have besides their own "wake": other loops woken by them, clean-ups.
 OTHER_WATCHERS: dict[str, list[str]] = {
-    "LeptonDataset": ["wake-trainingjob-dataset"],  # a job waits for its dataset
+    "LeptonDataset": ["wake-trainingjob-dataset", "forget-metrics"],  # a job waits for its dataset; gauges go
     "TrainingJob": ["training-metrics", "wake-inferenceservice-on-trainingjob"],  # gauges; a service waits on its job
 }
 

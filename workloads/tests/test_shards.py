@@ -65,3 +65,49 @@ def test_ranks_read_disjoint_shards_covering_the_split(tmp_path: Path, count: in
     parts = [shards.shards_for_rank(manifest, "train", rank, world) for rank in range(world)]
     assert sorted(s.name for part in parts for s in part) == sorted(s.name for s in infos)
     assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
+
+
+def test_reader_handles_tars_from_other_writers(tmp_path: Path) -> None:
+    """GNU and pax tars (long names, directories) go through tarfile; plain ustar through the fast path."""
+    import io
+    import tarfile
+
+    long_key = "k" * 120  # longer than ustar's 100-character name field
+    for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT):
+        path = tmp_path / f"shards/train-{fmt}.tar"
+        path.parent.mkdir(exist_ok=True)
+        with tarfile.open(path, "w", format=fmt) as tar:
+            directory = tarfile.TarInfo("sub")
+            directory.type = tarfile.DIRTYPE
+            tar.addfile(directory)
+            keys = ["a1", "a2"] if fmt == tarfile.USTAR_FORMAT else ["a1", long_key]
+            for key in keys:
+                for extension, data in (("txt", key.encode()), ("cls", b"7")):
+                    member = tarfile.TarInfo(f"{key}.{extension}")
+                    member.size = len(data)
+                    tar.addfile(member, io.BytesIO(data))
+        info = shards.ShardInfo(f"shards/{path.name}", "train", 2, path.stat().st_size, "")
+        samples = list(shards.iter_samples(tmp_path, [info]))
+        assert [s["txt"] for s in samples] == [k.encode() for k in keys], fmt
+        assert all(s["cls"] == b"7" for s in samples)
+        assert (shards._plain_members(path) is not None) == (fmt == tarfile.USTAR_FORMAT)
+
+
+def test_writer_bytes_are_what_tarfile_writes(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    fields = [("000001", {"png": b"\x89PNG" + b"x" * 700, "cls": b"3"}), ("000002", {"txt": b"", "json": b"{}" * 300})]
+    writer = shards.ShardWriter(tmp_path, "train", records_per_shard=10)
+    for key, sample in fields:
+        writer.add(key, sample)
+    [shard] = writer.close()
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, sample in fields:
+            for extension, data in sorted(sample.items()):
+                member = tarfile.TarInfo(f"{key}.{extension}")
+                member.size = len(data)
+                member.mode = 0o444
+                tar.addfile(member, io.BytesIO(data))
+    assert (tmp_path / shard.name).read_bytes() == expected.getvalue()

@@ -65,7 +65,7 @@ class ShardSpec(ApiModel):
     target_size_bytes: int | None = Field(default=None, ge=1024, le=2**40)
     """Close each shard once it holds about this many bytes. Default when neither is set: 256 MiB."""
     count: int | None = Field(default=None, ge=1, le=100000)
-    """Exactly this many shards (records spread evenly)."""
+    """About this many shards in all: every shard holds ceil(records / count) records (each split ends in its own shard)."""
 
     __rules__ = (
         Rule(
@@ -145,6 +145,10 @@ class PrepareSpec(ApiModel):
     """Node labels the preparer pod must match."""
     tolerations: Tolerations | None = None
     """Tolerations of the preparer pod."""
+    pod_annotations: dict[str, Annotated[str, StringConstraints(max_length=65536)]] | None = Field(
+        default=None, max_length=64
+    )
+    """Annotations of the preparer pod (e.g. to opt out of a service mesh sidecar). Changing them never re-prepares."""
     backoff_limit: int = Field(default=3, ge=0, le=100)
     """Retries of the preparer pod before the dataset is Failed."""
     timeout_seconds: int = Field(default=3600, ge=10, le=7 * 24 * 3600)

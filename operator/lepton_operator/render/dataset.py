@@ -1,0 +1,206 @@
+"""A LeptonDataset's children, as pure functions: its claim and its prepare Job.
+
+* The PersistentVolumeClaim is named after the dataset (so a TrainingJob finds
+  it by the dataset's name alone) and holds the shards and ``manifest.json``.
+* The prepare Job runs ``python -m lepton_workloads.prepare`` with the claim
+  mounted read-write at :data:`DATA_MOUNT`, a ``pvc://`` source claim mounted
+  read-only at :data:`SOURCE_MOUNT`, and the spec passed as environment
+  variables (the preparer's documented contract). Source credentials come from
+  the referenced Secret through ``secretKeyRef`` only: the Job spec names keys,
+  never values. The preparer's result document reaches the operator as the
+  container's termination message (``terminationMessagePath``), so the operator
+  needs no pod log or exec access.
+
+What defines the *data* (source, modality, format, shards, splits, verify) is
+hashed (:func:`data_hash`); the hash is in the Job's name and labels, so a
+change that alters the data makes a new Job (a new preparation), while edits to
+storage, resources or annotations do not. Job templates are immutable, so the
+controller creates the Job of the current hash when it is missing and leaves an
+existing one alone. Exit code 3 from the preparer means "no retry can fix this"
+(bad data, checksum mismatch) and fails the Job at once via podFailurePolicy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.parse
+from typing import Any
+
+from lepton_operator.api.dataset import LeptonDatasetSpec
+from lepton_operator.api.meta import LEPTON_DATASET
+from lepton_operator.render.common import child_labels, container_resources, owner_reference, tolerations
+
+DEFAULT_IMAGE = "lepton/workloads:0.1.0"
+PREPARE_ROLE = "prepare"
+CONTAINER = "prepare"
+DATA_MOUNT = "/data"
+SOURCE_MOUNT = "/mnt/source"
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+SPEC_HASH_LABEL = "lepton.ai/spec-hash"
+#: The preparer's exit code for failures a retry cannot fix (see lepton_workloads.prepare).
+EXIT_PERMANENT = 3
+HASH_LENGTH = 16
+MAX_NAME = 63  # Job names become pod label values (job-name), which are at most 63 characters
+
+#: Credentials a source may need -> the preparer's environment variable.
+CREDENTIAL_ENV: dict[str, str] = {
+    "token": "LEPTON_SOURCE_TOKEN",
+    "accessKeyId": "AWS_ACCESS_KEY_ID",
+    "secretAccessKey": "AWS_SECRET_ACCESS_KEY",
+    "sessionToken": "AWS_SESSION_TOKEN",
+}
+#: The credentials each scheme uses when ``secretRef.keys`` is unset.
+SCHEME_CREDENTIALS: dict[str, tuple[str, ...]] = {
+    "s3": ("accessKeyId", "secretAccessKey", "sessionToken"),
+    "http": ("token",),
+    "https": ("token",),
+    "pvc": (),
+}
+
+
+def data_hash(spec: LeptonDatasetSpec) -> str:
+    """A short hash of the fields that define the prepared data (nothing else)."""
+    data = spec.model_dump(
+        by_alias=True, exclude_none=True, mode="json", include={"source", "modality", "format", "shards", "splits", "verify"}
+    )
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]
+
+
+def claim_name(name: str) -> str:
+    """The dataset's claim is named after the dataset."""
+    return name
+
+
+def job_name(name: str, spec: LeptonDatasetSpec) -> str:
+    """``<dataset>-prepare-<hash>``, the dataset part cut so the whole fits 63 characters."""
+    suffix = f"-{PREPARE_ROLE}-{data_hash(spec)}"
+    return name[: MAX_NAME - len(suffix)].rstrip("-.") + suffix
+
+
+def source_claim(uri: str) -> str | None:
+    """The claim of a ``pvc://claim/path`` source."""
+    parsed = urllib.parse.urlparse(uri)
+    return parsed.netloc if parsed.scheme == "pvc" else None
+
+
+def credentials(spec: LeptonDatasetSpec) -> dict[str, tuple[str, bool]]:
+    """credential -> (Secret key, optional): explicit keys are required, implicit ones optional."""
+    ref = spec.source.secret_ref
+    if ref is None:
+        return {}
+    if ref.keys:
+        return {credential: (key, False) for credential, key in ref.keys.items()}
+    scheme = urllib.parse.urlparse(spec.source.uri).scheme
+    return {credential: (credential, True) for credential in SCHEME_CREDENTIALS.get(scheme, ())}
+
+
+def claim(name: str, namespace: str, uid: str, spec: LeptonDatasetSpec) -> dict[str, Any]:
+    """The PersistentVolumeClaim holding the prepared shards."""
+    claim_spec: dict[str, Any] = {
+        "accessModes": list(spec.storage.access_modes),
+        "resources": {"requests": {"storage": str(spec.storage.size)}},
+    }
+    if spec.storage.storage_class_name is not None:
+        claim_spec["storageClassName"] = spec.storage.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": claim_name(name),
+            "namespace": namespace,
+            "labels": child_labels(LEPTON_DATASET.kind, name, "data"),
+            "ownerReferences": [owner_reference(LEPTON_DATASET.kind, name, uid)],
+        },
+        "spec": claim_spec,
+    }
+
+
+def _environment(spec: LeptonDatasetSpec, digest: str) -> list[dict[str, Any]]:
+    plain: dict[str, str | None] = {
+        "LEPTON_SOURCE_URI": spec.source.uri,
+        "LEPTON_SOURCE_ROOT": SOURCE_MOUNT,
+        "LEPTON_MODALITY": spec.modality,
+        "LEPTON_OUTPUT_DIR": DATA_MOUNT,
+        "LEPTON_SHARD_TARGET_BYTES": _text(spec.shards.target_size_bytes),
+        "LEPTON_SHARD_COUNT": _text(spec.shards.count),
+        "LEPTON_SPLIT_TRAIN": str(spec.splits.train),
+        "LEPTON_SPLIT_VALIDATION": _text(spec.splits.validation),
+        "LEPTON_SPLIT_SEED": str(spec.splits.seed),
+        "LEPTON_VERIFY_SHA256": spec.verify.sha256 if spec.verify else None,
+        "LEPTON_S3_ENDPOINT": spec.source.endpoint,
+        "AWS_REGION": spec.source.region,
+        "LEPTON_SPEC_HASH": digest,
+        "LEPTON_RESULT_PATH": TERMINATION_MESSAGE_PATH,
+    }
+    env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in plain.items() if value is not None]
+    ref = spec.source.secret_ref
+    for credential, (key, optional) in sorted(credentials(spec).items()):
+        variable = CREDENTIAL_ENV.get(credential, "LEPTON_SOURCE_" + credential.upper())
+        selector: dict[str, Any] = {"name": ref.name if ref else "", "key": key}
+        if optional:
+            selector["optional"] = True
+        env.append({"name": variable, "valueFrom": {"secretKeyRef": selector}})
+    return env
+
+
+def _text(value: float | int | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def prepare_job(name: str, namespace: str, uid: str, spec: LeptonDatasetSpec, *, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
+    """The Job that prepares the data of ``spec`` into the dataset's claim."""
+    digest = data_hash(spec)
+    labels = {**child_labels(LEPTON_DATASET.kind, name, PREPARE_ROLE), SPEC_HASH_LABEL: digest}
+    prepare = spec.prepare
+    mounts: list[dict[str, Any]] = [{"name": "data", "mountPath": DATA_MOUNT}]
+    volumes: list[dict[str, Any]] = [{"name": "data", "persistentVolumeClaim": {"claimName": claim_name(name)}}]
+    source = source_claim(spec.source.uri)
+    if source is not None:
+        mounts.append({"name": "source", "mountPath": SOURCE_MOUNT, "readOnly": True})
+        volumes.append({"name": "source", "persistentVolumeClaim": {"claimName": source, "readOnly": True}})
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": prepare.image or image,
+        "command": ["python", "-m", "lepton_workloads.prepare"],
+        "env": _environment(spec, digest),
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "File",
+    }
+    resources = container_resources(prepare.resources, None)
+    if resources:
+        container["resources"] = resources
+    pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "volumes": volumes}
+    if prepare.node_selector:
+        pod_spec["nodeSelector"] = dict(prepare.node_selector)
+    if prepare.tolerations:
+        pod_spec["tolerations"] = tolerations(prepare.tolerations, None)
+    template_metadata: dict[str, Any] = {"labels": labels}
+    if prepare.pod_annotations:
+        template_metadata["annotations"] = dict(prepare.pod_annotations)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(name, spec),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {SPEC_HASH_LABEL: digest},
+            "ownerReferences": [owner_reference(LEPTON_DATASET.kind, name, uid)],
+        },
+        "spec": {
+            "backoffLimit": prepare.backoff_limit,
+            "activeDeadlineSeconds": prepare.timeout_seconds,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_PERMANENT]},
+                    }
+                ]
+            },
+            "template": {"metadata": template_metadata, "spec": pod_spec},
+        },
+    }

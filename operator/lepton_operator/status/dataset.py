@@ -1,0 +1,218 @@
+"""A LeptonDataset's status from what exists: its prepare Job, the Job's pods, its Secret.
+
+Pure and level-based: the phase is computed from the Job of the *current* data
+hash on every pass, never carried over, so a dataset that failed recovers as
+soon as a fixed spec makes a new Job that succeeds (Fluid #6160), and a missing
+Secret is a reason on the object until the Secret appears (Datashim #362).
+
+============  ==============================================================
+phase         when
+============  ==============================================================
+Pending       the Secret is missing, or the Job is about to be created
+Preparing     the Job runs (a failed attempt that will be retried says why)
+Ready         the Job completed and its pod left a valid result document
+Failed        the Job failed (the preparer's reason when it left one), or it
+              completed without a readable result
+============  ==============================================================
+
+The numbers (``records``, ``sizeBytes``, ``shards``, ``digest``) come only from
+the preparer's result document (schema ``lepton.ai/prepare-result/v1``, read
+from the pod's termination message) and are cleared (``null`` in the merge
+patch) whenever the dataset is not Ready, so they always describe the data the
+current spec asks for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from lepton_operator.api.common import Condition
+from lepton_operator.api.dataset import LeptonDatasetStatus
+from lepton_operator.status import conditions as cond
+
+RESULT_SCHEMA = "lepton.ai/prepare-result/v1"
+PREPARED = "Prepared"
+#: Status fields that only a finished preparation sets; nulled otherwise.
+RESULT_FIELDS = ("sizeBytes", "records", "shards", "digest", "progress", "completionTime")
+
+
+@dataclass(frozen=True)
+class SecretProblem:
+    """Why the source's Secret cannot be used (reason is CamelCase)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """The preparer's result document, parsed."""
+
+    ok: bool
+    reason: str = ""
+    message: str = ""
+    records: int = 0
+    bytes: int = 0
+    shards: int = 0
+    digest: str = ""
+    source_bytes: int = 0
+
+
+def parse_result(text: str | None) -> PrepareResult | None:
+    """A result document, or ``None`` when ``text`` is not one (empty, not JSON, other schema)."""
+    if not text:
+        return None
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(document, dict) or document.get("schema") != RESULT_SCHEMA:
+        return None
+    if not document.get("ok"):
+        return PrepareResult(False, str(document.get("reason") or "PrepareFailed"), str(document.get("message") or ""))
+    numbers = [document.get(key) for key in ("records", "bytes", "shards", "sourceBytes")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers[:3]):
+        return None
+    return PrepareResult(
+        True, records=document["records"], bytes=document["bytes"], shards=document["shards"],
+        digest=str(document.get("digest") or ""), source_bytes=int(numbers[3] or 0),
+    )  # fmt: skip
+
+
+def termination_message(pod: Mapping[str, Any]) -> str | None:
+    """The termination message of the pod's first terminated container."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (status.get("state") or {}).get("terminated") or (status.get("lastState") or {}).get("terminated")
+        if terminated and terminated.get("message"):
+            return str(terminated["message"])
+    return None
+
+
+def _finished(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("creationTimestamp") or "")
+
+
+def latest_result(pods: Sequence[Mapping[str, Any]], phase: str) -> PrepareResult | None:
+    """The result left by the newest pod in ``phase``: a success for Succeeded, a failure for Failed.
+
+    A pod that failed after writing a success document (killed at the very end)
+    tells nothing about why it failed, so it is skipped.
+    """
+    for pod in sorted(pods, key=_finished, reverse=True):
+        if (pod.get("status") or {}).get("phase") == phase:
+            result = parse_result(termination_message(pod))
+            if result is not None and result.ok == (phase == "Succeeded"):
+                return result
+    return None
+
+
+def _job_condition(job: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == ctype and condition.get("status") == "True":
+            return dict(condition)
+    return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Phase plus the reason and message every condition of this pass carries."""
+
+    phase: str
+    reason: str
+    message: str
+    result: PrepareResult | None = None
+
+
+def outcome(
+    job: Mapping[str, Any] | None,
+    pods: Sequence[Mapping[str, Any]],
+    secret: SecretProblem | None,
+    claim: Mapping[str, Any] | None = None,
+) -> Outcome:
+    """What the dataset's children say, as one phase + reason + message."""
+    if secret is not None:
+        return Outcome("Pending", secret.reason, secret.message)
+    if job is None:
+        return Outcome("Pending", "CreatingJob", "creating the prepare Job")
+    name = (job.get("metadata") or {}).get("name", "")
+    if _job_condition(job, "Complete") is not None:
+        result = latest_result(pods, "Succeeded")
+        if result is None:
+            return Outcome("Failed", "ResultMissing", f"Job {name} completed without a valid prepare result document")
+        return Outcome(
+            "Ready", "Prepared",
+            f"{result.records} records in {result.shards} shards ({result.bytes} bytes), manifest {result.digest}",
+            result,
+        )  # fmt: skip
+    failed = _job_condition(job, "Failed")
+    attempt = latest_result(pods, "Failed")
+    if failed is not None:
+        if attempt is not None:
+            return Outcome("Failed", attempt.reason, attempt.message)
+        reason = str(failed.get("reason") or "JobFailed")
+        return Outcome("Failed", reason, f"Job {name} failed: {failed.get('message') or reason}")
+    if attempt is not None:
+        return Outcome("Preparing", "Retrying", f"an attempt failed ({attempt.reason}: {attempt.message}); retrying")
+    claim_phase = ((claim or {}).get("status") or {}).get("phase")
+    if claim is not None and claim_phase != "Bound":
+        claim_name = (claim.get("metadata") or {}).get("name", "")
+        storage_class = (claim.get("spec") or {}).get("storageClassName") or "the default class"
+        return Outcome("Preparing", "ClaimPending",
+                       f"claim {claim_name} is {claim_phase or 'Pending'}: no volume of {storage_class} bound yet; "
+                       f"Job {name} waits for it")  # fmt: skip
+    return Outcome("Preparing", "Preparing", f"Job {name} is preparing the data")
+
+
+def dataset_status(
+    generation: int,
+    claim: str,
+    job: Mapping[str, Any] | None,
+    pods: Sequence[Mapping[str, Any]],
+    secret: SecretProblem | None,
+    existing: Mapping[str, Any] | None,
+    now: datetime,
+    claim_object: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The merge patch of status for a dataset whose spec is valid (``claim_object``: the PVC as read)."""
+    found = outcome(job, pods, secret, claim_object)
+    ready = found.phase == "Ready"
+    failed = found.phase == "Failed"
+    stalled = failed or secret is not None
+    if secret is not None:
+        validated = cond.make(cond.VALIDATED, False, secret.reason, secret.message, generation)
+    else:
+        validated = cond.make(cond.VALIDATED, True, "Valid", "spec is valid; the source's Secret has its keys", generation)
+    new: list[Condition] = [
+        validated,
+        cond.make(PREPARED, ready, found.reason, found.message, generation),
+        cond.ready(ready, "Ready" if ready else found.reason, found.message, generation),
+        cond.reconciling(not (ready or stalled), found.reason, found.message, generation),
+        cond.stalled(stalled, found.reason, found.message, generation),
+    ]
+    current = cond.parse_conditions((existing or {}).get("conditions"))
+    fields: dict[str, Any] = {
+        "phase": found.phase,
+        "observed_generation": generation,
+        "conditions": cond.set_conditions(current, new, cond.format_time(now)),
+        "claim_name": claim,
+    }
+    job_status = (job or {}).get("status") or {}
+    if job_status.get("startTime"):
+        fields["start_time"] = job_status["startTime"]
+    if found.result is not None:
+        result = found.result
+        fields.update(
+            size_bytes=result.bytes, records=result.records, shards=result.shards, digest=result.digest,
+            progress={"bytes_done": result.source_bytes, "bytes_total": result.source_bytes},
+            completion_time=job_status.get("completionTime"),
+        )  # fmt: skip
+    status = LeptonDatasetStatus.model_validate(fields).to_wire()
+    for key in RESULT_FIELDS:
+        status.setdefault(key, None)
+    if "startTime" not in status:
+        status["startTime"] = None
+    return status

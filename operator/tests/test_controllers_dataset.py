@@ -1,0 +1,162 @@
+"""The LeptonDataset reconciler against an in-memory stand-in for ``controllers.kube``.
+
+The stand-in keeps objects in a dict and answers get/apply/list/delete the way
+the API server does for what the reconciler asks; the real API server path is
+covered by e2e/tests/test_dataset.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import DynamicApiError
+
+from lepton_operator import metrics
+from lepton_operator.api.dataset import LeptonDatasetSpec
+from lepton_operator.controllers import dataset as controller
+from lepton_operator.controllers import kube
+from lepton_operator.render import dataset as render
+
+Key = tuple[str, str, str]
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.objects: dict[Key, dict[str, Any]] = {}
+        self.deleted: list[str] = []
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return self.objects.get((kind, namespace or "", name))
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        key = (manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+        self.objects[key] = {**self.objects.get(key, {}), **manifest}
+        return self.objects[key]
+
+    def list_labelled(self, api_version: str, kind: str, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        wanted = dict(part.split("=", 1) for part in selector.split(","))
+        return [o for (k, ns, _), o in self.objects.items() if k == kind and ns == namespace
+                and all((o["metadata"].get("labels") or {}).get(a) == b for a, b in wanted.items())]  # fmt: skip
+
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str, propagation: str = "") -> bool:
+        """Foreground deletion: the object stays, marked, until the test removes it."""
+        self.deleted.append(name)
+        found = self.objects.get((kind, namespace or "", name))
+        if found is not None:
+            found["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        return found is not None
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeKube:
+    api = FakeKube()
+    for name in ("get", "apply", "list_labelled", "delete"):
+        monkeypatch.setattr(kube, name, getattr(api, name))
+    return api
+
+
+def body(spec: dict[str, Any], status: dict[str, Any] | None = None, generation: int = 1) -> dict[str, Any]:
+    return {"metadata": {"namespace": "ns", "name": "d", "uid": "u1", "generation": generation},
+            "spec": spec, "status": status or {}}  # fmt: skip
+
+
+SPEC = {"source": {"uri": "https://h/x/", "secretRef": {"name": "creds", "keys": {"token": "tok"}}}, "modality": "text"}
+
+
+def run(obj: dict[str, Any]) -> tuple[dict[str, Any], float | None, list[tuple[str, str]]]:
+    patch: dict[str, Any] = {}
+    warnings: list[tuple[str, str]] = []
+    due = controller.reconcile_dataset(
+        obj, patch, retry=0, logger=logging.getLogger("test"), warn=lambda r, m: warnings.append((r, m))
+    )
+    return patch, due, warnings
+
+
+def test_missing_secret_then_missing_key_then_job(fake: FakeKube) -> None:
+    patch, due, warnings = run(body(SPEC))
+    assert patch["phase"] == "Pending" and due == controller.SECRET_RECHECK_SECONDS
+    assert warnings[0][0] == "SecretNotFound"
+    assert ("PersistentVolumeClaim", "ns", "d") in fake.objects
+    assert not [k for k in fake.objects if k[0] == "Job"]
+    fake.objects[("Secret", "ns", "creds")] = {"metadata": {"name": "creds"}, "data": {"other": "eA=="}}
+    patch, _, _ = run(body(SPEC, patch))
+    ready = next(c for c in patch["conditions"] if c["type"] == "Validated")
+    assert ready["reason"] == "SecretKeyMissing" and "tok" in ready["message"] and "eA==" not in str(patch)
+    fake.objects[("Secret", "ns", "creds")]["data"]["tok"] = "c2VjcmV0"
+    patch, due, _ = run(body(SPEC, patch))
+    assert patch["phase"] == "Preparing" and due is None
+    [job] = [o for k, o in fake.objects.items() if k[0] == "Job"]
+    assert "c2VjcmV0" not in str(job)
+    token = next(e for e in job["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "LEPTON_SOURCE_TOKEN")
+    assert token == {"name": "LEPTON_SOURCE_TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "tok"}}}
+
+
+def test_data_change_replaces_the_job_after_the_old_one_is_gone(fake: FakeKube) -> None:
+    spec = {"source": {"uri": "https://h/x/"}, "modality": "text"}
+    run(body(spec))
+    [old] = [name for kind, _, name in fake.objects if kind == "Job"]
+    changed = {**spec, "splits": {"seed": 5}}
+    _, due, _ = run(body(changed, generation=2))
+    assert fake.deleted == [old] and due == controller.STALE_JOB_RECHECK_SECONDS
+    assert [name for kind, _, name in fake.objects if kind == "Job"] == [old]  # still terminating: not replaced yet
+    run(body(changed, generation=2))
+    assert fake.deleted == [old]  # asked once, not again while it terminates
+    del fake.objects[("Job", "ns", old)]
+    patch, _, _ = run(body(changed, generation=2))
+    [new] = [name for kind, _, name in fake.objects if kind == "Job"]
+    assert new != old and new.endswith(render.data_hash(LeptonDatasetSpec.model_validate(changed)))
+    assert patch["phase"] == "Preparing"
+
+
+def test_metadata_only_change_keeps_the_job(fake: FakeKube) -> None:
+    spec = {"source": {"uri": "https://h/x/"}, "modality": "text"}
+    run(body(spec))
+    jobs = [k for k in fake.objects if k[0] == "Job"]
+    run(body({**spec, "storage": {"size": "20Gi"}, "prepare": {"backoffLimit": 1}}, generation=2))
+    assert [k for k in fake.objects if k[0] == "Job"] == jobs and fake.deleted == []
+
+
+def test_ready_exports_metrics(fake: FakeKube) -> None:
+    spec = {"source": {"uri": "https://h/x/"}, "modality": "text"}
+    run(body(spec))
+    [(key, job)] = [(k, o) for k, o in fake.objects.items() if k[0] == "Job"]
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}], "startTime": "2026-01-01T00:00:00Z",
+                     "completionTime": "2026-01-01T00:00:30Z"}  # fmt: skip
+    message = ('{"schema":"lepton.ai/prepare-result/v1","ok":true,"records":7,"bytes":1024,"shards":1,'
+               '"digest":"sha256:ab","sourceBytes":10}')  # fmt: skip
+    fake.objects[("Pod", "ns", "p")] = {
+        "metadata": {"name": "p", "labels": {controller.JOB_NAME_LABEL: key[2]}, "creationTimestamp": "x"},
+        "status": {"phase": "Succeeded", "containerStatuses": [{"state": {"terminated": {"message": message}}}]},
+    }
+    before = metrics.REGISTRY.get_sample_value("lepton_dataset_preparation_seconds_count") or 0
+    patch, _, _ = run(body(spec, {"phase": "Preparing"}))
+    assert patch["phase"] == "Ready" and patch["records"] == 7
+    assert metrics.REGISTRY.get_sample_value("lepton_dataset_records", {"namespace": "ns", "dataset": "d"}) == 7
+    assert metrics.REGISTRY.get_sample_value("lepton_dataset_bytes", {"namespace": "ns", "dataset": "d"}) == 1024
+    assert metrics.REGISTRY.get_sample_value("lepton_dataset_preparation_seconds_count") == before + 1
+    asyncio.run(controller.forget_deleted({"metadata": {"namespace": "ns", "name": "d"}}, "DELETED"))
+    assert metrics.REGISTRY.get_sample_value("lepton_dataset_records", {"namespace": "ns", "dataset": "d"}) is None
+
+
+def test_invalid_spec_is_reported_and_creates_nothing(fake: FakeKube) -> None:
+    patch, due, warnings = run(body({"source": {"uri": "ftp://x/y"}, "modality": "text"}))
+    assert patch["phase"] == "Failed" and warnings and due is None and fake.objects == {}
+
+
+def test_refused_claim_resize_is_a_warning_not_a_failed_pass(fake: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = {"source": {"uri": "https://h/x/"}, "modality": "text"}
+    run(body(spec))
+
+    def refuse(manifest: dict[str, Any]) -> dict[str, Any]:
+        if manifest["kind"] == "PersistentVolumeClaim":
+            raise DynamicApiError(ApiException(status=403, reason="only dynamically provisioned pvc can be resized"))
+        return fake.apply(manifest)
+
+    monkeypatch.setattr(kube, "apply", refuse)
+    patch, _, warnings = run(body({**spec, "storage": {"size": "20Gi"}}, generation=2))
+    assert patch["phase"] == "Preparing"
+    assert [reason for reason, _ in warnings] == ["ClaimResizeRefused"]

@@ -1,0 +1,125 @@
+"""A dataset's phase, conditions and numbers from its Job, pods and Secret."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from lepton_operator.api.dataset import LeptonDatasetStatus
+from lepton_operator.status import dataset as status
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+OK = {"schema": status.RESULT_SCHEMA, "ok": True, "records": 20, "bytes": 40960, "shards": 4,
+      "digest": "sha256:" + "d" * 64, "sourceBytes": 3000, "splits": {}}  # fmt: skip
+
+
+def job(*conditions: str, reason: str = "", **job_status: Any) -> dict[str, Any]:
+    listed = [{"type": c, "status": "True", "reason": reason, "message": f"{c} happened"} for c in conditions]
+    return {"metadata": {"name": "d-prepare-1"},
+            "status": {"conditions": listed, "startTime": "2026-01-02T03:00:00Z", **job_status}}  # fmt: skip
+
+
+def pod(phase: str, message: dict[str, Any] | str | None, created: str = "2026-01-02T03:00:00Z") -> dict[str, Any]:
+    text = json.dumps(message) if isinstance(message, dict) else message
+    terminated = {"exitCode": 0 if phase == "Succeeded" else 3, "message": text} if text else {"exitCode": 1}
+    return {"metadata": {"creationTimestamp": created},
+            "status": {"phase": phase, "containerStatuses": [{"name": "prepare", "state": {"terminated": terminated}}]}}  # fmt: skip
+
+
+def compute(job_: dict[str, Any] | None, pods: list[dict[str, Any]], secret: status.SecretProblem | None = None,
+            existing: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    return status.dataset_status(3, "d", job_, pods, secret, existing, NOW)
+
+
+def conditions(result: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in result["conditions"]}
+
+
+def test_complete_job_with_result_is_ready_with_the_numbers() -> None:
+    result = compute(job("Complete", completionTime="2026-01-02T03:01:00Z"), [pod("Succeeded", OK)])
+    assert result["phase"] == "Ready" and result["observedGeneration"] == 3 and result["claimName"] == "d"
+    assert (result["records"], result["sizeBytes"], result["shards"]) == (20, 40960, 4)
+    assert result["digest"] == OK["digest"] and result["progress"] == {"bytesDone": 3000, "bytesTotal": 3000}
+    assert result["completionTime"] == "2026-01-02T03:01:00Z" and result["startTime"] == "2026-01-02T03:00:00Z"
+    assert conditions(result) == {"Validated": ("True", "Valid"), "Prepared": ("True", "Prepared"),
+                                  "Ready": ("True", "Ready"), "Reconciling": ("False", "Prepared"),
+                                  "Stalled": ("False", "Prepared")}  # fmt: skip
+    LeptonDatasetStatus.model_validate({k: v for k, v in result.items() if v is not None})
+
+
+def test_running_job_is_preparing_and_clears_old_numbers() -> None:
+    result = compute(job(), [], existing={"phase": "Ready", "records": 5, "digest": "sha256:old"})
+    assert result["phase"] == "Preparing" and result["records"] is None and result["digest"] is None
+    assert conditions(result)["Reconciling"] == ("True", "Preparing")
+
+
+def test_failed_attempt_being_retried_says_why() -> None:
+    failed = {"schema": status.RESULT_SCHEMA, "ok": False, "reason": "SourceUnreachable", "message": "GET x: refused"}
+    result = compute(job(failed=1), [pod("Failed", failed)])
+    assert result["phase"] == "Preparing"
+    prepared = next(c for c in result["conditions"] if c["type"] == "Prepared")
+    assert prepared["reason"] == "Retrying" and "SourceUnreachable: GET x: refused" in prepared["message"]
+
+
+def test_failed_job_carries_the_preparers_reason() -> None:
+    failed = {"schema": status.RESULT_SCHEMA, "ok": False, "reason": "ChecksumMismatch", "message": "sha256 is a, want b"}
+    result = compute(job("Failed", reason="PodFailurePolicy"), [pod("Failed", failed)])
+    assert result["phase"] == "Failed"
+    assert conditions(result)["Prepared"] == ("False", "ChecksumMismatch")
+    assert conditions(result)["Stalled"] == ("True", "ChecksumMismatch")
+    assert conditions(result)["Ready"] == ("False", "ChecksumMismatch")
+
+
+def test_failed_job_without_a_result_uses_the_jobs_reason() -> None:
+    result = compute(job("Failed", reason="DeadlineExceeded"), [pod("Failed", None)])
+    assert result["phase"] == "Failed" and conditions(result)["Prepared"] == ("False", "DeadlineExceeded")
+
+
+def test_complete_without_a_result_is_failed_not_ready() -> None:
+    for message in (None, "not json", json.dumps({"schema": "other"}), json.dumps({**OK, "records": -1})):
+        result = compute(job("Complete"), [pod("Succeeded", message)])
+        assert result["phase"] == "Failed" and conditions(result)["Prepared"][1] == "ResultMissing"
+
+
+def test_failed_recovers_when_a_new_job_succeeds() -> None:
+    failed = compute(job("Failed", reason="BackoffLimitExceeded"), [])
+    recovered = compute(job("Complete"), [pod("Succeeded", OK)], existing=failed)
+    assert recovered["phase"] == "Ready" and conditions(recovered)["Stalled"] == ("False", "Prepared")
+
+
+def test_missing_secret_is_a_reason_not_a_job() -> None:
+    problem = status.SecretProblem("SecretNotFound", "Secret creds not found in namespace ns")
+    result = compute(None, [], secret=problem)
+    assert result["phase"] == "Pending"
+    assert conditions(result)["Validated"] == ("False", "SecretNotFound")
+    assert conditions(result)["Stalled"] == ("True", "SecretNotFound")
+    assert "creds" in next(c["message"] for c in result["conditions"] if c["type"] == "Ready")
+
+
+def test_newest_pod_result_wins() -> None:
+    old = {**OK, "records": 1}
+    pods = [pod("Succeeded", old, "2026-01-02T03:00:00Z"), pod("Succeeded", OK, "2026-01-02T03:05:00Z")]
+    assert compute(job("Complete"), pods)["records"] == 20
+
+
+def test_transition_time_is_kept_while_status_holds() -> None:
+    first = compute(job(), [])
+    later = status.dataset_status(3, "d", job(), [], None, first, NOW.replace(hour=9))
+    assert first["conditions"] == later["conditions"]
+
+
+def test_a_success_document_on_a_failed_pod_is_not_a_reason() -> None:
+    result = compute(job("Failed", reason="BackoffLimitExceeded"), [pod("Failed", OK)])
+    assert conditions(result)["Prepared"] == ("False", "BackoffLimitExceeded")
+    assert compute(job(), [pod("Failed", OK)])["phase"] == "Preparing"
+
+
+def test_an_unbound_claim_is_named_while_the_job_waits() -> None:
+    claim = {"metadata": {"name": "d"}, "spec": {"storageClassName": "fast"}, "status": {"phase": "Pending"}}
+    result = status.dataset_status(3, "d", job(), [], None, None, NOW, claim_object=claim)
+    prepared = next(c for c in result["conditions"] if c["type"] == "Prepared")
+    assert result["phase"] == "Preparing" and prepared["reason"] == "ClaimPending" and "fast" in prepared["message"]
+    bound = {**claim, "status": {"phase": "Bound"}}
+    assert conditions(status.dataset_status(3, "d", job(), [], None, None, NOW, claim_object=bound))["Prepared"] == (
+        "False", "Preparing")

@@ -1,0 +1,278 @@
+"""The dataset preparer: ``python -m lepton_workloads.prepare``, the prepare Job's one container.
+
+It fetches the source (``prepare_sources``), reads it as records of the declared
+modality (``prepare_layouts``), assigns records to train/validation with a
+seeded shuffle, writes webdataset shards and ``manifest.json`` through
+``shards`` (the contract the trainer reads; each shard hashed as it is
+written), checks the written sizes, and reports. Every option is a flag whose default comes from an environment
+variable, because the operator's Job sets the environment:
+
+==========================  ===================================================
+``LEPTON_SOURCE_URI``       the source (see ``prepare_sources``)
+``LEPTON_SOURCE_ROOT``      where the Job mounts a ``pvc://`` source claim
+``LEPTON_SOURCE_TOKEN``     bearer token for http(s) sources (secretKeyRef)
+``LEPTON_S3_ENDPOINT``      S3-compatible endpoint URL; ``AWS_REGION``, ``AWS_*`` keys
+                            (secretKeyRef) for s3:// sources
+``LEPTON_MODALITY``         image | audio | text | tabular | multimodal
+``LEPTON_OUTPUT_DIR``       the dataset claim's mount (shards + manifest)
+``LEPTON_SHARD_TARGET_BYTES`` / ``LEPTON_SHARD_COUNT``  shard size or count
+``LEPTON_SPLIT_TRAIN`` / ``LEPTON_SPLIT_VALIDATION`` / ``LEPTON_SPLIT_SEED``
+``LEPTON_VERIFY_SHA256``    expected sha256 of a single-object source
+``LEPTON_SPEC_HASH``        the operator's hash of the data-defining spec
+``LEPTON_RESULT_PATH``      the result document (``/dev/termination-log``)
+==========================  ===================================================
+
+The result document (schema ``lepton.ai/prepare-result/v1``, compact JSON well
+under the kubelet's 4096-byte termination-message limit) is how the operator
+learns the outcome without reading the claim or the pod's logs::
+
+    {"schema": "lepton.ai/prepare-result/v1", "ok": true, "records": 10,
+     "bytes": 20480, "shards": 2, "digest": "sha256:...", "splits": {...},
+     "sourceBytes": 9000, "sourceSha256": "...", "seconds": 0.4}
+    {"schema": "lepton.ai/prepare-result/v1", "ok": false,
+     "reason": "ChecksumMismatch", "message": "source sha256 is ab.., want cd.."}
+
+Exit codes: 0 prepared; 1 a failure a retry may fix (source unreachable or cut
+off); 3 a failure no retry fixes (bad data, checksum mismatch, empty dataset,
+bad arguments) - the Job's podFailurePolicy fails at once on 3. Progress goes to
+stdout (``progress bytesDone=... bytesTotal=...``) and to ``.progress.json`` in
+the output directory.
+
+Restarts are clean: a run removes the previous shards before writing and writes
+the manifest last (atomically), so a half-written preparation is never taken
+for a finished one; a run that finds a manifest of the same spec hash whose
+shards verify reports it again instead of preparing twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lepton_workloads import shards
+from lepton_workloads.prepare_layouts import LayoutError, Record, records
+from lepton_workloads.prepare_sources import S3Options, SourceError, fetch
+
+RESULT_SCHEMA = "lepton.ai/prepare-result/v1"
+DEFAULT_RESULT_PATH = "/dev/termination-log"
+DEFAULT_TARGET_SIZE = 256 << 20
+STAGING_DIR = ".staging"
+PROGRESS_FILE = ".progress.json"
+EXIT_RETRYABLE = 1
+EXIT_PERMANENT = 3
+RETRYABLE_REASONS = frozenset({"SourceUnreachable", "SourceTruncated", "AccessDenied"})
+MAX_RESULT_BYTES = 4096
+
+
+class PrepareError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m lepton_workloads.prepare", description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default=_env("LEPTON_SOURCE_URI"))
+    parser.add_argument("--source-root", type=Path, default=Path(_env("LEPTON_SOURCE_ROOT", "/mnt/source") or ""))
+    parser.add_argument("--modality", default=_env("LEPTON_MODALITY"))
+    parser.add_argument("--output", type=Path, default=Path(_env("LEPTON_OUTPUT_DIR", "/data") or ""))
+    parser.add_argument("--shard-target-bytes", type=int, default=_int(_env("LEPTON_SHARD_TARGET_BYTES")))
+    parser.add_argument("--shard-count", type=int, default=_int(_env("LEPTON_SHARD_COUNT")))
+    parser.add_argument("--train", type=float, default=float(_env("LEPTON_SPLIT_TRAIN", "0.9") or 0.9))
+    parser.add_argument("--validation", type=float, default=_float(_env("LEPTON_SPLIT_VALIDATION")))
+    parser.add_argument("--seed", type=int, default=int(_env("LEPTON_SPLIT_SEED", "0") or 0))
+    parser.add_argument("--sha256", default=_env("LEPTON_VERIFY_SHA256"))
+    parser.add_argument("--spec-hash", default=_env("LEPTON_SPEC_HASH", "") or "")
+    parser.add_argument("--result", type=Path, default=Path(_env("LEPTON_RESULT_PATH", DEFAULT_RESULT_PATH) or ""))
+    return parser.parse_args(argv)
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text else None
+
+
+def _float(text: str | None) -> float | None:
+    return float(text) if text else None
+
+
+def assign_splits(count: int, train: float, validation: float | None, seed: int) -> dict[str, list[int]]:
+    """Record indices per split: a ``random.Random(seed)`` shuffle, cut by the fractions.
+
+    ``validation`` unset takes every record not in train; set, records beyond
+    ``train + validation`` are left out. Empty splits are dropped.
+    """
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    n_train = round(train * count)
+    n_validation = count - n_train if validation is None else min(round(validation * count), count - n_train)
+    splits = {"train": order[:n_train], "validation": order[n_train : n_train + n_validation]}
+    return {name: indices for name, indices in splits.items() if indices}
+
+
+class Reporter:
+    """Progress lines on stdout and a small JSON file, at most once a second."""
+
+    def __init__(self, output: Path) -> None:
+        self.path = output / PROGRESS_FILE
+        self.last = 0.0
+        self.state: dict[str, Any] = {"stage": "fetching", "bytesDone": 0, "bytesTotal": None, "records": 0}
+
+    def update(self, force: bool = False, **fields: Any) -> None:
+        self.state.update(fields)
+        now = time.monotonic()
+        if not force and now - self.last < 1.0:
+            return
+        self.last = now
+        line = " ".join(f"{key}={value}" for key, value in self.state.items())
+        print(f"progress {line}", flush=True)
+        try:
+            self.path.write_text(json.dumps(self.state))
+        except OSError:
+            pass  # progress is best effort; the result document is what counts
+
+    def bytes(self, done: int, total: int | None) -> None:
+        self.update(bytesDone=done, bytesTotal=total)
+
+
+def _reuse(output: Path, spec_hash: str) -> tuple[shards.Manifest, str] | None:
+    """A finished preparation of the same spec hash whose shards still verify."""
+    if not spec_hash or not (output / shards.MANIFEST).is_file():
+        return None
+    try:
+        manifest, digest = shards.read_manifest(output)
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+    if manifest.extra.get("specHash") != spec_hash or shards.verify(output, manifest):
+        return None
+    return manifest, digest
+
+
+def _write(
+    output: Path, items: list[Record], splits: Mapping[str, list[int]], args: argparse.Namespace, reporter: Reporter
+) -> list[shards.ShardInfo]:
+    records_per_shard = math.ceil(len(items) / args.shard_count) if args.shard_count else None
+    target = None if records_per_shard else (args.shard_target_bytes or DEFAULT_TARGET_SIZE)
+    written: list[shards.ShardInfo] = []
+    done = 0
+    for split, indices in splits.items():
+        writer = shards.ShardWriter(output, split, target_size_bytes=target, records_per_shard=records_per_shard)
+        for index in indices:
+            writer.add(f"{index:09d}", items[index]())
+            done += 1
+            reporter.update(stage="sharding", records=done)
+        written.extend(writer.close())
+    return written
+
+
+def prepare(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
+    """Run one preparation; returns the success result document, raises on failure."""
+    started = time.monotonic()
+    if not args.source or not args.modality:
+        raise PrepareError("BadArguments", "source and modality are required (LEPTON_SOURCE_URI, LEPTON_MODALITY)")
+    output: Path = args.output
+    output.mkdir(parents=True, exist_ok=True)
+    reused = _reuse(output, args.spec_hash)
+    if reused is not None:
+        manifest, digest = reused
+        print(f"reusing the preparation of spec {args.spec_hash}: {digest}", flush=True)
+        return _result(manifest, digest, manifest.extra.get("sourceBytes", 0), manifest.extra.get("sourceSha256"),
+                       started)  # fmt: skip
+    staging = output / STAGING_DIR
+    token = os.environ.get("LEPTON_SOURCE_TOKEN") or None
+    s3 = S3Options(
+        endpoint=_env("LEPTON_S3_ENDPOINT"), region=_env("AWS_REGION"), access_key=_env("AWS_ACCESS_KEY_ID"),
+        secret_key=_env("AWS_SECRET_ACCESS_KEY"), session_token=_env("AWS_SESSION_TOKEN"),
+    )  # fmt: skip
+    fetched = fetch(args.source, staging, source_root=args.source_root, token=token, progress=reporter.bytes, s3=s3)
+    if args.sha256:
+        if fetched.sha256 is None:
+            raise PrepareError("ChecksumNotApplicable", "verify.sha256 applies to a single-object source, not a directory")
+        if fetched.sha256 != args.sha256.lower():
+            raise PrepareError("ChecksumMismatch", f"source sha256 is {fetched.sha256}, expected {args.sha256.lower()}")
+    items = records(args.modality, fetched.root)
+    if not items:
+        raise PrepareError("EmptyDataset", f"no {args.modality} records found in {args.source}")
+    splits = assign_splits(len(items), args.train, args.validation, args.seed)
+    if not splits:
+        raise PrepareError("EmptyDataset", f"the splits leave none of the {len(items)} records")
+    (output / shards.MANIFEST).unlink(missing_ok=True)  # never leave an old manifest over new shards
+    shutil.rmtree(output / shards.SHARD_DIR, ignore_errors=True)
+    written = _write(output, items, splits, args, reporter)
+    extra = {"specHash": args.spec_hash, "seed": args.seed, "sourceBytes": fetched.bytes}
+    if fetched.sha256:
+        extra["sourceSha256"] = fetched.sha256
+    manifest = shards.Manifest(modality=args.modality, source=args.source, shards=tuple(written), extra=extra)
+    # Each shard's sha256 was computed from the bytes as they were written; reading them
+    # back to hash again would double the CPU cost (sha256 is the preparer's bottleneck),
+    # so the check here is that every file on the claim has the size that was hashed.
+    problems = [s.name for s in written if (output / s.name).stat().st_size != s.bytes]
+    if problems:
+        raise PrepareError("VerifyFailed", f"shards with the wrong size on the claim: {', '.join(problems[:5])}")
+    digest = shards.write_manifest(output, manifest)
+    if fetched.root == staging:
+        shutil.rmtree(staging, ignore_errors=True)
+    reporter.update(force=True, stage="done", records=manifest.records)
+    return _result(manifest, digest, fetched.bytes, fetched.sha256, started)
+
+
+def _result(
+    manifest: shards.Manifest, digest: str, source_bytes: int, source_sha: str | None, started: float
+) -> dict[str, Any]:
+    splits: dict[str, dict[str, int]] = json.loads(manifest.to_json())["splits"]
+    result = {
+        "schema": RESULT_SCHEMA, "ok": True, "records": manifest.records, "bytes": manifest.bytes,
+        "shards": len(manifest.shards), "digest": digest, "splits": splits, "sourceBytes": source_bytes,
+        "seconds": round(time.monotonic() - started, 3),
+    }  # fmt: skip
+    if source_sha:
+        result["sourceSha256"] = source_sha
+    return result
+
+
+def failure(reason: str, message: str) -> dict[str, Any]:
+    """The result document of a failed preparation (the message cut to fit the 4 KiB limit)."""
+    return {"schema": RESULT_SCHEMA, "ok": False, "reason": reason, "message": message[:3000]}
+
+
+def write_result(path: Path, result: Mapping[str, Any]) -> None:
+    text = json.dumps(result, separators=(",", ":"), sort_keys=True)
+    assert len(text.encode()) <= MAX_RESULT_BYTES, "result document over the termination-message limit"
+    try:
+        path.write_text(text)
+    except OSError as error:  # no termination log outside a pod: stdout still has it
+        print(f"could not write the result to {path}: {error}", file=sys.stderr)
+    print(f"result {text}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.output.mkdir(parents=True, exist_ok=True)
+    reporter = Reporter(args.output)
+    try:
+        result = prepare(args, reporter)
+    except (PrepareError, SourceError, LayoutError) as error:
+        write_result(args.result, failure(error.reason, str(error)))
+        return EXIT_RETRYABLE if error.reason in RETRYABLE_REASONS else EXIT_PERMANENT
+    except Exception as error:  # noqa: BLE001 - anything else still gets a reason
+        write_result(args.result, failure("InternalError", f"{type(error).__name__}: {error}"))
+        return EXIT_RETRYABLE
+    write_result(args.result, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

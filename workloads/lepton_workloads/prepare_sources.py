@@ -1,0 +1,316 @@
+"""Fetching a dataset source into a local directory the layouts can read.
+
+Accepted sources (the ``LeptonDataset`` ``spec.source.uri``):
+
+* ``pvc://<claim>/<path>`` - the claim is mounted read-only by the Job at
+  ``source_root``; ``<path>`` under it is a directory or a single file. Read in
+  place, nothing is copied.
+* a local path (``/data/raw``) or ``file://`` URI - the same, for tests and for
+  sources already mounted some other way.
+* ``http://`` / ``https://`` ending in ``/`` - a *directory index*: an HTML page
+  of links (what ``python -m http.server``, nginx ``autoindex`` and Apache
+  produce). Every link below the URI is followed; links to sub-directories
+  (ending in ``/``) are walked recursively, everything else is downloaded,
+  keeping the relative path.
+* ``http://`` / ``https://`` not ending in ``/`` - a *single object*: a tar
+  archive (``.tar``, ``.tar.gz``, ``.tgz``; unpacked after download) or a data
+  file (``.jsonl``, ``.csv``, ``.txt``...) used as it is.
+* ``s3://<bucket>/<prefix>/`` (ending in ``/``, or the bucket alone) - every
+  object under the prefix, keeping relative keys; ``s3://<bucket>/<key>`` - a
+  single object, as for http. Through the MinIO Python SDK, so any
+  S3-compatible store works: ``endpoint`` (``LEPTON_S3_ENDPOINT``, default AWS),
+  ``AWS_REGION``, and ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` /
+  ``AWS_SESSION_TOKEN`` from the Secret (anonymous when unset).
+
+A single object is hashed while it downloads, so ``verify.sha256`` costs no
+extra read; a download shorter than its ``Content-Length`` is an error, never a
+silently truncated dataset. A bearer token (``LEPTON_SOURCE_TOKEN``, from the
+Secret by reference) is sent as ``Authorization`` to the source host only.
+Every failure raises :class:`SourceError` with a CamelCase reason, which the
+preparer puts in its result document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import shutil
+import tarfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+CHUNK = 1 << 20
+TIMEOUT_SECONDS = 60.0
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+#: S3 error codes that mean the credentials (not the store) are the problem.
+DENIED = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
+#: Called with the bytes fetched so far and the total when known.
+Progress = Callable[[int, int | None], None]
+
+
+class SourceError(Exception):
+    """The source could not be fetched or does not match what was expected."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What a fetch produced: the directory to read records from and facts about the source."""
+
+    root: Path
+    bytes: int
+    sha256: str | None
+    """sha256 of the single object fetched; ``None`` for a directory source."""
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.links.extend(value for name, value in attrs if name == "href" and value)
+
+
+def _is_archive(name: str) -> bool:
+    return name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _open(url: str, token: str | None) -> http.client.HTTPResponse:
+    request = urllib.request.Request(url)  # noqa: S310 - the scheme is checked by fetch()
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        response: http.client.HTTPResponse = urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS)  # noqa: S310
+    except urllib.error.HTTPError as error:
+        raise SourceError("SourceUnreachable", f"GET {url}: HTTP {error.code} {error.reason}") from error
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise SourceError("SourceUnreachable", f"GET {url}: {reason}") from error
+    return response
+
+
+def _download(url: str, target: Path, token: str | None, done: int, progress: Progress) -> tuple[int, str]:
+    """Stream ``url`` to ``target``; returns (bytes, sha256 hex). Short reads are errors."""
+    digest = hashlib.sha256()
+    size = 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _open(url, token) as response, target.open("wb") as out:
+        length = response.headers.get("Content-Length")
+        expected = int(length) if length and length.isdigit() else None
+        try:
+            while chunk := response.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+                progress(done + size, None)
+        except (OSError, http.client.HTTPException) as error:  # IncompleteRead, reset connections
+            raise SourceError("SourceTruncated", f"GET {url}: download broke off after {size} bytes: {error}") from error
+    if expected is not None and size != expected:
+        raise SourceError("SourceTruncated", f"GET {url}: got {size} of {expected} bytes")
+    return size, digest.hexdigest()
+
+
+def _index_links(url: str, token: str | None) -> list[str]:
+    with _open(url, token) as response:
+        page = response.read().decode("utf-8", errors="replace")
+    parser = _Links()
+    parser.feed(page)
+    links = []
+    for href in parser.links:
+        absolute = urllib.parse.urljoin(url, href.split("#", 1)[0].split("?", 1)[0])
+        if absolute.startswith(url) and absolute != url:  # below the index only: no parent, no other host
+            links.append(absolute)
+    return sorted(set(links))
+
+
+def _unpack(archive: Path, into: Path) -> None:
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(into, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise SourceError("InvalidData", f"{archive.name}: not a readable tar archive: {error}") from error
+    archive.unlink()
+
+
+def _fetch_http(uri: str, staging: Path, token: str | None, progress: Progress) -> Fetched:
+    shutil.rmtree(staging, ignore_errors=True)  # a retried pod starts the download over, cleanly
+    staging.mkdir(parents=True)
+    if not uri.endswith("/"):
+        name = Path(urllib.parse.urlparse(uri).path).name or "data"
+        size, sha = _download(uri, staging / name, token, 0, progress)
+        if _is_archive(name):
+            _unpack(staging / name, staging)
+        return Fetched(staging, size, sha)
+    total = 0
+    pending = [uri]
+    while pending:
+        index = pending.pop()
+        for link in _index_links(index, token):
+            if link.endswith("/"):
+                pending.append(link)
+                continue
+            relative = urllib.parse.unquote(link[len(uri) :])
+            size, _ = _download(link, staging / relative, token, total, progress)
+            total += size
+    return Fetched(staging, total, None)
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach an S3-compatible store (all optional)."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    session_token: str | None = None
+
+
+def _s3_client(options: S3Options) -> Any:
+    import urllib3
+    from minio import Minio
+
+    endpoint = urllib.parse.urlparse(options.endpoint or "https://s3.amazonaws.com")
+    # Few, quick retries: an unreachable store should fail the attempt in seconds and
+    # leave retrying to the Job's backoff, not hang in the client.
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=10, read=TIMEOUT_SECONDS),
+        retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
+    return Minio(
+        endpoint.netloc, access_key=options.access_key, secret_key=options.secret_key,
+        session_token=options.session_token, secure=endpoint.scheme == "https", region=options.region,
+        http_client=http,
+    )  # fmt: skip
+
+
+def _s3_errors(uri: str) -> Any:
+    """A context manager turning the SDK's and urllib3's errors into :class:`SourceError`."""
+    import contextlib
+
+    import urllib3
+    from minio.error import MinioException, S3Error
+
+    @contextlib.contextmanager
+    def translate() -> Iterator[None]:
+        try:
+            yield
+        except S3Error as error:
+            reason = "AccessDenied" if error.code in DENIED else "SourceUnreachable"
+            raise SourceError(reason, f"{uri}: {error.code}: {error.message}") from error
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as error:
+            raise SourceError("SourceUnreachable", f"{uri}: {type(error).__name__}: {error}") from error
+
+    return translate()
+
+
+def _s3_download(client: Any, bucket: str, key: str, target: Path, done: int, progress: Progress) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    response = client.get_object(bucket, key)
+    try:
+        expected = int(response.headers.get("Content-Length", -1))
+        with target.open("wb") as out:
+            for chunk in response.stream(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+                progress(done + size, None)
+    finally:
+        response.close()
+        response.release_conn()
+    if expected >= 0 and size != expected:
+        raise SourceError("SourceTruncated", f"s3://{bucket}/{key}: got {size} of {expected} bytes")
+    return size, digest.hexdigest()
+
+
+def _fetch_s3(uri: str, staging: Path, options: S3Options, progress: Progress) -> Fetched:
+    parsed = urllib.parse.urlparse(uri)
+    bucket, key = parsed.netloc, urllib.parse.unquote(parsed.path).lstrip("/")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    client = _s3_client(options)
+    with _s3_errors(uri):
+        if key and not key.endswith("/"):
+            name = Path(key).name
+            size, sha = _s3_download(client, bucket, key, staging / name, 0, progress)
+            if _is_archive(name):
+                _unpack(staging / name, staging)
+            return Fetched(staging, size, sha)
+        objects = [o for o in client.list_objects(bucket, prefix=key or None, recursive=True) if not o.is_dir]
+        total_expected = sum(int(o.size or 0) for o in objects)
+        total = 0
+        for item in objects:
+            relative = item.object_name[len(key) :]
+            size, _ = _s3_download(client, bucket, item.object_name, staging / relative, total, progress)
+            total += size
+            progress(total, total_expected)
+    return Fetched(staging, total, None)
+
+
+def _fetch_local(path: Path, progress: Progress) -> Fetched:
+    if not path.exists():
+        raise SourceError("SourceUnreachable", f"{path}: no such file or directory")
+    if path.is_dir():
+        size = sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+        progress(size, size)
+        return Fetched(path, size, None)
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    size = path.stat().st_size
+    progress(size, size)
+    return Fetched(path, size, digest.hexdigest())
+
+
+def local_path(uri: str, source_root: Path) -> Path | None:
+    """The filesystem path of a ``pvc://``, ``file://`` or plain-path source; ``None`` for remote ones."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "pvc":
+        return source_root / urllib.parse.unquote(parsed.path).lstrip("/")
+    if parsed.scheme == "file":
+        return Path(urllib.parse.unquote(parsed.path))
+    if parsed.scheme == "":
+        return Path(uri)
+    return None
+
+
+def fetch(
+    uri: str,
+    staging: Path,
+    *,
+    source_root: Path,
+    token: str | None,
+    progress: Progress,
+    s3: S3Options | None = None,
+) -> Fetched:
+    """Make ``uri`` readable as local files; see the module docstring for what is accepted."""
+    path = local_path(uri, source_root)
+    if path is not None:
+        fetched = _fetch_local(path, progress)
+        if path.is_file() and _is_archive(path.name):
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            shutil.copy(path, staging / path.name)
+            _unpack(staging / path.name, staging)
+            return Fetched(staging, fetched.bytes, fetched.sha256)
+        return fetched
+    scheme = urllib.parse.urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        return _fetch_http(uri, staging, token, progress)
+    if scheme == "s3":
+        return _fetch_s3(uri, staging, s3 or S3Options(), progress)
+    raise SourceError("UnsupportedSource", f"{uri}: this preparer reads pvc://, file paths, http(s):// and s3://")

@@ -1,0 +1,82 @@
+"""Generated multimodal sample data and a subprocess runner for the preparer, shared by its tests."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import wave
+import zlib
+from pathlib import Path
+from typing import Any
+
+WORKLOADS = Path(__file__).resolve().parents[1]
+
+
+def png(width: int, height: int, shade: int) -> bytes:
+    """A real greyscale PNG (signature, IHDR, IDAT, IEND with CRCs) made with zlib + struct."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + bytes([shade]) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def wav(frames: int, tone: int) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(8000)
+        writer.writeframes(b"".join(struct.pack("<h", (i * tone) % 2000 - 1000) for i in range(frames)))
+    return buffer.getvalue()
+
+
+def make_images(root: Path, count: int) -> None:
+    (root / "img").mkdir(parents=True)
+    lines = ["file,label"]
+    for i in range(count):
+        (root / "img" / f"{i:04d}.png").write_bytes(png(8, 8, i))
+        lines.append(f"img/{i:04d}.png,{i % 3}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+
+
+def make_audio(root: Path, count: int) -> None:
+    root.mkdir(parents=True)
+    for i in range(count):
+        (root / f"utt{i:03d}.wav").write_bytes(wav(400, i + 1))
+        (root / f"utt{i:03d}.txt").write_text(f"utterance number {i}\n")
+
+
+def make_text(root: Path, count: int) -> None:
+    root.mkdir(parents=True)
+    (root / "part-0.jsonl").write_text("".join(json.dumps({"id": i, "text": f"line {i}"}) + "\n" for i in range(count)))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def run_preparer(tmp_path: Path, **env: str) -> tuple[int, dict[str, Any], Path]:
+    """Run ``python -m lepton_workloads.prepare`` with the Job's environment; (exit code, result, output)."""
+    output = tmp_path / "out"
+    result = tmp_path / "termination-log"
+    environment = {
+        **os.environ, "PYTHONPATH": str(WORKLOADS), "LEPTON_OUTPUT_DIR": str(output),
+        "LEPTON_RESULT_PATH": str(result), **env,
+    }  # fmt: skip
+    completed = subprocess.run(
+        [sys.executable, "-m", "lepton_workloads.prepare"], env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert result.is_file(), completed.stderr
+    return completed.returncode, json.loads(result.read_text()), output
+
+
