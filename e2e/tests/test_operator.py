@@ -161,6 +161,8 @@ def test_operator_valid_object_gets_status_for_each_generation(
     annotations = obj["metadata"].get("annotations", {})
     assert not [key for key in annotations if key.startswith(("kopf.zalando.org", "lepton.ai/"))]
     assert "kopf" not in obj["status"]
+    # No finalizer either: a stopped operator never blocks a deletion (or a namespace's).
+    assert not obj["metadata"].get("finalizers")
 
 
 @pytest.mark.parametrize("kind", GENERIC_KINDS)

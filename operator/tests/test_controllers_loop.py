@@ -201,3 +201,33 @@ def test_children_wake_their_owner_through_the_owner_label() -> None:
     asyncio.run(handler_fn(body={"metadata": {"namespace": "ns", "labels": {"lepton.ai/trainingjob": "job"}}}))
     assert loop.WAKEUPS._flag(key).is_set()
     loop.WAKEUPS.forget(key)
+
+
+@pytest.mark.parametrize("info", RESOURCES, ids=lambda info: info.kind)
+def test_loops_put_no_finalizer_on_objects(info: Any) -> None:
+    """A stopped operator must never block deletions (or namespace deletions)."""
+    [daemon] = [h for h in controllers.REGISTRY._spawning.get_all_handlers() if h.selector.any_name == info.plural]
+    assert daemon.requires_finalizer is False
+
+
+def test_a_deleted_object_ends_its_loop_and_a_recreated_one_gets_a_fresh_loop() -> None:
+    async def scenario() -> None:
+        harness = Harness([None])
+        body = {**BODY, "metadata": {**BODY["metadata"], "uid": "old"}}
+        task = asyncio.create_task(
+            loop.run_loop(TRAINING_JOB, harness.reconciler, body, harness.stopped, LOGGER, lambda r, m: None,
+                          write_status=harness.write, wakeups=harness.wakeups)  # fmt: skip
+        )
+        await harness.next_pass()
+        harness.wakeups.end(KEY, "old")
+        await asyncio.wait_for(task, 5)  # ended without `stopped`
+        assert not harness.wakeups.ended("old")  # forgotten: nothing leaks per deleted object
+        fresh = {**BODY, "metadata": {**BODY["metadata"], "uid": "new"}}
+        task = asyncio.create_task(
+            loop.run_loop(TRAINING_JOB, harness.reconciler, fresh, harness.stopped, LOGGER, lambda r, m: None,
+                          write_status=harness.write, wakeups=harness.wakeups)  # fmt: skip
+        )
+        await harness.next_pass()
+        await harness.stop(task)
+
+    asyncio.run(scenario())

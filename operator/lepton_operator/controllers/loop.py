@@ -17,6 +17,7 @@ reconciler records the ``ReconcileError`` condition itself, see ``reconcile``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Protocol
 
@@ -85,9 +86,10 @@ async def run_loop(
     autoscaler's.
     """
     key = object_key(info, body)
+    uid = str((body.get("metadata") or {}).get("uid", ""))
     retry = 0
     try:
-        while not stopped:
+        while not stopped and not wakeups.ended(uid):
             status_patch: dict[str, Any] = {}
             snapshot = plain(body)
             try:
@@ -106,30 +108,50 @@ async def run_loop(
             metrics.record_phase(info.kind, key.namespace, key.name, phase or "Unknown")
             await wakeups.sleep(key, delay)
     finally:
-        wakeups.forget(key)
+        wakeups.forget(key, uid)
         metrics.record_phase(info.kind, key.namespace, key.name, None)
         if on_stop is not None:
             on_stop(key)
 
 
 def register(info: ResourceInfo, reconciler: Reconciler, *, on_stop: Callable[[ObjectKey], None] | None = None) -> None:
-    """Run ``reconciler`` in one loop per ``info`` object, woken by changes of its spec (see ``run_loop``)."""
+    """Run ``reconciler`` in one loop per ``info`` object, woken by changes of its spec (see ``run_loop``).
+
+    kopf puts a finalizer on every object that has a daemon, so that it can
+    stop the daemon before the object goes. We take it off: children go with
+    their owner through owner references, so nothing needs a finalizer, and
+    with one a stopped operator would leave every deletion (and every namespace
+    deletion) hanging, the deadlock Fluid users know. Instead the loop ends
+    itself on the object's DELETED event.
+    """
     generations: dict[ObjectKey, int] = {}
 
     @kopf.daemon(GROUP, VERSION, info.plural, id="loop", cancellation_timeout=CANCELLATION_TIMEOUT)
     async def loop(body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
         await run_loop(info, reconciler, body, stopped, logger, event_poster(body), on_stop=on_stop)
 
+    without_finalizer(kopf.get_default_registry(), loop)
+
     @kopf.on.event(GROUP, VERSION, info.plural, id="wake")
     async def wake_on_spec_change(body: kopf.Body, type: str | None, **_: Any) -> None:
         key = object_key(info, body)
         if type == "DELETED":
             generations.pop(key, None)
+            WAKEUPS.end(key, str(body.get("metadata", {}).get("uid", "")))
             return
         generation = int(body.get("metadata", {}).get("generation") or 0)
         if generations.get(key, generation) != generation:
             WAKEUPS.wake(key)
         generations[key] = generation
+
+
+def without_finalizer(registry: kopf.OperatorRegistry, fn: Any) -> None:
+    """Make the daemon handler of ``fn`` not require kopf's finalizer (kopf hard-codes it on)."""
+    spawning = registry._spawning  # noqa: SLF001 - kopf has no public switch for this
+    spawning._handlers = [  # noqa: SLF001
+        dataclasses.replace(handler, requires_finalizer=False) if handler.fn is fn else handler
+        for handler in spawning._handlers  # noqa: SLF001
+    ]
 
 
 def wake_on(

@@ -32,6 +32,7 @@ class Wakeups:
 
     def __init__(self) -> None:
         self._flags: dict[ObjectKey, asyncio.Event] = {}
+        self._ended: set[str] = set()
 
     def _flag(self, key: ObjectKey) -> asyncio.Event:
         return self._flags.setdefault(key, asyncio.Event())
@@ -51,9 +52,23 @@ class Wakeups:
             flag.clear()
         return True
 
-    def forget(self, key: ObjectKey) -> None:
+    def end(self, key: ObjectKey, uid: str) -> None:
+        """The object ``uid`` is gone: its loop ends at its next wakeup (which this is).
+
+        By uid, not by name: an object re-created under the same name gets a
+        new loop that must not inherit the old one's ending.
+        """
+        self._ended.add(uid)
+        self.wake(key)
+
+    def ended(self, uid: str) -> bool:
+        return uid in self._ended
+
+    def forget(self, key: ObjectKey, uid: str | None = None) -> None:
         """Drop the flag of an object whose loop has ended."""
         self._flags.pop(key, None)
+        if uid is not None:
+            self._ended.discard(uid)
 
     def __len__(self) -> int:
         return len(self._flags)
