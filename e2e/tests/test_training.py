@@ -230,9 +230,15 @@ def test_training_elastic_job_grows_with_gpu_nodes_and_shrinks_when_they_go(
         gauge = metric_samples(lepton_operator.metrics(), "lepton_training_workers")
         assert gauge[(("state", "schedulable"),)] >= 1
         added.append(nodes.add_gpu_node(kubectl, product=product))
-        status = wait_until(lambda: running_with(2), TIMEOUT, "grown to 2 workers")
-        group = status["group"]
-        pods = workers(kubectl, "stretch", group=group)
+
+        def grown() -> list[dict[str, Any]] | None:
+            # Status and pods are read apart, so take them only when they agree (the group's
+            # pods exist): on a loaded machine a group can move on between the two reads.
+            status = running_with(2)
+            pods = workers(kubectl, "stretch", group=status["group"]) if status else []
+            return pods if len(pods) == 2 else None
+
+        pods = wait_until(grown, TIMEOUT, "grown to 2 workers, the status's group running")
         assert sorted(p["spec"]["nodeName"] for p in pods) == sorted(added)
         assert {env_of(p)["PET_NNODES"] for p in pods} == {"1:3"} and {env_of(p)["WORLD_SIZE"] for p in pods} == {"16"}
 

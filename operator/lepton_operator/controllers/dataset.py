@@ -34,8 +34,7 @@ from lepton_operator import metrics
 from lepton_operator.api.dataset import LeptonDatasetSpec
 from lepton_operator.api.meta import GROUP, LEPTON_DATASET, VERSION
 from lepton_operator.controllers import kube, loop
-from lepton_operator.controllers.config import retry_delay
-from lepton_operator.controllers.reconcile import Logger, Warn
+from lepton_operator.controllers.reconcile import Logger, Warn, failed_pass
 from lepton_operator.render import dataset as render
 from lepton_operator.render.common import label_selector, selector_labels
 from lepton_operator.status import dataset as dataset_status
@@ -165,13 +164,8 @@ def reconcile_dataset(
                 warn(prepared["reason"], prepared["message"])
         _record_metrics(namespace, name, existing, new)
     except Exception as error:
-        delay = retry_delay(retry)
-        try:
-            status_patch.update(validation.error_status(KIND, generation, error, existing, moment, delay))
-        except Exception:  # the error status itself failed: still retry, just without it
-            logger.exception("could not record the ReconcileError condition")
-        metrics.record_reconcile(KIND, "error", time.perf_counter() - started)
-        raise kopf.TemporaryError(f"reconcile failed: {type(error).__name__}: {error}", delay=delay) from error
+        raise failed_pass(KIND, generation, error, existing, status_patch, retry=retry, logger=logger,
+                          moment=moment, started=started) from error  # fmt: skip
     metrics.record_reconcile(KIND, "accepted", time.perf_counter() - started)
     if stale:
         return STALE_JOB_RECHECK_SECONDS

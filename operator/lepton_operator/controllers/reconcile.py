@@ -66,15 +66,37 @@ def reconcile(
             else:
                 logger.info(f"spec of generation {generation} accepted")
     except Exception as error:
-        delay = retry_delay(retry)
-        try:
-            status_patch.update(validation.error_status(kind, generation, error, existing, moment, delay))
-        except Exception:  # the error status itself failed: still retry, just without it
-            logger.exception("could not record the ReconcileError condition")
-        metrics.record_reconcile(kind, "error", time.perf_counter() - started)
-        raise kopf.TemporaryError(f"reconcile failed: {type(error).__name__}: {error}", delay=delay) from error
+        raise failed_pass(kind, generation, error, existing, status_patch, retry=retry, logger=logger,
+                          moment=moment, started=started) from error  # fmt: skip
     metrics.record_reconcile(kind, outcome, time.perf_counter() - started)
     return outcome
+
+
+def failed_pass(
+    kind: str,
+    generation: int,
+    error: Exception,
+    existing: Mapping[str, Any],
+    status_patch: MutableMapping[str, Any],
+    *,
+    retry: int,
+    logger: Logger,
+    moment: datetime,
+    started: float,
+) -> kopf.TemporaryError:
+    """What every reconciler does with an unexpected exception, in one place.
+
+    Records the ``ReconcileError`` condition in ``status_patch`` (the loop still
+    writes it), counts the error, and returns the ``kopf.TemporaryError`` to
+    raise, whose delay grows with ``retry``.
+    """
+    delay = retry_delay(retry)
+    try:
+        status_patch.update(validation.error_status(kind, generation, error, existing, moment, delay))
+    except Exception:  # the error status itself failed: still retry, just without it
+        logger.exception("could not record the ReconcileError condition")
+    metrics.record_reconcile(kind, "error", time.perf_counter() - started)
+    return kopf.TemporaryError(f"reconcile failed: {type(error).__name__}: {error}", delay=delay)
 
 
 def event_poster(body: kopf.Body) -> Warn:
