@@ -105,6 +105,8 @@ def test_dataset_prepares_into_its_claim_and_reports_the_numbers(
                   "--server-side")  # fmt: skip
 
     obj = status_when(kubectl, "corpus", "Ready", lambda s: s.get("phase") == "Ready")
+    # What Flux and scripts use: kstatus conditions make `kubectl wait` work as is.
+    assert "condition met" in kubectl("wait", "--for=condition=Ready", "lds/corpus", "--timeout=30s")
     status = obj["status"]
     assert (status["records"], status["sizeBytes"], status["shards"]) == (40, document["bytes"], document["shards"])
     assert status["digest"] == document["digest"] and status["claimName"] == "corpus"

@@ -82,6 +82,8 @@ def test_operator_inference_renders_children_and_reports_ready(
     assert (status["replicas"], status["readyReplicas"], status["desiredReplicas"]) == (2, 2, 2)
     assert status["url"] == f"http://serve.{namespace}.svc:8000/v2/models/resnet"
     assert condition(obj, "Ready")["status"] == "True"  # type: ignore[index]
+    # What Flux and scripts use: kstatus conditions make `kubectl wait` work as is.
+    assert "condition met" in kubectl("wait", "--for=condition=Ready", "lis/serve", "--timeout=30s")
     pods = kubectl.get("pods", None, "-l", status["selector"])
     assert len(pods) == 2
 

@@ -96,6 +96,8 @@ def test_training_gpu_job_runs_on_gpu_nodes_only_when_every_worker_runs(
     service = kubectl.get("service", "bert")
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     wait_until(lambda: events(kubectl, "bert", "Running"), TIMEOUT, "a Running event")
+    # What Flux and scripts use: kstatus conditions make `kubectl wait` work as is.
+    assert "condition met" in kubectl("wait", "--for=condition=Ready", "tj/bert", "--timeout=30s")
     samples = metric_samples(lepton_operator.metrics(), "lepton_training_workers")
     assert samples[(("state", "desired"),)] >= 4
 
