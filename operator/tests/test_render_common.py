@@ -45,3 +45,13 @@ def test_cpu_pods_get_no_gpu_settings() -> None:
     assert common.node_selector(None, None) == {}
     assert common.tolerations(None, None) == []
     assert common.node_selector(None, GPUSpec(count=1)) == {}  # any GPU product will do
+
+
+def test_placement_renders_only_what_is_set() -> None:
+    gpu = GPUSpec(count=1, product="NVIDIA-A100")
+    assert common.placement(None, None, None) == {}
+    assert common.placement({"pool": "a"}, None, None) == {"nodeSelector": {"pool": "a"}}
+    assert common.placement(None, None, gpu) == {
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100"},
+        "tolerations": [common.GPU_TOLERATION],
+    }

@@ -78,6 +78,20 @@ def node_selector(selector: Mapping[str, str] | None, gpu: GPUSpec | None) -> di
     return rendered
 
 
+def placement(
+    selector: Mapping[str, str] | None, extra: list[Toleration] | None, gpu: GPUSpec | None
+) -> dict[str, Any]:
+    """A pod spec's ``nodeSelector`` and ``tolerations`` (only those that are not empty)."""
+    rendered: dict[str, Any] = {}
+    selected = node_selector(selector, gpu)
+    if selected:
+        rendered["nodeSelector"] = selected
+    tolerated = tolerations(extra, gpu)
+    if tolerated:
+        rendered["tolerations"] = tolerated
+    return rendered
+
+
 def tolerations(extra: list[Toleration] | None, gpu: GPUSpec | None) -> list[dict[str, Any]]:
     """The user's tolerations plus the ``nvidia.com/gpu`` one for GPU pods (no duplicates)."""
     rendered = [toleration.to_wire() for toleration in extra or []]

@@ -29,7 +29,7 @@ from typing import Any
 
 from lepton_operator.api.dataset import LeptonDatasetSpec
 from lepton_operator.api.meta import LEPTON_DATASET
-from lepton_operator.render.common import child_labels, container_resources, owner_reference, tolerations
+from lepton_operator.render.common import child_labels, container_resources, owner_reference, placement
 
 DEFAULT_IMAGE = "lepton/workloads:0.1.0"
 PREPARE_ROLE = "prepare"
@@ -173,10 +173,7 @@ def prepare_job(name: str, namespace: str, uid: str, spec: LeptonDatasetSpec, *,
     if resources:
         container["resources"] = resources
     pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "volumes": volumes}
-    if prepare.node_selector:
-        pod_spec["nodeSelector"] = dict(prepare.node_selector)
-    if prepare.tolerations:
-        pod_spec["tolerations"] = tolerations(prepare.tolerations, None)
+    pod_spec.update(placement(prepare.node_selector, prepare.tolerations, None))
     template_metadata: dict[str, Any] = {"labels": labels}
     if prepare.pod_annotations:
         template_metadata["annotations"] = dict(prepare.pod_annotations)

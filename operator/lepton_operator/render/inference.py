@@ -292,12 +292,7 @@ def pod_template(name: str, spec: InferenceServiceSpec, source: Source, stager_i
         "containers": [container],
         "volumes": volumes,
     }
-    selected = common.node_selector(spec.node_selector, spec.gpu)
-    if selected:
-        pod["nodeSelector"] = selected
-    tolerated = common.tolerations(spec.tolerations, spec.gpu)
-    if tolerated:
-        pod["tolerations"] = tolerated
+    pod.update(common.placement(spec.node_selector, spec.tolerations, spec.gpu))
     annotations = dict(SCRAPE_ANNOTATIONS)
     if text is not None:
         annotations[CONFIG_DIGEST_ANNOTATION] = hashlib.sha256(text.encode()).hexdigest()

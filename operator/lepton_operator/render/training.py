@@ -230,12 +230,7 @@ def worker_pod(job: str, namespace: str, uid: str, spec: TrainingJobSpec, index:
         "restartPolicy": "Never",
         "containers": [container],
     }
-    selector = common.node_selector(workers.node_selector, workers.gpu)
-    if selector:
-        pod_spec["nodeSelector"] = selector
-    tolerations = common.tolerations(workers.tolerations, workers.gpu)
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
+    pod_spec.update(common.placement(workers.node_selector, workers.tolerations, workers.gpu))
     if pod_volumes:
         pod_spec["volumes"] = pod_volumes
     if spec.service_account_name:
