@@ -30,6 +30,7 @@ from lepton_operator.controllers.config import retry_delay
 from lepton_operator.controllers.reconcile import Logger, Warn, event_poster
 from lepton_operator.controllers.wakeups import WAKEUPS, ObjectKey, Wakeups, owner_key
 from lepton_operator.render.common import owner_label
+from lepton_operator.status.validation import to_plain
 
 #: Seconds between passes when nothing wakes the loop: a safety net for missed events.
 RESYNC_SECONDS = 300.0
@@ -57,15 +58,6 @@ def object_key(info: ResourceInfo, body: Mapping[str, Any]) -> ObjectKey:
     return ObjectKey(info.kind, str(metadata.get("namespace", "")), str(metadata.get("name", "")))
 
 
-def plain(value: Any) -> Any:
-    """A deep, detached copy of kopf's live body (mappings and lists become dicts and lists)."""
-    if isinstance(value, Mapping):
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(item) for item in value]
-    return value
-
-
 async def run_loop(
     info: ResourceInfo,
     reconciler: Reconciler,
@@ -91,7 +83,7 @@ async def run_loop(
     try:
         while not stopped and not wakeups.ended(uid):
             status_patch: dict[str, Any] = {}
-            snapshot = plain(body)
+            snapshot = to_plain(body)  # detached from kopf's live body for the thread
             try:
                 due = await asyncio.to_thread(
                     reconciler, snapshot, status_patch, retry=retry, logger=logger, warn=warn

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import kopf
+import kubernetes
 
+from lepton_operator.controllers import kube
 from lepton_operator.controllers.config import OperatorOptions, configure
 from lepton_operator.controllers.reconcile import Logger
 
@@ -45,14 +47,8 @@ def peering_object(name: str) -> dict[str, Any]:
 
 def ensure_peering(name: str, logger: Logger) -> bool:
     """Create the peering object unless it exists; ``False`` when that was impossible."""
-    import kubernetes  # noqa: PLC0415 - only the start needs the client
-
     try:
-        try:
-            kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-        api = kubernetes.client.CustomObjectsApi()
+        api = kubernetes.client.CustomObjectsApi(kube.api_client())
         api.create_cluster_custom_object(
             PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL, peering_object(name), _request_timeout=PEERING_TIMEOUT
         )
