@@ -22,42 +22,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from localcluster.kube import wait_until
+from localcluster.lepton import free_port, http_ok
+
 PROMETHEUS = "prometheus"
 SCRAPE_SECONDS = 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status) == 200
-    except OSError:
-        return False
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
 
 
 class Prometheus:
@@ -86,7 +64,7 @@ class Prometheus:
              f"--web.listen-address=127.0.0.1:{self.port}"],
             stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        _wait(lambda: _answers(self.url + "/-/ready"), 60, "Prometheus ready")
+        wait_until(lambda: http_ok(self.url + "/-/ready"), 60, "Prometheus ready")
 
     def set_targets(self, groups: list[dict[str, Any]]) -> None:
         """Replace the target file atomically (Prometheus re-reads it within a second)."""
@@ -225,7 +203,7 @@ class Replicas:
         """Scale-down as Kubernetes + Triton do it: out of the endpoints, drain, then stop."""
         self.ready_at.pop(endpoint.pod, None)
         self._publish()
-        _wait(lambda: endpoint.in_flight == 0, 30, f"{endpoint.pod} to finish its requests")
+        wait_until(lambda: endpoint.in_flight == 0, 30, f"{endpoint.pod} to finish its requests")
         endpoint.process.terminate()
         endpoint.process.wait(10)
 
@@ -242,7 +220,7 @@ class Replicas:
         for pod, endpoint in list(self.running.items()):
             if pod not in ready_pods:
                 self._retire(self.running.pop(pod))
-            elif pod not in self.ready_at and _answers(f"http://127.0.0.1:{endpoint.http_port}/v2/models/{self.model}/ready"):
+            elif pod not in self.ready_at and http_ok(f"http://127.0.0.1:{endpoint.http_port}/v2/models/{self.model}/ready"):
                 self.ready_at[pod] = time.monotonic()
         self._publish()
 

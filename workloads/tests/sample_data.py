@@ -5,14 +5,17 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import wave
 import zlib
 from pathlib import Path
 from typing import Any
+
+from localcluster.kube import wait_until
 
 WORKLOADS = Path(__file__).resolve().parents[1]
 
@@ -59,10 +62,26 @@ def make_text(root: Path, count: int) -> None:
     (root / "part-0.jsonl").write_text("".join(json.dumps({"id": i, "text": f"line {i}"}) + "\n" for i in range(count)))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def wait_until_serving(server: subprocess.Popen[bytes], url: str, timeout: float, log: Path | None = None) -> None:
+    """Return once ``url`` answers at all (any HTTP status); kill ``server`` and raise if it never does."""
+
+    def answers() -> bool:
+        if server.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with {server.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()  # noqa: S310
+        except urllib.error.HTTPError:
+            return True  # an error status is an answer (S3 says 403 to an unsigned request)
+        except OSError:
+            return False
+        return True
+
+    try:
+        wait_until(answers, timeout, f"{url} to answer", interval=0.05)
+    except (AssertionError, RuntimeError) as error:
+        server.kill()
+        detail = log.read_text()[-2000:] if log is not None and log.exists() else ""
+        raise RuntimeError(f"{error}\n{detail}") from None
 
 
 def run_preparer(tmp_path: Path, **env: str) -> tuple[int, dict[str, Any], Path]:

@@ -16,8 +16,6 @@ import subprocess
 import sys
 import tarfile
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,8 @@ from typing import Any
 import pytest
 
 from lepton_workloads import prepare, shards
-from sample_data import free_port, make_audio, make_images, make_text, run_preparer
+from localcluster.lepton import free_port
+from sample_data import make_audio, make_images, make_text, run_preparer, wait_until_serving
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +42,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            urllib.request.urlopen(base, timeout=1).close()  # noqa: S310
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                server.kill()
-                raise
-            time.sleep(0.05)
+    wait_until_serving(server, base, 10)
     yield base, root
     server.terminate()
     server.wait(10)

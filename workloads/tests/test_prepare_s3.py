@@ -14,9 +14,6 @@ import io
 import json
 import subprocess
 import tarfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,8 +21,9 @@ import pytest
 from minio import Minio
 
 from lepton_workloads import prepare, shards
+from localcluster.lepton import free_port
 from localcluster.build import ensure_versitygw
-from sample_data import free_port, make_images, make_text, run_preparer
+from sample_data import make_images, make_text, run_preparer, wait_until_serving
 
 ACCESS, SECRET = "lepton-test", "lepton-test-secret-key"
 BUCKET = "datasets"
@@ -44,18 +42,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
         stdout=subprocess.DEVNULL, stderr=(root / "versitygw.log").open("w"),
     )  # fmt: skip
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1).close()  # noqa: S310
-            break
-        except urllib.error.HTTPError:
-            break  # it answers (403 for an unsigned request): up
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                raise RuntimeError(f"versitygw did not start: {(root / 'versitygw.log').read_text()[-2000:]}") from None
-            time.sleep(0.1)
+    wait_until_serving(server, endpoint, 30, log=root / "versitygw.log")
     client = Minio(f"127.0.0.1:{port}", access_key=ACCESS, secret_key=SECRET, secure=False, region="us-east-1")
     client.make_bucket(BUCKET)
     source = root / "source"
