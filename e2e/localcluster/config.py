@@ -14,8 +14,9 @@ The kwokctl configuration is one multi-document YAML file passed with ``kwokctl 
   - to kube-apiserver: ``advertise-address=<node IP>`` (the ``kubernetes`` Service's endpoint,
     reached by pods through kube-proxy), ``kubelet-preferred-address-types=InternalIP``, the
     admin certificate as its kubelet client certificate (the real kubelet authenticates and
-    authorizes it by webhook), and the ``PodNodeSelector`` and ``PodTolerationRestriction``
-    admission plugins that steer pods between kwok and the real node (see below), and
+    authorizes it by webhook), and the ``PodTolerationRestriction`` admission plugin with a
+    cluster-wide default toleration (an admission configuration file, :func:`admission_configuration`)
+    that steers pods between kwok and the real node (see below), and
   - to kwok-controller: ``manage-all-nodes=false``,
     ``manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake`` and a fake-pod ``cidr``
     outside the Service range 10.0.0.0/24. kwokctl hard-codes ``--manage-all-nodes=true``; the
@@ -34,14 +35,21 @@ Fake nodes: 2 CPU nodes and 4 GPU nodes by default (``LEPTON_E2E_CPU_NODES`` /
 ``nvidia.com/gpu`` in capacity and allocatable, the GPU-operator labels the operator selects on,
 and the ``nvidia.com/gpu=present:NoSchedule`` taint GPU pods must tolerate.
 
-Steering between kwok nodes and the real node: every kwok node carries the :data:`KWOK_TAINT`
-``kwok.x-k8s.io/node=fake:NoSchedule``, so a pod lands on one only if it tolerates that. Pods of a
-namespace made by :func:`kwok_namespace` get the toleration and the node selector ``type=kwok``
-from the namespace's annotations (admission plugins ``PodTolerationRestriction`` and
-``PodNodeSelector``), so the kwok-only tests' pods stay on kwok nodes without knowing about it;
-every other namespace (``kube-system``'s CoreDNS, ``lepton-system``, full-path tests) schedules
-on the real node. On kind neither plugin is enabled and no node is tainted: the annotations are
-inert there.
+Steering between kwok nodes and the real node, by taints and default tolerations only (a pod's
+``nodeSelector`` is never touched, and GPU nodes carry no taint the operator's capacity model
+would not know):
+
+* kwok CPU nodes carry :data:`KWOK_TAINT` ``kwok.x-k8s.io/node=fake:NoSchedule``; kwok GPU nodes
+  only their ``nvidia.com/gpu`` taint, which already keeps non-GPU pods away;
+* the real node carries :data:`REAL_NODE_TAINT` ``lepton.ai/node-kind=real:NoSchedule``;
+* ``PodTolerationRestriction`` gives every pod the toleration of the real node by default, but a
+  namespace made by :func:`kwok_namespace` replaces that default by the kwok toleration (its
+  ``scheduler.alpha.kubernetes.io/defaultTolerations`` annotation).
+
+So pods of ordinary namespaces (``kube-system``'s CoreDNS, ``lepton-system``, full-path tests)
+run on the real node, the kwok-only tests' pods (the e2e ``namespace`` fixture) on kwok nodes
+without knowing about it, and GPU pods of either on kwok GPU nodes. On kind the plugin is not
+enabled and no node carries these taints: the annotation is inert there.
 """
 
 from __future__ import annotations
@@ -65,14 +73,13 @@ KUBERNETES_SERVICE_IP = "10.0.0.1"
 
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_NODE_SELECTOR = f"{KWOK_NODE_ANNOTATION}=fake"
-#: Every kwok node's taint, and what a pod needs to land on one (see the module docstring).
+#: The kwok CPU nodes' taint, the real node's, and what a pod needs to land on each (module docstring).
 KWOK_TAINT: dict[str, str] = {"key": KWOK_NODE_ANNOTATION, "value": "fake", "effect": "NoSchedule"}
-KWOK_TOLERATION: dict[str, str] = {"key": KWOK_NODE_ANNOTATION, "operator": "Equal", "value": "fake",
-                                   "effect": "NoSchedule"}
+KWOK_TOLERATION: dict[str, str] = {"operator": "Equal", **KWOK_TAINT}
+REAL_NODE_LABEL = "lepton.ai/node-kind"
+REAL_NODE_TAINT: dict[str, str] = {"key": REAL_NODE_LABEL, "value": "real", "effect": "NoSchedule"}
+REAL_NODE_TOLERATION: dict[str, str] = {"operator": "Equal", **REAL_NODE_TAINT}
 DEFAULT_TOLERATIONS_ANNOTATION = "scheduler.alpha.kubernetes.io/defaultTolerations"
-NODE_SELECTOR_ANNOTATION = "scheduler.alpha.kubernetes.io/node-selector"
-KWOK_NODE_LABEL = "type=kwok"
-STEERING_ADMISSION_PLUGINS = "PodNodeSelector,PodTolerationRestriction"
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
@@ -117,7 +124,7 @@ def _args(pairs: Mapping[str, str]) -> list[dict[str, str]]:
 
 
 def kwokctl_config(binaries: Mapping[str, Path | str], stages: Sequence[Mapping[str, Any]], *,
-                   kube_version: str, node_ip: str, pki_dir: Path | str,
+                   kube_version: str, node_ip: str, pki_dir: Path | str, admission_config: Path | str,
                    apiserver_port: int | None = None,
                    audit_policy: Path | None = None,
                    extra_apiserver_args: Mapping[str, str] | None = None,
@@ -127,7 +134,8 @@ def kwokctl_config(binaries: Mapping[str, Path | str], stages: Sequence[Mapping[
     ``binaries`` maps command names (``kube-apiserver``, ``kube-controller-manager``,
     ``kube-scheduler``, ``kubectl``, ``kwok``, ``etcd``) to paths; ``node_ip`` is the real node's
     (and the API server's advertised) address; ``pki_dir`` is where kwokctl keeps the cluster's
-    certificates (``<workdir>/clusters/<name>/pki``).
+    certificates (``<workdir>/clusters/<name>/pki``); ``admission_config`` is the file holding
+    :func:`admission_configuration`.
     """
     required = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "etcd")
     absent = [n for n in required if n not in binaries]
@@ -154,7 +162,8 @@ def kwokctl_config(binaries: Mapping[str, Path | str], stages: Sequence[Mapping[
     apiserver_args = {"advertise-address": node_ip, "kubelet-preferred-address-types": "InternalIP",
                       "kubelet-client-certificate": str(pki / "admin.crt"),
                       "kubelet-client-key": str(pki / "admin.key"),
-                      "enable-admission-plugins": STEERING_ADMISSION_PLUGINS,
+                      "enable-admission-plugins": "PodTolerationRestriction",
+                      "admission-control-config-file": str(admission_config),
                       **(extra_apiserver_args or {})}
     kwok_args = {"manage-all-nodes": "false", "manage-nodes-with-annotation-selector": KWOK_NODE_SELECTOR,
                  "cidr": pod_cidr}
@@ -212,7 +221,7 @@ def gpu_node(name: str, *, gpus: int = GPUS_PER_NODE, product: str = GPU_PRODUCT
     labels = {"lepton.ai/node-pool": "gpu", GPU_PRODUCT_LABEL: product, "nvidia.com/gpu.present": "true",
               "nvidia.com/gpu.count": str(gpus)}
     return _node(name, labels, {"cpu": cpu, "memory": memory, "pods": pods, GPU_RESOURCE: str(gpus)},
-                 [GPU_TAINT, KWOK_TAINT])
+                 [GPU_TAINT])
 
 
 def cpu_node_name(i: int) -> str:
@@ -251,10 +260,17 @@ def default_nodes(cpu_nodes: int | None = None, gpu_nodes: int | None = None,
     return nodes
 
 
+def admission_configuration() -> dict[str, Any]:
+    """The API server's ``AdmissionConfiguration``: every pod tolerates the real node by default."""
+    return {"apiVersion": "apiserver.config.k8s.io/v1", "kind": "AdmissionConfiguration",
+            "plugins": [{"name": "PodTolerationRestriction", "configuration": {
+                "apiVersion": "podtolerationrestriction.admission.k8s.io/v1alpha1", "kind": "Configuration",
+                "default": [REAL_NODE_TOLERATION]}}]}
+
+
 def kwok_namespace_annotations() -> dict[str, str]:
     """Annotations that send every pod of a namespace to kwok nodes (see the module docstring)."""
-    return {DEFAULT_TOLERATIONS_ANNOTATION: json.dumps([KWOK_TOLERATION]),
-            NODE_SELECTOR_ANNOTATION: KWOK_NODE_LABEL}
+    return {DEFAULT_TOLERATIONS_ANNOTATION: json.dumps([KWOK_TOLERATION])}
 
 
 def kwok_namespace(name: str) -> dict[str, Any]:

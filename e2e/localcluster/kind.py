@@ -21,13 +21,10 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from localcluster import build, config
+from localcluster.handle import MODE_KIND, Cluster, ClusterError, wait_ready
 from localcluster.kube import Kubectl
-
-if TYPE_CHECKING:
-    from localcluster.cluster import Cluster
 
 CLUSTER_NAME = "lepton"
 KIND_DEFAULT_CPU_WORKERS = 1
@@ -70,8 +67,6 @@ def make_gpu_node(kubectl: Kubectl, node: str, gpus: int = config.GPUS_PER_NODE)
 
 def up(kubeconfig: Path, kubectl_binary: Path, cpu_nodes: int | None, gpu_nodes: int | None,
        timeout: float) -> Cluster:
-    from localcluster.cluster import Cluster, ClusterError, wait_ready  # noqa: F811 (import cycle)
-
     cpu = cpu_nodes if cpu_nodes is not None else int(os.environ.get("LEPTON_E2E_CPU_NODES",
                                                                      KIND_DEFAULT_CPU_WORKERS))
     gpu = gpu_nodes if gpu_nodes is not None else int(os.environ.get("LEPTON_E2E_GPU_NODES",
@@ -104,7 +99,7 @@ def up(kubeconfig: Path, kubectl_binary: Path, cpu_nodes: int | None, gpu_nodes:
                            "delete it (`python -m localcluster down`) to recreate")
     for node in workers[cpu:cpu + gpu]:
         make_gpu_node(k, node)
-    return Cluster("kind", CLUSTER_NAME, kubeconfig, kubectl_binary, created, False)
+    return Cluster(MODE_KIND, CLUSTER_NAME, kubeconfig, kubectl_binary, created, False)
 
 
 def down(kubeconfig: Path) -> bool:

@@ -35,6 +35,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from localcluster import config
+
 NODE_NAME = "lepton-node"
 NODE_IP = "10.77.0.1"
 NODE_PREFIX = 24
@@ -44,8 +46,8 @@ KUBERNETES_SERVICE_IP = "10.0.0.1"
 CLUSTER_DOMAIN = "cluster.local"
 BRIDGE = "lepton0"
 CNI_BIN_DIR = "/usr/lib/cni"
-#: Label of the real node; real workloads may select it.
-NODE_KIND_LABEL = "lepton.ai/node-kind"
+#: Label of the real node (real workloads may select it) and its taint (``config`` explains both).
+NODE_KIND_LABEL = config.REAL_NODE_LABEL
 NODE_LABELS: dict[str, str] = {NODE_KIND_LABEL: "real"}
 KUBELET_PORT = 10250
 COREDNS_LABELS: dict[str, str] = {"k8s-app": "kube-dns"}
@@ -135,6 +137,7 @@ def kubelet_config(*, cgroup_root: str, runtime_socket: Path, client_ca: Path, r
         "maxPods": 110,
         "protectKernelDefaults": False,
         "shutdownGracePeriod": "0s",
+        "registerWithTaints": [dict(config.REAL_NODE_TAINT)],
     }
 
 
@@ -206,7 +209,8 @@ def coredns_manifests(image: str, namespace: str = "kube-system") -> list[dict[s
     }
     pod_spec = {
         "serviceAccountName": "coredns", "dnsPolicy": "Default", "priorityClassName": "system-cluster-critical",
-        "nodeSelector": dict(NODE_LABELS), "terminationGracePeriodSeconds": 1,
+        "nodeSelector": dict(NODE_LABELS), "tolerations": [dict(config.REAL_NODE_TOLERATION)],
+        "terminationGracePeriodSeconds": 1,
         "containers": [container],
         "volumes": [{"name": "config", "configMap": {"name": "coredns"}}],
     }

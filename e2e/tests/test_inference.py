@@ -73,7 +73,9 @@ def test_operator_inference_renders_children_and_reports_ready(
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["initContainers"][0]["name"] == "stage-model"
     assert deployment["metadata"]["ownerReferences"][0]["kind"] == "InferenceService"
-    ports = {p["name"]: p["port"] for p in kubectl.get("service", "serve")["spec"]["ports"]}
+    # The operator applies the Service right after the Deployment: wait for it, do not race it.
+    service_obj = wait_until(lambda: kubectl.get_or_none("service", "serve"), TIMEOUT, "service/serve")
+    ports = {p["name"]: p["port"] for p in service_obj["spec"]["ports"]}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
     assert "max_batch_size: 8" in kubectl.get("configmap", "serve-model-config")["data"]["config.pbtxt"]
 

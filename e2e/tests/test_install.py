@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from localcluster import config
 from localcluster.kube import Kubectl, pod_phase, wait_until
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
@@ -54,6 +55,12 @@ def test_overlay_applies_server_side(path: str, cluster_kubectl: Kubectl, lepton
 
 def test_base_applies_and_the_operator_pod_is_admitted_as_restricted(cluster_kubectl: Kubectl) -> None:
     """lepton-system enforces Pod Security `restricted`; the operator's pods are created and run."""
+    # The operator image is not on the real node, so for this admission check the namespace's
+    # pods are sent to kwok nodes (which pretend to run them) for the duration of the test.
+    namespaces = [doc for doc in build(cluster_kubectl, "base") if doc["kind"] == "Namespace"]
+    cluster_kubectl.apply(namespaces, "--server-side", "--force-conflicts")
+    steering = config.kwok_namespace_annotations()
+    cluster_kubectl("annotate", "--overwrite", "namespace", "lepton-system", *(f"{k}={v}" for k, v in steering.items()))
     result = cluster_kubectl.run("apply", "--server-side", "--force-conflicts", "-k", str(MANIFESTS / "base"))
     assert "PodSecurity" not in result.stderr, result.stderr
     system = cluster_kubectl.in_namespace("lepton-system")
@@ -69,3 +76,4 @@ def test_base_applies_and_the_operator_pod_is_admitted_as_restricted(cluster_kub
     finally:
         # kwok only pretends to run them; the e2e operator is the local process.
         system.delete("deployment", "lepton-operator", wait=True)
+        cluster_kubectl("annotate", "namespace", "lepton-system", *(f"{k}-" for k in steering))

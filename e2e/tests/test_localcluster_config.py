@@ -95,7 +95,8 @@ def _binaries() -> dict[str, Path | str]:
 
 def test_kwokctl_config_points_at_local_binaries_and_patches_components() -> None:
     docs = config.kwokctl_config(_binaries(), config.load_stages(), kube_version="v1.36.3",
-                                 node_ip="10.77.0.1", pki_dir="/w/pki")
+                                 node_ip="10.77.0.1", pki_dir="/w/pki",
+                                 admission_config="/w/admission.yaml")
     kwokctl = docs[0]
     assert kwokctl["apiVersion"] == "config.kwok.x-k8s.io/v1alpha1"
     assert kwokctl["kind"] == "KwokctlConfiguration"
@@ -119,7 +120,8 @@ def test_kwokctl_config_requires_every_binary() -> None:
     binaries = _binaries()
     del binaries["etcd"]
     with pytest.raises(ValueError, match="etcd"):
-        config.kwokctl_config(binaries, [], kube_version="v1.36.3", node_ip="10.77.0.1", pki_dir="/w/pki")
+        config.kwokctl_config(binaries, [], kube_version="v1.36.3", node_ip="10.77.0.1", pki_dir="/w/pki",
+                                 admission_config="/w/admission.yaml")
 
 
 def test_gpu_node_shape() -> None:
@@ -129,8 +131,7 @@ def test_gpu_node_shape() -> None:
     assert labels["type"] == "kwok"
     assert labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
     assert labels["nvidia.com/gpu.present"] == "true" and labels["nvidia.com/gpu.count"] == "8"
-    assert node["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
-                                      config.KWOK_TAINT]
+    assert node["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
     for field in ("capacity", "allocatable"):
         res = node["status"][field]
         assert res["nvidia.com/gpu"] == "8" and {"cpu", "memory", "pods"} <= set(res)

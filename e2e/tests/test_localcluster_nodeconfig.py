@@ -53,6 +53,7 @@ def test_kubelet_config_for_a_cgroup_v1_host_with_webhook_auth_and_cluster_dns()
     assert cfg["resolvConf"] == "/state/resolv.conf"
     assert cfg["address"] == nodeconfig.NODE_IP and cfg["readOnlyPort"] == 0
     assert cfg["imageGCHighThresholdPercent"] == 100  # imported images can never be pulled back
+    assert cfg["registerWithTaints"] == [config.REAL_NODE_TAINT]
     assert ipaddress.ip_address(nodeconfig.DNS_SERVICE_IP) in ipaddress.ip_network(config.SERVICE_CIDR)
 
 
@@ -80,7 +81,7 @@ def test_coredns_serves_the_cluster_domain_at_the_dns_service_ip_on_the_real_nod
     assert "kubernetes cluster.local" in corefile and "pods insecure" in corefile
     assert "forward" not in corefile  # no upstream is reachable
     pod = docs["Deployment"]["spec"]["template"]["spec"]
-    assert pod["nodeSelector"] == nodeconfig.NODE_LABELS
+    assert pod["nodeSelector"] == nodeconfig.NODE_LABELS and pod["tolerations"] == [config.REAL_NODE_TOLERATION]
     assert pod["containers"][0]["image"] == "localhost/lepton/coredns:v1.15.0"
     assert pod["containers"][0]["imagePullPolicy"] == "Never"
     resources = {r for rule in docs["ClusterRole"]["rules"] for r in rule["resources"]}
@@ -91,7 +92,8 @@ def test_kwokctl_config_advertises_the_node_ip_and_enables_steering() -> None:
     binaries = {n: f"/cache/{n}" for n in ("kube-apiserver", "kube-controller-manager", "kube-scheduler",
                                            "kubectl", "kwok", "etcd")}
     [kwokctl] = config.kwokctl_config(binaries, [], kube_version="v1.36.3", node_ip="10.77.0.1",
-                                      pki_dir=Path("/w/pki"), apiserver_port=32123)
+                                      pki_dir=Path("/w/pki"), admission_config=Path("/w/adm.yaml"),
+                                      apiserver_port=32123)
     opts = kwokctl["options"]
     assert {"10.0.0.1", "10.77.0.1"} <= set(opts["kubeApiserverCertSANs"])
     assert opts["kubeApiserverPort"] == 32123
@@ -100,20 +102,28 @@ def test_kwokctl_config_advertises_the_node_ip_and_enables_steering() -> None:
     assert apiserver["advertise-address"] == "10.77.0.1"
     assert apiserver["kubelet-preferred-address-types"] == "InternalIP"
     assert apiserver["kubelet-client-certificate"] == "/w/pki/admin.crt"
-    assert set(apiserver["enable-admission-plugins"].split(",")) == {"PodNodeSelector", "PodTolerationRestriction"}
+    assert apiserver["enable-admission-plugins"] == "PodTolerationRestriction"
+    assert apiserver["admission-control-config-file"] == "/w/adm.yaml"
     assert "endpoint-reconciler-type" not in apiserver  # pods reach the API through the kubernetes Service
 
 
-def test_kwok_nodes_are_tainted_and_kwok_namespaces_tolerate_and_select_them() -> None:
-    for node in (config.cpu_node("c"), config.gpu_node("g")):
-        assert config.KWOK_TAINT in node["spec"]["taints"]
-        assert node["metadata"]["labels"]["type"] == "kwok"
+def _tolerates(tolerations: list[dict[str, str]], taint: dict[str, str]) -> bool:
+    return any((t["key"], t["value"], t["effect"]) == (taint["key"], taint["value"], taint["effect"])
+               for t in tolerations)
+
+
+def test_steering_by_taints_and_default_tolerations() -> None:
+    cpu, gpu = config.cpu_node("c"), config.gpu_node("g")
+    assert cpu["spec"]["taints"] == [config.KWOK_TAINT]
+    assert gpu["spec"]["taints"] == [config.GPU_TAINT]  # no taint the operator's capacity model ignores
+    [plugin] = config.admission_configuration()["plugins"]
+    assert plugin["name"] == "PodTolerationRestriction"
+    cluster_default = plugin["configuration"]["default"]
+    assert _tolerates(cluster_default, config.REAL_NODE_TAINT) and not _tolerates(cluster_default, config.KWOK_TAINT)
     annotations = config.kwok_namespace("ns")["metadata"]["annotations"]
-    assert json.loads(annotations[config.DEFAULT_TOLERATIONS_ANNOTATION]) == [config.KWOK_TOLERATION]
-    key, value = annotations[config.NODE_SELECTOR_ANNOTATION].split("=")
-    assert config.cpu_node("c")["metadata"]["labels"][key] == value
-    toleration, taint = config.KWOK_TOLERATION, config.KWOK_TAINT
-    assert (toleration["key"], toleration["value"], toleration["effect"]) == (taint["key"], taint["value"], taint["effect"])
+    assert set(annotations) == {config.DEFAULT_TOLERATIONS_ANNOTATION}  # nodeSelectors stay untouched
+    kwok_default = json.loads(annotations[config.DEFAULT_TOLERATIONS_ANNOTATION])
+    assert _tolerates(kwok_default, config.KWOK_TAINT) and not _tolerates(kwok_default, config.REAL_NODE_TAINT)
 
 
 def test_instances_of_two_state_directories_never_share_names(tmp_path: Path) -> None:

@@ -81,11 +81,14 @@ def test_real_node_is_ready_beside_kwok_nodes(cluster: localcluster.Cluster, clu
     assert condition_true(node, "Ready")
     assert node["metadata"]["labels"][nodeconfig.NODE_KIND_LABEL] == "real"
     assert config.KWOK_NODE_ANNOTATION not in node["metadata"].get("annotations", {})  # kwok leaves it alone
-    assert not node["spec"].get("taints")
+    assert node["spec"]["taints"] == [config.REAL_NODE_TAINT]
     assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
     assert {"type": "InternalIP", "address": nodeconfig.NODE_IP} in node["status"]["addresses"]
     kwok = [n for name, n in nodes.items() if name != cluster.real_node]
-    assert kwok and all(condition_true(n, "Ready") and config.KWOK_TAINT in n["spec"]["taints"] for n in kwok)
+    assert kwok and all(condition_true(n, "Ready") for n in kwok)
+    for n in kwok:
+        gpu = n["metadata"]["labels"].get("nvidia.com/gpu.present") == "true"
+        assert n["spec"]["taints"] == [config.GPU_TAINT if gpu else config.KWOK_TAINT]
 
 
 def test_busybox_pod_runs_on_the_real_node(cluster: localcluster.Cluster, real: Kubectl, busybox: str) -> None:
@@ -159,8 +162,10 @@ def test_file_written_to_a_pvc_by_one_pod_is_read_by_another(real: Kubectl, busy
         real.in_namespace(None).delete("pv", storage_class)
 
 
-def test_kwok_namespaces_still_send_plain_and_gpu_pods_to_kwok_nodes(cluster: localcluster.Cluster,
-                                                                      kubectl: Kubectl, busybox: str) -> None:
+def test_kwok_namespaces_keep_plain_and_gpu_pods_on_kwok_nodes(cluster: localcluster.Cluster,
+                                                               kubectl: Kubectl, busybox: str) -> None:
+    if cluster.real_node is None:
+        pytest.skip("steering between kwok nodes and the real node exists on the local cluster only")
     kubectl.create(busybox_pod("plain", busybox, "true"))
     gpu = busybox_pod("gpu", busybox, "true", tolerations=[config.GPU_TOLERATION],
                       nodeSelector={config.GPU_PRODUCT_LABEL: config.GPU_PRODUCT})
@@ -170,7 +175,25 @@ def test_kwok_namespaces_still_send_plain_and_gpu_pods_to_kwok_nodes(cluster: lo
         pod = wait_until(lambda: (p := kubectl.json("get", "pod", name))["spec"].get("nodeName") and p,
                          TIMEOUT, f"pod {name} scheduled")
         node = kubectl.in_namespace(None).json("get", "node", pod["spec"]["nodeName"])
-        if cluster.real_node:
-            assert node["metadata"]["labels"]["type"] == "kwok", (name, pod["spec"]["nodeName"])
+        assert node["metadata"]["labels"]["type"] == "kwok", (name, pod["spec"]["nodeName"])
         if name == "gpu":
             assert node["metadata"]["labels"][config.GPU_PRODUCT_LABEL] == config.GPU_PRODUCT
+            assert pod["spec"]["nodeSelector"] == {config.GPU_PRODUCT_LABEL: config.GPU_PRODUCT}  # untouched
+    # Even a pod that asks for the real node cannot go there from a kwok namespace.
+    kubectl.create(busybox_pod("wants-real", busybox, "true", nodeSelector=dict(nodeconfig.NODE_LABELS)))
+    message = wait_until(lambda: next((c.get("message") for c in kubectl.json("get", "pod", "wants-real")
+                                       ["status"].get("conditions", []) if c.get("reason") == "Unschedulable"),
+                                      None), TIMEOUT, "pod wants-real Unschedulable")
+    assert "untolerated taint" in message, message
+
+
+def test_ordinary_namespaces_send_gpu_pods_to_kwok_gpu_nodes(cluster: localcluster.Cluster, real: Kubectl,
+                                                            busybox: str) -> None:
+    """What a full-path TrainingJob needs: its GPU workers land on kwok GPU nodes from any namespace."""
+    gpu = busybox_pod("gpu", busybox, "true", tolerations=[config.GPU_TOLERATION])
+    gpu["spec"]["containers"][0]["resources"] = {"limits": {config.GPU_RESOURCE: "1"}}
+    real.create(gpu)
+    pod = wait_until(lambda: (p := real.json("get", "pod", "gpu"))["spec"].get("nodeName") and p,
+                     TIMEOUT, "pod gpu scheduled")
+    node = real.in_namespace(None).json("get", "node", pod["spec"]["nodeName"])
+    assert node["metadata"]["labels"].get("nvidia.com/gpu.present") == "true"
