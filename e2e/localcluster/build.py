@@ -5,7 +5,7 @@ and distro packages are too old (Debian's etcd is 3.4, ``/usr/bin/kubectl`` is 1
 module proxy is reachable, and every component is a Go program, so ``go build`` at a pinned
 version gives byte-for-byte what upstream ships, minus the release tooling.
 
-Three groups, each one ``go`` invocation so compile work is shared inside the group:
+Groups, each one ``go`` invocation so compile work is shared inside the group:
 
 * **kubernetes** (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl): the
   ``k8s.io/kubernetes`` module cannot be ``go install``-ed directly because its go.mod
@@ -19,6 +19,9 @@ Three groups, each one ``go`` invocation so compile work is shared inside the gr
 * **etcd**: same trick; the main package is ``go.etcd.io/etcd/server/v3`` and the root
   module's ``./api``, ``./server``, ... replaces are mapped to the published submodules.
 * **kwok**: a plain ``go install`` works (no replaces).
+* **node** (kubelet, kube-proxy): the kubernetes recipe at the node's own version, one minor
+  below the control plane (kubelet 1.36 dropped containerd 1.x, which Debian ships).
+* **coredns**: a plain ``go install`` (the real node's cluster DNS).
 
 Atomic install: each group builds into a temporary directory under the cache, then every
 binary is moved into its own ``<name>-<version>/`` directory with a single ``rename``. A
@@ -179,7 +182,8 @@ def kubernetes_ldflags(version: str, commit: str = "") -> str:
 
 def missing(group: str) -> list[Binary]:
     """Binaries of ``group`` not yet in the cache."""
-    return [b for b in versions.BINARIES if b.group == group and not versions.binary_path(b).is_file()]
+    return [b for b in (*versions.BINARIES, *versions.NODE_BINARIES)
+            if b.group == group and not versions.binary_path(b).is_file()]
 
 
 def _install(built_dir: Path, binaries: Sequence[Binary]) -> None:
@@ -202,23 +206,36 @@ def _install(built_dir: Path, binaries: Sequence[Binary]) -> None:
         log(f"  installed {versions.binary_path(b)}")
 
 
-def build_kubernetes(work: Path, out: Path) -> None:
-    """Build the four kubernetes commands into ``out`` with one shared ``go build``."""
-    v, sv = versions.KUBERNETES_VERSION, versions.KUBERNETES_STAGING_VERSION
+def _build_kubernetes_commands(work: Path, out: Path, version: str, staging_version: str,
+                               commands: dict[str, str], what: str) -> None:
+    """Build ``commands`` of ``k8s.io/kubernetes@version`` into ``out`` with one shared ``go build``."""
+    v, sv = version, staging_version
     info = module_info("k8s.io/kubernetes", v, work)
     upstream = Path(str(info["GoMod"])).read_text()
     staging = [m for m, d in local_replaces(upstream) if d.startswith("./staging/")]
     if not staging:
         raise BuildError("found no ./staging replaces in k8s.io/kubernetes go.mod; its layout changed")
     log(f"  k8s.io/kubernetes {v}: {len(staging)} staging modules -> {sv}")
-    (work / "go.mod").write_text(wrapper_gomod("lepton.local/build/kubernetes", go_and_godebug_lines(upstream),
+    (work / "go.mod").write_text(wrapper_gomod(f"lepton.local/build/{what}", go_and_godebug_lines(upstream),
                                                {"k8s.io/kubernetes": v}, {m: sv for m in staging}))
-    pkgs = list(versions.KUBERNETES_COMMANDS.values())
-    run_go(["get", *(f"{p}@{v}" for p in pkgs)], work, "resolve kubernetes modules")
+    pkgs = list(commands.values())
+    run_go(["get", *(f"{p}@{v}" for p in pkgs)], work, f"resolve {what} modules")
     origin = info.get("Origin")
     commit = str(origin.get("Hash", "")) if isinstance(origin, dict) else ""
     run_go(["build", "-trimpath", "-ldflags", kubernetes_ldflags(v, commit), "-o", f"{out}/", *pkgs],
-           work, "compile kubernetes")
+           work, f"compile {what}")
+
+
+def build_kubernetes(work: Path, out: Path) -> None:
+    """The control plane's four commands (kube-apiserver, controller-manager, scheduler, kubectl)."""
+    _build_kubernetes_commands(work, out, versions.KUBERNETES_VERSION, versions.KUBERNETES_STAGING_VERSION,
+                               versions.KUBERNETES_COMMANDS, "kubernetes")
+
+
+def build_node(work: Path, out: Path) -> None:
+    """The real node's kubelet and kube-proxy, at the node's own (older, within skew) version."""
+    _build_kubernetes_commands(work, out, versions.NODE_KUBERNETES_VERSION,
+                               versions.NODE_KUBERNETES_STAGING_VERSION, versions.NODE_COMMANDS, "node")
 
 
 def build_etcd(work: Path, out: Path) -> None:
@@ -246,6 +263,12 @@ def build_kwok(work: Path, out: Path) -> None:
            work, "compile kwok", {"GOBIN": str(out)})
 
 
+def build_coredns(work: Path, out: Path) -> None:
+    """``go install`` CoreDNS (no replace directives), the real node's cluster DNS."""
+    run_go(["install", "-trimpath", "-ldflags", "-s -w", f"{versions.COREDNS_MAIN_PACKAGE}@{versions.COREDNS_VERSION}"],
+           work, "compile coredns", {"GOBIN": str(out)})
+
+
 def build_kind(work: Path, out: Path) -> None:
     """``go install sigs.k8s.io/kind`` (only for ``LEPTON_E2E_CLUSTER=kind`` without kind on PATH)."""
     run_go(["install", "-trimpath", "-ldflags", "-s -w", f"sigs.k8s.io/kind@{versions.KIND_VERSION}"],
@@ -258,7 +281,8 @@ def build_versitygw(work: Path, out: Path) -> None:
            work, "compile versitygw", {"GOBIN": str(out)})
 
 
-_BUILDERS = {"kubernetes": build_kubernetes, "etcd": build_etcd, "kwok": build_kwok}
+_BUILDERS = {"kubernetes": build_kubernetes, "etcd": build_etcd, "kwok": build_kwok, "node": build_node,
+             "coredns": build_coredns}
 #: Single-binary tools built on demand, outside the cluster's groups.
 _TOOLS = {"kind": (versions.KIND_BINARY, build_kind), "versitygw": (versions.VERSITYGW_BINARY, build_versitygw)}
 

@@ -30,6 +30,13 @@ KIND_VERSION = "v0.33.0"
 #: s3:// tests; its go.mod has no replace directives, so a plain ``go install`` builds it.
 VERSITYGW_VERSION = "v1.8.0"
 VERSITYGW_MAIN_PACKAGE = "github.com/versity/versitygw/cmd/versitygw"
+#: The real node's kubelet and kube-proxy: one minor below the control plane (within skew),
+#: because kubelet 1.36 no longer supports Debian's containerd 1.6.
+NODE_KUBERNETES_VERSION = "v1.35.4"
+NODE_KUBERNETES_STAGING_VERSION = "v0." + NODE_KUBERNETES_VERSION.removeprefix("v1.")
+#: Cluster DNS for the real node's pods; a plain ``go install`` builds it.
+COREDNS_VERSION = "v1.15.0"
+COREDNS_MAIN_PACKAGE = "github.com/coredns/coredns"
 
 #: Binaries built from k8s.io/kubernetes, and their main packages.
 KUBERNETES_COMMANDS: dict[str, str] = {
@@ -37,6 +44,10 @@ KUBERNETES_COMMANDS: dict[str, str] = {
     "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
     "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
     "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+}
+NODE_COMMANDS: dict[str, str] = {
+    "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+    "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
 }
 ETCD_MAIN_PACKAGE = "go.etcd.io/etcd/server/v3"
 KWOK_COMMANDS: dict[str, str] = {
@@ -51,13 +62,18 @@ class Binary:
 
     name: str
     version: str
-    group: str  # "kubernetes" | "etcd" | "kwok" | "kind" | "versitygw"
+    group: str  # "kubernetes" | "etcd" | "kwok" | "node" | "coredns" | "kind" | "versitygw"
 
 
 BINARIES: tuple[Binary, ...] = (
     *(Binary(n, KUBERNETES_VERSION, "kubernetes") for n in KUBERNETES_COMMANDS),
     Binary("etcd", ETCD_VERSION, "etcd"),
     *(Binary(n, KWOK_VERSION, "kwok") for n in KWOK_COMMANDS),
+)
+#: The real node's binaries (built only where a real node runs, i.e. the local mode).
+NODE_BINARIES: tuple[Binary, ...] = (
+    *(Binary(n, NODE_KUBERNETES_VERSION, "node") for n in NODE_COMMANDS),
+    Binary("coredns", COREDNS_VERSION, "coredns"),
 )
 KIND_BINARY = Binary("kind", KIND_VERSION, "kind")
 VERSITYGW_BINARY = Binary("versitygw", VERSITYGW_VERSION, "versitygw")
@@ -84,7 +100,7 @@ def binary_path(binary: Binary) -> Path:
 
 def by_name(name: str) -> Binary:
     """Look up a pinned binary by its command name."""
-    for b in (*BINARIES, KIND_BINARY):
+    for b in (*BINARIES, *NODE_BINARIES, KIND_BINARY):
         if b.name == name:
             return b
     raise KeyError(f"no pinned binary named {name!r}")
