@@ -11,13 +11,13 @@ import json
 import sys
 import time
 
-from localcluster import build, cluster
+from localcluster import build, cluster, images, lepton_images
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localcluster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("build", help="build the pinned binaries that are not cached yet")
+    sub.add_parser("build", help="build the pinned binaries and (local cluster) the images that are not cached yet")
     p_up = sub.add_parser("up", help="start or reuse the cluster, wait until usable")
     p_up.add_argument("--cpu-nodes", type=int, default=None, help="default: $LEPTON_E2E_CPU_NODES or 2")
     p_up.add_argument("--gpu-nodes", type=int, default=None, help="default: $LEPTON_E2E_GPU_NODES or 4")
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
             times = build.ensure_built()
             build.log("all binaries cached" if not times else
                       "built " + ", ".join(f"{g} in {s:.0f} s" for g, s in times.items()))
+            if cluster.cluster_mode() == cluster.MODE_LOCAL:  # kind and other clusters load their own
+                lepton_images.ensure_images()
         elif args.command == "up":
             c = cluster.up(args.cpu_nodes, args.gpu_nodes, args.timeout)
             print(c.kubeconfig)
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             print(cluster.kubeconfig_path())
         elif args.command == "kubectl-path":
             print(cluster.kubectl_path())
-    except (build.BuildError, cluster.ClusterError) as exc:
+    except (build.BuildError, cluster.ClusterError, images.ImageError) as exc:
         print(f"[localcluster] ERROR: {exc}", file=sys.stderr)
         return 1
     return 0
