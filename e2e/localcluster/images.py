@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localcluster import versions
-from localcluster.build import log
+from localcluster.build import log, run_with_heartbeat
 
 
 class ImageError(RuntimeError):
@@ -90,11 +90,11 @@ def cache_dir() -> Path:
 
 
 def _run(argv: Sequence[str], what: str, timeout: float = 3600.0) -> str:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
-        raise ImageError(f"{what} failed (exit {proc.returncode}): {shlex.join(argv)}\n{tail}")
-    return proc.stdout
+    returncode, stdout, stderr = run_with_heartbeat(argv, what, timeout=timeout)
+    if returncode != 0:
+        tail = "\n".join((stdout + stderr).splitlines()[-30:])
+        raise ImageError(f"{what} failed (exit {returncode}): {shlex.join(argv)}\n{tail}")
+    return stdout
 
 
 # ---------------------------------------------------------------------------------------------
