@@ -360,9 +360,15 @@ def from_dockerfile(ref: str, dockerfile: Path, context: Path, *,
         try:
             _run(buildah_argv("push", ref, f"oci-archive:{tmp}:{ref}"), f"buildah push {ref}", timeout)
         finally:
-            subprocess.run(buildah_argv("rmi", ref), capture_output=True)
+            if not layers:  # removing the image would take its cached layers with it
+                remove_from_storage(ref)
 
     return cached(ref, key, produce)
+
+
+def remove_from_storage(ref: str) -> None:
+    """Drop ``ref`` (and layers no other image uses) from the private buildah storage, if there."""
+    subprocess.run(buildah_argv("rmi", ref), capture_output=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,9 +19,10 @@ a changed image rolls a Deployment. ``pip install`` inside a build reaches PyPI 
 host's CA bundle, mounted read-only for ``RUN`` steps (the Dockerfiles stay as users need them).
 
 The Dockerfiles install their dependencies in a layer of their own, from ``pyproject.toml``
-alone, and buildah keeps layers (``layers=True``), so a code change rebuilds only the small
-layers above the 4.7 GB of torch and CUDA wheels. Old archives are pruned: the
-:data:`KEEP_ARCHIVES` most recently used of each image stay.
+alone, and buildah keeps layers (``layers=True``: the images stay in the private buildah
+storage too), so a code change rebuilds only the small layers above the 4.7 GB of torch and
+CUDA wheels. Old builds are pruned, archive and stored image: the :data:`KEEP_ARCHIVES` most
+recently used of each image stay.
 """
 
 from __future__ import annotations
@@ -173,6 +174,7 @@ def prune(keep: Sequence[images.Image], count: int = KEEP_ARCHIVES) -> list[Path
         for old in [p for p in siblings if p.name.rsplit("-", 1)[0] == stem][count:]:
             old.unlink(missing_ok=True)
             old.with_suffix(".lock").unlink(missing_ok=True)
+            images.remove_from_storage(f"{image.ref.rsplit(':', 1)[0]}:{old.stem.rsplit('-', 1)[1]}")
             removed.append(old)
     return removed
 

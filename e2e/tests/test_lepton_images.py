@@ -64,7 +64,10 @@ def test_pruning_keeps_the_most_recently_used_archives_of_each_image(tmp_path: P
     other.write_text("another image's archive, not a sibling")
     os.utime(other, (1, 1))
     current = images.Image("localhost/lepton-workloads:k1", archives[2])
+    unstored: list[str] = []
+    monkeypatch.setattr(images, "remove_from_storage", unstored.append)
     removed = lepton_images.prune([current], count=2)
     assert removed == [archives[1]]  # k1 is in use now, k3 was used most recently before it
+    assert unstored == ["localhost/lepton-workloads:k2"]  # and its image leaves buildah's storage
     assert archives[0].is_file() and archives[2].is_file() and other.is_file()
     assert not archives[1].with_suffix(".lock").exists()
