@@ -5,7 +5,7 @@
 # Everything a fresh machine needs is installed here: a virtualenv with the
 # project and its dev tools (pip's cache is reused), and the Kubernetes binaries,
 # built from the Go module proxy once and cached in ~/.cache/lepton, and the
-# prometheus package (apt) for the serving e2e.
+# Debian packages of `tools` (prometheus; the real node's containerd, runc, CNI, ...).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -26,12 +26,18 @@ setup: $(STAMP)
 
 # System tools from Debian that tests run for real: promtool (alert rules) and
 # Prometheus 2.42 (autoscaling signals; file-based targets, no Kubernetes
-# discovery needed). Installed once; needs root or sudo.
+# discovery needed); the local cluster's real node (containerd, runc, CNI
+# plugins, iptables, conntrack; gcc for its pause program, busybox-static) and
+# its images (buildah, skopeo, umoci, debootstrap). Installed once (apt-get
+# skips what is there); needs root or sudo.
+TOOLS_PACKAGES := prometheus containerd runc containernetworking-plugins iptables conntrack gcc \
+	busybox-static buildah skopeo umoci debootstrap
 tools:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
-	  echo "installing Debian's prometheus (promtool) ..."; \
+	@missing=$$(for p in $(TOOLS_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	[ -z "$$missing" ] || { \
+	  echo "installing Debian packages: $$missing ..."; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; }
 
 demo: setup
 	$(PY) -m localcluster.demo up

@@ -30,6 +30,7 @@ from typing import Any
 import kubernetes
 
 import localcluster
+from localcluster import config
 from localcluster.kube import Kubectl, wait_until
 from localcluster.lepton import install_crds, start_operator
 
@@ -109,7 +110,7 @@ def main() -> None:
     wait_until(lambda: not [n for n in kubectl.get("namespaces") if n["status"].get("phase") == "Terminating"],
                300, "no namespace terminating")  # fmt: skip
     namespace = f"bench-training-{uuid.uuid4().hex[:6]}"
-    kubectl("create", "namespace", namespace)
+    kubectl.create(config.kwok_namespace(namespace))  # workers go to kwok GPU nodes
     log = Path(f"/tmp/{namespace}-operator.log")
     operator = start_operator(cluster.kubeconfig, log, extra_args=("--namespace", namespace))
     kubernetes.config.load_kube_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]

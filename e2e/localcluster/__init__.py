@@ -3,9 +3,13 @@
 A real control plane (kube-apiserver, etcd, kube-controller-manager, kube-scheduler) plus
 kwok-controller for fake nodes, all built from the Go module proxy at pinned versions
 (:mod:`localcluster.versions`, :mod:`localcluster.build`) and started with
-``kwokctl --runtime binary`` (:mod:`localcluster.cluster`). Fake GPU nodes and the kwok stages
-that drive pod lifecycles are rendered by :mod:`localcluster.config`; :mod:`localcluster.kube`
-holds the kubectl runner and ``wait_until`` shared by tests and benchmarks.
+``kwokctl --runtime binary`` (:mod:`localcluster.cluster`), and one real node (kubelet,
+containerd, kube-proxy, CoreDNS: :mod:`localcluster.realnode`, :mod:`localcluster.nodeconfig`),
+all inside a network namespace of their own (:mod:`localcluster.netns`, reached from the host
+through :mod:`localcluster.forward`). Images without a registry: :mod:`localcluster.images`.
+Fake GPU nodes and the kwok stages that drive pod lifecycles are rendered by
+:mod:`localcluster.config`; :mod:`localcluster.kube` holds the kubectl runner and ``wait_until``
+shared by tests and benchmarks.
 
 Command line: ``PYTHONPATH=e2e python -m localcluster build|up|down|status|kubeconfig|kubectl-path``.
 """

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     try:
         if args.command == "build":
-            times = build.ensure_built()
+            local = cluster.cluster_mode() == cluster.MODE_LOCAL
+            times = build.ensure_built(build.LOCAL_GROUPS) if local else build.ensure_built()
             build.log("all binaries cached" if not times else
                       "built " + ", ".join(f"{g} in {s:.0f} s" for g, s in times.items()))
             if cluster.cluster_mode() == cluster.MODE_LOCAL:  # kind and other clusters load their own

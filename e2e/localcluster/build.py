@@ -349,6 +349,10 @@ def _build_group(group: str, todo: Sequence[Binary]) -> float:
     return elapsed
 
 
+#: Everything the local cluster runs: the control plane, kwok, and the real node's binaries.
+LOCAL_GROUPS = ("kubernetes", "etcd", "kwok", "node", "coredns")
+
+
 def ensure_built(groups: Sequence[str] = ("kubernetes", "etcd", "kwok")) -> dict[str, float]:
     """Build every missing binary of ``groups``; return seconds spent per group built.
 

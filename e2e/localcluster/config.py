@@ -6,15 +6,20 @@ all of it is unit-tested in ``e2e/tests/test_localcluster_config.py``.
 The kwokctl configuration is one multi-document YAML file passed with ``kwokctl create cluster -c``:
 
 * a ``KwokctlConfiguration`` whose ``options`` point every component at the binaries built by
-  ``build.py`` (so kwokctl downloads nothing), binds to 127.0.0.1, and whose
-  ``componentsPatches`` add
+  ``build.py`` (so kwokctl downloads nothing), bind to every address of the cluster's private
+  network namespace (see ``netns.py``; the host never sees these ports), put the ``kubernetes``
+  Service IP and the node IP in the API server certificate (in-cluster clients verify TLS), and
+  whose ``componentsPatches`` add
 
-  - to kube-apiserver: ``advertise-address=127.0.0.1`` and ``endpoint-reconciler-type=none``
-    (there is no routable address; the ``kubernetes`` Endpoints are not needed by fakes), and
+  - to kube-apiserver: ``advertise-address=<node IP>`` (the ``kubernetes`` Service's endpoint,
+    reached by pods through kube-proxy), ``kubelet-preferred-address-types=InternalIP``, the
+    admin certificate as its kubelet client certificate (the real kubelet authenticates and
+    authorizes it by webhook), and the ``PodNodeSelector`` and ``PodTolerationRestriction``
+    admission plugins that steer pods between kwok and the real node (see below), and
   - to kwok-controller: ``manage-all-nodes=false``,
     ``manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake`` and a fake-pod ``cidr``
     outside the Service range 10.0.0.0/24. kwokctl hard-codes ``--manage-all-nodes=true``; the
-    later flag wins. Without this, a real kubelet node (a later issue) would be taken over by kwok,
+    later flag wins. Without this, the real kubelet node would be taken over by kwok,
     and fake pods would get 10.0.0.1, the ``kubernetes`` Service IP. (``--extra-args`` for a
     second component makes kwokctl v0.8.0 index out of range, so patches live in the file.)
 
@@ -28,10 +33,20 @@ Fake nodes: 2 CPU nodes and 4 GPU nodes by default (``LEPTON_E2E_CPU_NODES`` /
 ``LEPTON_E2E_GPU_NODES`` override; a benchmark may ask for hundreds). A GPU node advertises
 ``nvidia.com/gpu`` in capacity and allocatable, the GPU-operator labels the operator selects on,
 and the ``nvidia.com/gpu=present:NoSchedule`` taint GPU pods must tolerate.
+
+Steering between kwok nodes and the real node: every kwok node carries the :data:`KWOK_TAINT`
+``kwok.x-k8s.io/node=fake:NoSchedule``, so a pod lands on one only if it tolerates that. Pods of a
+namespace made by :func:`kwok_namespace` get the toleration and the node selector ``type=kwok``
+from the namespace's annotations (admission plugins ``PodTolerationRestriction`` and
+``PodNodeSelector``), so the kwok-only tests' pods stay on kwok nodes without knowing about it;
+every other namespace (``kube-system``'s CoreDNS, ``lepton-system``, full-path tests) schedules
+on the real node. On kind neither plugin is enabled and no node is tainted: the annotations are
+inert there.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,10 +59,20 @@ STAGES_DIR = Path(__file__).resolve().parent.parent / "stages"
 
 SERVICE_CIDR = "10.0.0.0/24"  # kube-apiserver's default, used by kwokctl
 FAKE_POD_CIDR = "10.128.0.0/16"  # kwok hands fake pods IPs from here: 65k, outside SERVICE_CIDR
-BIND_ADDRESS = "127.0.0.1"
+#: Inside the cluster's own network namespace: every address there is private to the cluster.
+BIND_ADDRESS = "0.0.0.0"
+KUBERNETES_SERVICE_IP = "10.0.0.1"
 
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_NODE_SELECTOR = f"{KWOK_NODE_ANNOTATION}=fake"
+#: Every kwok node's taint, and what a pod needs to land on one (see the module docstring).
+KWOK_TAINT: dict[str, str] = {"key": KWOK_NODE_ANNOTATION, "value": "fake", "effect": "NoSchedule"}
+KWOK_TOLERATION: dict[str, str] = {"key": KWOK_NODE_ANNOTATION, "operator": "Equal", "value": "fake",
+                                   "effect": "NoSchedule"}
+DEFAULT_TOLERATIONS_ANNOTATION = "scheduler.alpha.kubernetes.io/defaultTolerations"
+NODE_SELECTOR_ANNOTATION = "scheduler.alpha.kubernetes.io/node-selector"
+KWOK_NODE_LABEL = "type=kwok"
+STEERING_ADMISSION_PLUGINS = "PodNodeSelector,PodTolerationRestriction"
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
@@ -92,14 +117,17 @@ def _args(pairs: Mapping[str, str]) -> list[dict[str, str]]:
 
 
 def kwokctl_config(binaries: Mapping[str, Path | str], stages: Sequence[Mapping[str, Any]], *,
-                   kube_version: str, apiserver_port: int | None = None,
+                   kube_version: str, node_ip: str, pki_dir: Path | str,
+                   apiserver_port: int | None = None,
                    audit_policy: Path | None = None,
                    extra_apiserver_args: Mapping[str, str] | None = None,
                    pod_cidr: str = FAKE_POD_CIDR) -> list[dict[str, Any]]:
     """The documents of the kwokctl ``-c`` file.
 
     ``binaries`` maps command names (``kube-apiserver``, ``kube-controller-manager``,
-    ``kube-scheduler``, ``kubectl``, ``kwok``, ``etcd``) to paths.
+    ``kube-scheduler``, ``kubectl``, ``kwok``, ``etcd``) to paths; ``node_ip`` is the real node's
+    (and the API server's advertised) address; ``pki_dir`` is where kwokctl keeps the cluster's
+    certificates (``<workdir>/clusters/<name>/pki``).
     """
     required = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "etcd")
     absent = [n for n in required if n not in binaries]
@@ -115,14 +143,18 @@ def kwokctl_config(binaries: Mapping[str, Path | str], stages: Sequence[Mapping[
         "kubectlBinary": str(binaries["kubectl"]),
         "kwokControllerBinary": str(binaries["kwok"]),
         "etcdBinary": str(binaries["etcd"]),
-        # In-cluster clients (a later real node) reach the API at the `kubernetes` Service IP.
-        "kubeApiserverCertSANs": ["10.0.0.1"],
+        # In-cluster clients reach the API at the `kubernetes` Service IP, the kubelet at the node IP.
+        "kubeApiserverCertSANs": [KUBERNETES_SERVICE_IP, node_ip],
     }
     if apiserver_port:
         options["kubeApiserverPort"] = apiserver_port
     if audit_policy is not None:
         options["kubeAuditPolicy"] = str(audit_policy)
-    apiserver_args = {"advertise-address": BIND_ADDRESS, "endpoint-reconciler-type": "none",
+    pki = Path(pki_dir)
+    apiserver_args = {"advertise-address": node_ip, "kubelet-preferred-address-types": "InternalIP",
+                      "kubelet-client-certificate": str(pki / "admin.crt"),
+                      "kubelet-client-key": str(pki / "admin.key"),
+                      "enable-admission-plugins": STEERING_ADMISSION_PLUGINS,
                       **(extra_apiserver_args or {})}
     kwok_args = {"manage-all-nodes": "false", "manage-nodes-with-annotation-selector": KWOK_NODE_SELECTOR,
                  "cidr": pod_cidr}
@@ -170,7 +202,8 @@ def _node(name: str, labels: Mapping[str, str], resources: Mapping[str, str],
 
 def cpu_node(name: str, *, cpu: str = "32", memory: str = "128Gi", pods: str = "110") -> dict[str, Any]:
     """A fake CPU-only node."""
-    return _node(name, {"lepton.ai/node-pool": "cpu"}, {"cpu": cpu, "memory": memory, "pods": pods})
+    return _node(name, {"lepton.ai/node-pool": "cpu"}, {"cpu": cpu, "memory": memory, "pods": pods},
+                 [KWOK_TAINT])
 
 
 def gpu_node(name: str, *, gpus: int = GPUS_PER_NODE, product: str = GPU_PRODUCT, cpu: str = "192",
@@ -179,7 +212,7 @@ def gpu_node(name: str, *, gpus: int = GPUS_PER_NODE, product: str = GPU_PRODUCT
     labels = {"lepton.ai/node-pool": "gpu", GPU_PRODUCT_LABEL: product, "nvidia.com/gpu.present": "true",
               "nvidia.com/gpu.count": str(gpus)}
     return _node(name, labels, {"cpu": cpu, "memory": memory, "pods": pods, GPU_RESOURCE: str(gpus)},
-                 [GPU_TAINT])
+                 [GPU_TAINT, KWOK_TAINT])
 
 
 def cpu_node_name(i: int) -> str:
@@ -216,6 +249,18 @@ def default_nodes(cpu_nodes: int | None = None, gpu_nodes: int | None = None,
     for node in nodes:
         node["metadata"]["labels"][DEFAULT_POOL_LABEL] = "true"
     return nodes
+
+
+def kwok_namespace_annotations() -> dict[str, str]:
+    """Annotations that send every pod of a namespace to kwok nodes (see the module docstring)."""
+    return {DEFAULT_TOLERATIONS_ANNOTATION: json.dumps([KWOK_TOLERATION]),
+            NODE_SELECTOR_ANNOTATION: KWOK_NODE_LABEL}
+
+
+def kwok_namespace(name: str) -> dict[str, Any]:
+    """A Namespace whose pods run on kwok nodes only."""
+    return {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "annotations": kwok_namespace_annotations()}}
 
 
 def node_list(nodes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

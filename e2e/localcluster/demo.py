@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import localcluster
+from localcluster import config
 from localcluster.kube import condition, wait_until
 from localcluster.lepton import REPO, OperatorProcess, install_crds, start_operator, stop_pid
 
@@ -43,7 +44,7 @@ def up() -> int:
     operator: OperatorProcess = start_operator(cluster.kubeconfig, localcluster.state_dir() / "operator.log")
     _pid_file().write_text(str(operator.pid))
     if kubectl.get_or_none("namespace", NAMESPACE) is None:
-        kubectl("create", "namespace", NAMESPACE)
+        kubectl.create(config.kwok_namespace(NAMESPACE))  # the examples' pods go to kwok nodes
     demo = kubectl.in_namespace(NAMESPACE)
     wait_until(lambda: demo.get_or_none("serviceaccount", "default"), 30, "the demo namespace's ServiceAccount")
     demo("apply", "--server-side", "-k", str(REPO / "manifests" / "examples"))

@@ -7,8 +7,11 @@
   (unless ``LEPTON_E2E_KEEP`` is set); one started by hand (``python -m localcluster up``,
   ``make demo``) is left running.
 * ``cluster_kubectl`` (session): kubectl for cluster-scoped commands.
-* ``namespace`` (function): a fresh namespace, returned once its ``default`` ServiceAccount
-  exists (pods are refused before), deleted afterwards without waiting.
+* ``namespace`` (function): a fresh namespace whose pods go to kwok nodes (``config.kwok_namespace``:
+  a default toleration of the kwok taint and the node selector ``type=kwok``), returned once its
+  ``default`` ServiceAccount exists (pods are refused before), deleted afterwards without waiting.
+* ``real_namespace`` (function): the same without the kwok annotations: its pods run on the local
+  cluster's real node (on kind, on any worker).
 * ``kubectl`` (function): kubectl bound to that namespace. ``kubectl("get", "pods")`` -> stdout,
   ``kubectl.json(...)`` -> parsed, failures raise ``KubectlError`` with stderr.
 * ``lepton_crds``, ``lepton_operator`` (session): from ``operator_fixtures`` (imported here rather
@@ -22,11 +25,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import localcluster
-from localcluster import sharing
+from localcluster import config, sharing
 from localcluster.kube import Kubectl, wait_until
 from operator_fixtures import lepton_crds, lepton_operator, namespace_base, operator_kubeconfig  # noqa: F401 - fixtures
 
@@ -62,16 +66,26 @@ def _namespace_name(test_name: str) -> str:
     return f"{namespace_base(test_name)}-{uuid.uuid4().hex[:6]}"
 
 
-@pytest.fixture
-def namespace(request: pytest.FixtureRequest, cluster_kubectl: Kubectl) -> Iterator[str]:
-    name = _namespace_name(request.node.name)
-    cluster_kubectl("create", "namespace", name)
+def _fresh_namespace(cluster_kubectl: Kubectl, manifest: dict[str, Any]) -> Iterator[str]:
+    name = str(manifest["metadata"]["name"])
+    cluster_kubectl.create(manifest)
     ns = cluster_kubectl.in_namespace(name)
     wait_until(lambda: ns.get_or_none("serviceaccount", "default"), 30, f"ServiceAccount {name}/default")
     try:
         yield name
     finally:
         cluster_kubectl.delete("namespace", name)
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, cluster_kubectl: Kubectl) -> Iterator[str]:
+    yield from _fresh_namespace(cluster_kubectl, config.kwok_namespace(_namespace_name(request.node.name)))
+
+
+@pytest.fixture
+def real_namespace(request: pytest.FixtureRequest, cluster_kubectl: Kubectl) -> Iterator[str]:
+    name = _namespace_name(request.node.name)
+    yield from _fresh_namespace(cluster_kubectl, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 
 
 @pytest.fixture

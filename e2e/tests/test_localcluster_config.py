@@ -94,17 +94,18 @@ def _binaries() -> dict[str, Path | str]:
 
 
 def test_kwokctl_config_points_at_local_binaries_and_patches_components() -> None:
-    docs = config.kwokctl_config(_binaries(), config.load_stages(), kube_version="v1.36.3")
+    docs = config.kwokctl_config(_binaries(), config.load_stages(), kube_version="v1.36.3",
+                                 node_ip="10.77.0.1", pki_dir="/w/pki")
     kwokctl = docs[0]
     assert kwokctl["apiVersion"] == "config.kwok.x-k8s.io/v1alpha1"
     assert kwokctl["kind"] == "KwokctlConfiguration"
     opts = kwokctl["options"]
-    assert opts["runtime"] == "binary" and opts["bindAddress"] == "127.0.0.1"
+    assert opts["runtime"] == "binary" and opts["bindAddress"] == "0.0.0.0"  # inside the cluster's netns
     assert opts["kubeApiserverBinary"] == "/cache/kube-apiserver"
     assert opts["kwokControllerBinary"] == "/cache/kwok"
     assert opts["etcdBinary"] == "/cache/etcd"
     patches = {p["name"]: {a["key"]: a["value"] for a in p["extraArgs"]} for p in kwokctl["componentsPatches"]}
-    assert patches["kube-apiserver"] == {"advertise-address": "127.0.0.1", "endpoint-reconciler-type": "none"}
+    assert patches["kube-apiserver"]["advertise-address"] == "10.77.0.1"
     kwok = patches["kwok-controller"]
     assert kwok["manage-all-nodes"] == "false"
     assert kwok["manage-nodes-with-annotation-selector"] == "kwok.x-k8s.io/node=fake"
@@ -118,7 +119,7 @@ def test_kwokctl_config_requires_every_binary() -> None:
     binaries = _binaries()
     del binaries["etcd"]
     with pytest.raises(ValueError, match="etcd"):
-        config.kwokctl_config(binaries, [], kube_version="v1.36.3")
+        config.kwokctl_config(binaries, [], kube_version="v1.36.3", node_ip="10.77.0.1", pki_dir="/w/pki")
 
 
 def test_gpu_node_shape() -> None:
@@ -128,12 +129,13 @@ def test_gpu_node_shape() -> None:
     assert labels["type"] == "kwok"
     assert labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
     assert labels["nvidia.com/gpu.present"] == "true" and labels["nvidia.com/gpu.count"] == "8"
-    assert node["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+    assert node["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
+                                      config.KWOK_TAINT]
     for field in ("capacity", "allocatable"):
         res = node["status"][field]
         assert res["nvidia.com/gpu"] == "8" and {"cpu", "memory", "pods"} <= set(res)
     cpu = config.cpu_node("c0")
-    assert "nvidia.com/gpu" not in cpu["status"]["capacity"] and "taints" not in cpu["spec"]
+    assert "nvidia.com/gpu" not in cpu["status"]["capacity"] and cpu["spec"]["taints"] == [config.KWOK_TAINT]
 
 
 def test_node_counts_from_args_env_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,84 @@
+"""TCP forwarder from the host's loopback into the cluster's network namespace.
+
+``python forward.py NETNS_FILE PORT [PORT ...]``: listens on the host's ``127.0.0.1:PORT``, then
+enters the namespace with ``setns(2)`` and relays every connection to ``127.0.0.1:PORT`` there. A
+socket keeps the namespace it was created in, so the listeners made before ``setns`` stay on
+the host while every upstream socket is made inside. This keeps the kubeconfig's
+``https://127.0.0.1:<port>`` valid for everything on the host (pytest, kubectl, a local
+operator) although the API server lives in the namespace. Prints ``ready`` once listening and
+inside. Stdlib only: it is started as a script by :mod:`localcluster.realnode` and stopped with
+SIGTERM (or swept with the namespace).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import sys
+import threading
+
+CLONE_NEWNET = 0x40000000
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
+            try:
+                sock.shutdown(how)
+            except OSError:
+                pass
+
+
+def _serve(client: socket.socket, port: int) -> None:
+    try:
+        upstream = socket.create_connection(("127.0.0.1", port), timeout=10)
+    except OSError:
+        client.close()
+        return
+    upstream.settimeout(None)
+    back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+    back.start()
+    _pump(client, upstream)
+    back.join()
+    client.close()
+    upstream.close()
+
+
+def _accept(listener: socket.socket, port: int) -> None:
+    while True:
+        client, _ = listener.accept()
+        threading.Thread(target=_serve, args=(client, port), daemon=True).start()
+
+
+def main(argv: list[str]) -> int:
+    netns, ports = argv[0], [int(p) for p in argv[1:]]
+    listeners = []
+    for port in ports:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(256)
+        listeners.append((listener, port))
+    fd = os.open(netns, os.O_RDONLY)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"setns({netns}): {os.strerror(errno)}")
+    os.close(fd)
+    print("ready", flush=True)
+    threads = [threading.Thread(target=_accept, args=pair, daemon=True) for pair in listeners]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
