@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             times = build.ensure_built(build.LOCAL_GROUPS) if local else build.ensure_built()
             build.log("all binaries cached" if not times else
                       "built " + ", ".join(f"{g} in {s:.0f} s" for g, s in times.items()))
-            if cluster.cluster_mode() == cluster.MODE_LOCAL:  # kind and other clusters load their own
+            if local:  # kind and other clusters load images their own way (README)
                 lepton_images.ensure_images()
         elif args.command == "up":
             c = cluster.up(args.cpu_nodes, args.gpu_nodes, args.timeout)

@@ -346,7 +346,7 @@ def from_dockerfile(ref: str, dockerfile: Path, context: Path, *,
     """
     if shutil.which("buildah") is None:
         raise ImageError("`buildah` is not installed (make tools installs it)")
-    all_args = {**build_args, **{name: image.build_arg() for name, image in bases.items()}}
+    all_args = {**build_args, **{name: stored_or_archive(image) for name, image in bases.items()}}
     key = dockerfile_key(dockerfile, context, build_args=build_args, bases=bases)
 
     def produce(tmp: Path) -> None:
@@ -358,12 +358,23 @@ def from_dockerfile(ref: str, dockerfile: Path, context: Path, *,
             argv += ["-v", volume]
         _run(buildah_argv(*argv, str(context)), f"buildah bud {ref}", timeout)
         try:
-            _run(buildah_argv("push", ref, f"oci-archive:{tmp}:{ref}"), f"buildah push {ref}", timeout)
+            # Uncompressed: gzip of a 5 GB image costs minutes here, and containerd would only
+            # unzip it again on import.
+            _run(buildah_argv("push", "--disable-compression", ref, f"oci-archive:{tmp}:{ref}"),
+                 f"buildah push {ref}", timeout)  # fmt: skip
         finally:
             if not layers:  # removing the image would take its cached layers with it
                 remove_from_storage(ref)
 
     return cached(ref, key, produce)
+
+
+def stored_or_archive(image: Image) -> str:
+    """How a build names a base: the image in buildah's storage when a layered build left it
+    there (no need to unpack its archive again, minutes for torch), else its archive."""
+    found = subprocess.run(buildah_argv("inspect", "--type", "image", image.ref),
+                           capture_output=True, text=True)  # fmt: skip
+    return image.ref if found.returncode == 0 else image.build_arg()
 
 
 def remove_from_storage(ref: str) -> None:

@@ -36,8 +36,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from localcluster import images
+from localcluster import build, images, netns, realnode
 from localcluster.build import log
+from localcluster.cluster import CLUSTER_NAME, MODE_KIND, MODE_LOCAL, Cluster
 from localcluster.paths import repo_root
 
 SUITE = "bookworm"
@@ -198,6 +199,26 @@ def import_into(ctr: Sequence[str], built: Mapping[str, images.Image],
         if proc.returncode != 0:
             raise images.ImageError(f"tagging {image.ref} {LOCAL_TAG} failed: {proc.stderr.strip()}")
     return imported
+
+
+def load(cluster: Cluster, built: Mapping[str, images.Image]) -> None:
+    """Make ``built`` runnable on ``cluster``'s nodes (``imagePullPolicy: Never``).
+
+    The local cluster: imported into the real node's containerd. kind: ``kind load
+    image-archive`` (its nodes run containerd, which takes OCI archives). Any other cluster
+    pulls from a registry, which these tests do not push to.
+    """
+    if cluster.mode == MODE_LOCAL:
+        import_into(realnode.ctr_argv(netns.instance()), built)
+    elif cluster.mode == MODE_KIND:
+        for image in built.values():
+            argv = [str(build.ensure_kind()), "load", "image-archive", str(image.archive), "--name", CLUSTER_NAME]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+            if proc.returncode != 0:
+                raise images.ImageError(f"kind load image-archive {image.archive} failed: {proc.stderr.strip()}")
+    else:
+        raise images.ImageError(f"the images built here cannot be loaded into a {cluster.mode!r} cluster; "
+                                "push them to a registry it pulls from, or run on the local cluster or kind")
 
 
 def ensure_images(context: Path | None = None, progress: Callable[[str], None] = log) -> dict[str, images.Image]:
