@@ -218,8 +218,20 @@ def handler(model: Model) -> type[http.server.BaseHTTPRequestHandler]:
                 return self._send(200) if found.group(2) else self._json(200, model.metadata())
             return self._json(404, {"error": f"unknown path {path}"})
 
+        def _body(self) -> bytes:
+            """The request body, sized or chunked (proxies such as the API server's chunk it)."""
+            if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()  # the CRLF after each chunk
+            while self.rfile.readline().strip():  # trailers, up to the empty line
+                pass
+            return b"".join(chunks)
+
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = self._body()
             found = MODEL_PATH.match(self.path.split("?")[0])
             if not found or found.group(2) != "/infer" or found.group(1) != model.name:
                 return self._json(404, {"error": f"unknown model or path {self.path}"})
