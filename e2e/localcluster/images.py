@@ -358,10 +358,7 @@ def from_dockerfile(ref: str, dockerfile: Path, context: Path, *,
             argv += ["-v", volume]
         _run(buildah_argv(*argv, str(context)), f"buildah bud {ref}", timeout)
         try:
-            # Uncompressed: gzip of a 5 GB image costs minutes here, and containerd would only
-            # unzip it again on import.
-            _run(buildah_argv("push", "--disable-compression", ref, f"oci-archive:{tmp}:{ref}"),
-                 f"buildah push {ref}", timeout)  # fmt: skip
+            _run(buildah_argv("push", ref, f"oci-archive:{tmp}:{ref}"), f"buildah push {ref}", timeout)
         finally:
             if not layers:  # removing the image would take its cached layers with it
                 remove_from_storage(ref)
