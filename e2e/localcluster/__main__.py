@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from localcluster import build, cluster, images, lepton_images
 
@@ -31,11 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "build":
             local = cluster.cluster_mode() == cluster.MODE_LOCAL
-            times = build.ensure_built(build.LOCAL_GROUPS) if local else build.ensure_built()
-            build.log("all binaries cached" if not times else
-                      "built " + ", ".join(f"{g} in {s:.0f} s" for g, s in times.items()))
-            if local:  # kind and other clusters load images their own way (README)
-                lepton_images.ensure_images()
+            with ThreadPoolExecutor(1) as pool:
+                # The images need none of the binaries: build them meanwhile (mostly downloads and
+                # disk while Go compiles). kind and other clusters get images their own way (README).
+                images_built = pool.submit(lepton_images.ensure_images) if local else None
+                times = build.ensure_built(build.LOCAL_GROUPS) if local else build.ensure_built()
+                build.log("all binaries cached" if not times else
+                          "built " + ", ".join(f"{g} in {s:.0f} s" for g, s in times.items()))
+                if images_built is not None:
+                    images_built.result()
         elif args.command == "up":
             c = cluster.up(args.cpu_nodes, args.gpu_nodes, args.timeout)
             print(c.kubeconfig)
