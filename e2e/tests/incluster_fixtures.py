@@ -41,6 +41,7 @@ from lepton_operator.controllers.config import WORKLOADS_IMAGE_ENV
 NAMESPACE_PREFIX = "ic-"
 PEERING_NAME = "lepton-e2e-incluster"
 DEPLOYMENT = "lepton-operator"
+SELECTOR = f"app.kubernetes.io/name={DEPLOYMENT}"
 OVERLAY = REPO / "manifests" / "overlays" / "local"
 ROLLOUT_TIMEOUT = 180.0
 
@@ -54,8 +55,13 @@ class InClusterOperator:
     workloads_image: str
 
     def pods(self) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = self.kubectl.get("pods", None, "-l", f"app.kubernetes.io/name={DEPLOYMENT}")
+        found: list[dict[str, Any]] = self.kubectl.get("pods", None, "-l", SELECTOR)
         return [pod for pod in found if not pod["metadata"].get("deletionTimestamp")]
+
+    def settled(self) -> bool:
+        """Two running replicas, each in the peering object, and nobody else there."""
+        names = {pod["metadata"]["name"] for pod in self.pods()}
+        return len(names) == 2 and set(self.peers()) == names
 
     def proxy(self, pod: str, port: int, path: str) -> str:
         """GET ``path`` on a pod's port through the API server's pod proxy."""
@@ -117,10 +123,12 @@ def incluster_operator(
     anchor = f"{NAMESPACE_PREFIX}session-{uuid.uuid4().hex[:6]}"
     cluster_kubectl.create(config.kwok_namespace(anchor))
     try:
-        wait_until(lambda: len(running.peers()) == 2, 60, "both replicas in the peering object")
+        wait_until(running.settled, 90, "both replicas, and only they, in the peering object")
         yield running
     finally:
         cluster_kubectl.delete("namespace", anchor)
         if not sharing.other_users():
             system.delete("deployment", DEPLOYMENT)
+            # Replicas still stopping would write themselves into the next session's peering object.
+            system("wait", "--for=delete", "pod", "-l", SELECTOR, "--timeout=90s", timeout=100)
             cluster_kubectl.delete("clusterkopfpeering", PEERING_NAME)

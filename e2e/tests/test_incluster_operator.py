@@ -8,6 +8,7 @@ the replicas, and a TrainingJob reconciled from inside the cluster onto kwok GPU
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -17,12 +18,14 @@ from localcluster import config
 from localcluster.cluster import Cluster
 from localcluster.kube import Kubectl, wait_until
 from localcluster.lepton import OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT
+from lepton_operator.controllers.config import PEERING_LIFETIME
 from operator_fixtures import metric_samples
 
 pytestmark = pytest.mark.e2e
 
 TIMEOUT = 90.0
 RESTRICTED = "pod-security.kubernetes.io/enforce"
+RESUMED, PAUSED = "Resuming operations", "Pausing operations"
 
 
 def condition(pod: dict[str, Any], kind: str) -> str | None:
@@ -65,7 +68,13 @@ def test_incluster_operator_answers_health_and_metrics_from_its_pod(incluster_op
         assert "lepton_reconcile_seconds_count" in text and "lepton_training_workers" in text
 
 
-def test_incluster_operator_replicas_peer_so_that_one_acts_and_the_other_waits(
+def last_peering_decision(log: str) -> str | None:
+    """``"acting"`` or ``"paused"`` from kopf's last peering message (replicas start paused)."""
+    decisions = [line for line in log.splitlines() if RESUMED in line or PAUSED in line]
+    return None if not decisions else ("acting" if RESUMED in decisions[-1] else "paused")
+
+
+def test_incluster_operator_replicas_peer_so_that_one_acts_and_the_other_waits_then_takes_over(
     incluster_operator: InClusterOperator,
 ) -> None:
     names = {pod["metadata"]["name"] for pod in incluster_operator.pods()}
@@ -74,9 +83,20 @@ def test_incluster_operator_replicas_peer_so_that_one_acts_and_the_other_waits(
     assert len(set(peers.values())) == 2  # distinct random priorities: never a tie that pauses both
     active = incluster_operator.active()
     [standby] = names - {active}
-    wait_until(lambda: "Pausing operations in favour of" in incluster_operator.logs(standby), TIMEOUT,
-               f"the standby {standby} to pause")  # fmt: skip
-    assert "Pausing operations" not in incluster_operator.logs(active)
+    # Mandatory peering starts every replica paused; only the highest priority resumes.
+    assert wait_until(lambda: last_peering_decision(incluster_operator.logs(active)) == "acting", TIMEOUT,
+                      f"the active replica {active} to resume")  # fmt: skip
+    assert last_peering_decision(incluster_operator.logs(standby)) in (None, "paused")
+    # The active replica goes away: on SIGTERM it leaves the peering object and the standby acts
+    # at once; a replica that dies without a word blocks it for the peering lifetime at most.
+    started = time.monotonic()
+    incluster_operator.kubectl("delete", "pod", active, "--wait=true", "--timeout=90s", timeout=100)
+    wait_until(lambda: last_peering_decision(incluster_operator.logs(standby)) == "acting",
+               PEERING_LIFETIME + TIMEOUT, f"the standby {standby} to take over")  # fmt: skip
+    print(f"standby {standby} took over {time.monotonic() - started:.1f} s after the active replica's deletion")
+    # The Deployment replaces the pod; leave two settled replicas for the next test.
+    incluster_operator.kubectl("rollout", "status", "deployment/lepton-operator", "--timeout=180s", timeout=190)
+    wait_until(incluster_operator.settled, TIMEOUT, "two replicas peering again")
 
 
 def test_incluster_operator_reconciles_a_gpu_training_job_onto_kwok_nodes(
