@@ -10,14 +10,15 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-from localcluster import build, cluster
+from localcluster import build, cluster, images, lepton_images
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localcluster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("build", help="build the pinned binaries that are not cached yet")
+    sub.add_parser("build", help="build the pinned binaries and (local cluster) the images that are not cached yet")
     p_up = sub.add_parser("up", help="start or reuse the cluster, wait until usable")
     p_up.add_argument("--cpu-nodes", type=int, default=None, help="default: $LEPTON_E2E_CPU_NODES or 2")
     p_up.add_argument("--gpu-nodes", type=int, default=None, help="default: $LEPTON_E2E_GPU_NODES or 4")
@@ -31,9 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "build":
             local = cluster.cluster_mode() == cluster.MODE_LOCAL
-            times = build.ensure_built(build.LOCAL_GROUPS) if local else build.ensure_built()
-            build.log("all binaries cached" if not times else
-                      "built " + ", ".join(f"{g} in {s:.0f} s" for g, s in times.items()))
+            with ThreadPoolExecutor(1) as pool:
+                # The images need none of the binaries: build them meanwhile (mostly downloads and
+                # disk while Go compiles). kind and other clusters get images their own way (README).
+                images_built = pool.submit(lepton_images.ensure_images) if local else None
+                times = build.ensure_built(build.LOCAL_GROUPS) if local else build.ensure_built()
+                build.log("all binaries cached" if not times else
+                          "built " + ", ".join(f"{g} in {s:.0f} s" for g, s in times.items()))
+                if images_built is not None:
+                    images_built.result()
         elif args.command == "up":
             c = cluster.up(args.cpu_nodes, args.gpu_nodes, args.timeout)
             print(c.kubeconfig)
@@ -46,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             print(cluster.kubeconfig_path())
         elif args.command == "kubectl-path":
             print(cluster.kubectl_path())
-    except (build.BuildError, cluster.ClusterError) as exc:
+    except (build.BuildError, cluster.ClusterError, images.ImageError) as exc:
         print(f"[localcluster] ERROR: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -76,22 +76,40 @@ def run_go(args: Sequence[str], cwd: Path, what: str, extra_env: dict[str, str] 
     go = shutil.which("go")
     if go is None:
         raise BuildError("`go` is not on PATH; the local cluster is built from Go modules")
+    returncode, stdout, stderr = run_with_heartbeat([go, *args], what, cwd=cwd, env=go_env(extra_env),
+                                                    heartbeat_s=heartbeat_s)  # fmt: skip
+    if returncode != 0:
+        tail = "\n".join((stdout + stderr).splitlines()[-40:])
+        raise BuildError(f"`go {' '.join(args)}` failed in {cwd} (exit {returncode}):\n{tail}")
+    return stdout
+
+
+def run_with_heartbeat(argv: Sequence[str], what: str, *, cwd: Path | None = None,
+                       env: dict[str, str] | None = None, heartbeat_s: float = 30.0,
+                       timeout: float | None = None) -> tuple[int, str, str]:
+    """Run ``argv``, logging a line every ``heartbeat_s`` so a long step visibly lives.
+
+    Returns (exit status, stdout, stderr). Output is collected in temp files (not pipes) so a
+    chatty command can never block on a full pipe while we wait on it. Past ``timeout`` the
+    command is killed and ``subprocess.TimeoutExpired`` raised.
+    """
     start = time.monotonic()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([go, *args], cwd=cwd, env=go_env(extra_env), stdout=out, stderr=err, text=True)
+        proc = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=out, stderr=err, text=True)
         while True:
             try:
                 proc.wait(timeout=heartbeat_s)
                 break
             except subprocess.TimeoutExpired:
-                log(f"  ... {what}: still running ({time.monotonic() - start:.0f} s)")
+                elapsed = time.monotonic() - start
+                if timeout is not None and elapsed > timeout:
+                    proc.kill()
+                    proc.wait()
+                    raise subprocess.TimeoutExpired(list(argv), timeout) from None
+                log(f"  ... {what}: still running ({elapsed:.0f} s)")
         out.seek(0)
         err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if proc.returncode != 0:
-        tail = "\n".join((stdout + stderr).splitlines()[-40:])
-        raise BuildError(f"`go {' '.join(args)}` failed in {cwd} (exit {proc.returncode}):\n{tail}")
-    return stdout
+        return proc.returncode, out.read(), err.read()
 
 
 def module_info(module: str, version: str, cwd: Path) -> dict[str, object]:

@@ -47,7 +47,7 @@ def up() -> int:
         kubectl.create(config.kwok_namespace(NAMESPACE))  # the examples' pods go to kwok nodes
     demo = kubectl.in_namespace(NAMESPACE)
     wait_until(lambda: demo.get_or_none("serviceaccount", "default"), 30, "the demo namespace's ServiceAccount")
-    demo("apply", "--server-side", "-f", str(REPO / "manifests" / "examples"))
+    demo("apply", "--server-side", "-k", str(REPO / "manifests" / "examples"))
     for kind in ("leptondatasets", "trainingjobs", "inferenceservices"):
         for item in demo.get(kind):
             name = item["metadata"]["name"]

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localcluster import versions
-from localcluster.build import log
+from localcluster.build import log, run_with_heartbeat
 
 
 class ImageError(RuntimeError):
@@ -90,11 +90,11 @@ def cache_dir() -> Path:
 
 
 def _run(argv: Sequence[str], what: str, timeout: float = 3600.0) -> str:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
-        raise ImageError(f"{what} failed (exit {proc.returncode}): {shlex.join(argv)}\n{tail}")
-    return proc.stdout
+    returncode, stdout, stderr = run_with_heartbeat(argv, what, timeout=timeout)
+    if returncode != 0:
+        tail = "\n".join((stdout + stderr).splitlines()[-30:])
+        raise ImageError(f"{what} failed (exit {returncode}): {shlex.join(argv)}\n{tail}")
+    return stdout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,6 +262,10 @@ def _layer(rootfs: Path) -> bytes:
     return buf.getvalue()
 
 
+#: Version of what :func:`write_oci_archive` writes; part of every scratch image's key.
+ARCHIVE_FORMAT = "2"  # 2: a history entry for the layer (buildah builds on it)
+
+
 def write_oci_archive(rootfs: Path, archive: Path, ref: str, config: ImageConfig) -> None:
     """A one-layer OCI image archive of ``rootfs`` (uncompressed layer), reproducible byte for byte."""
     layer = _layer(rootfs)
@@ -276,8 +280,11 @@ def write_oci_archive(rootfs: Path, archive: Path, ref: str, config: ImageConfig
         runtime["WorkingDir"] = config.workdir
     if config.user:
         runtime["User"] = config.user
+    # One history entry per layer: buildah refuses to build on an image whose history
+    # lists fewer non-empty layers than it has ("history lists 0 non-empty layers").
     image_config = {"architecture": "amd64", "os": "linux", "config": runtime,
-                    "rootfs": {"type": "layers", "diff_ids": [layer_digest]}}
+                    "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+                    "history": [{"created": "1970-01-01T00:00:00Z", "created_by": f"localcluster.images: {ref}"}]}
     with tarfile.open(archive, "w") as tar:
         layer_desc = _blob(tar, layer)
         config_desc = _blob(tar, json.dumps(image_config, sort_keys=True).encode())
@@ -305,7 +312,7 @@ def from_rootfs(ref: str, key: str, populate: Callable[[Path], None],
             populate(Path(rootfs))
             write_oci_archive(Path(rootfs), tmp, ref, config)
 
-    return cached(ref, input_key(key, repr(config)), produce)
+    return cached(ref, input_key(key, repr(config), ARCHIVE_FORMAT), produce)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,22 +326,31 @@ def buildah_argv(*args: str) -> list[str]:
             "--root", str(root / "storage"), "--runroot", str(root / "run"), *args]
 
 
+def dockerfile_key(dockerfile: Path, context: Path, *, build_args: Mapping[str, str] = {},
+                   bases: Mapping[str, Image] = {}) -> str:
+    """The cache key of a :func:`from_dockerfile` build (callers may tag the image with it)."""
+    return input_key(context_key(dockerfile, context), json.dumps(build_args, sort_keys=True),
+                     *(f"{n}={image.digest}" for n, image in sorted(bases.items())))
+
+
 def from_dockerfile(ref: str, dockerfile: Path, context: Path, *,
                     build_args: Mapping[str, str] = {}, bases: Mapping[str, Image] = {},
-                    volumes: Sequence[str] = (), timeout: float = 3600.0) -> Image:
+                    volumes: Sequence[str] = (), layers: bool = False, timeout: float = 3600.0) -> Image:
     """``buildah bud`` of ``dockerfile``; ``bases`` maps build-arg names to base images.
 
     ``volumes`` are ``-v`` values (``SRC:DST[:OPTS]``) visible to ``RUN`` steps only; they are
-    build helpers (a CA bundle), not inputs, and do not enter the key.
+    build helpers (a CA bundle), not inputs, and do not enter the key. ``layers`` keeps buildah's
+    layer cache in the private storage, so a rebuild after a code change reuses the steps
+    before the first changed one (a Dockerfile that installs its dependencies first then skips
+    gigabytes of wheels).
     """
     if shutil.which("buildah") is None:
         raise ImageError("`buildah` is not installed (make tools installs it)")
-    all_args = {**build_args, **{name: image.build_arg() for name, image in bases.items()}}
-    key = input_key(context_key(dockerfile, context), json.dumps(build_args, sort_keys=True),
-                    *(f"{n}={image.digest}" for n, image in sorted(bases.items())))
+    all_args = {**build_args, **{name: stored_or_archive(image) for name, image in bases.items()}}
+    key = dockerfile_key(dockerfile, context, build_args=build_args, bases=bases)
 
     def produce(tmp: Path) -> None:
-        argv = ["bud", "--network", "host", "--pull=never", "--isolation", "chroot", "--layers=false",
+        argv = ["bud", "--network", "host", "--pull=never", "--isolation", "chroot", f"--layers={str(layers).lower()}",
                 "-f", str(dockerfile), "-t", ref]
         for name, value in sorted(all_args.items()):
             argv += ["--build-arg", f"{name}={value}"]
@@ -344,9 +360,23 @@ def from_dockerfile(ref: str, dockerfile: Path, context: Path, *,
         try:
             _run(buildah_argv("push", ref, f"oci-archive:{tmp}:{ref}"), f"buildah push {ref}", timeout)
         finally:
-            subprocess.run(buildah_argv("rmi", ref), capture_output=True)
+            if not layers:  # removing the image would take its cached layers with it
+                remove_from_storage(ref)
 
     return cached(ref, key, produce)
+
+
+def stored_or_archive(image: Image) -> str:
+    """How a build names a base: the image in buildah's storage when a layered build left it
+    there (no need to unpack its archive again, minutes for torch), else its archive."""
+    found = subprocess.run(buildah_argv("inspect", "--type", "image", image.ref),
+                           capture_output=True, text=True)  # fmt: skip
+    return image.ref if found.returncode == 0 else image.build_arg()
+
+
+def remove_from_storage(ref: str) -> None:
+    """Drop ``ref`` (and layers no other image uses) from the private buildah storage, if there."""
+    subprocess.run(buildah_argv("rmi", ref), capture_output=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,10 @@
   ``default`` ServiceAccount exists (pods are refused before), deleted afterwards without waiting.
 * ``real_namespace`` (function): the same without the kwok annotations: its pods run on the local
   cluster's real node (on kind, on any worker).
+* ``incluster_namespace`` (function): a kwok namespace served only by the in-cluster operator.
+* ``built_images``, ``incluster_operator`` (session): from ``incluster_fixtures``: the shipped
+  images built here and loaded into the cluster, and the operator installed from
+  ``manifests/overlays/local``.
 * ``kubectl`` (function): kubectl bound to that namespace. ``kubectl("get", "pods")`` -> stdout,
   ``kubectl.json(...)`` -> parsed, failures raise ``KubectlError`` with stderr.
 * ``lepton_crds``, ``lepton_operator`` (session): from ``operator_fixtures`` (imported here rather
@@ -32,6 +36,8 @@ import pytest
 import localcluster
 from localcluster import config, sharing
 from localcluster.kube import Kubectl, wait_until
+from incluster_fixtures import NAMESPACE_PREFIX as INCLUSTER_PREFIX
+from incluster_fixtures import built_images, incluster_operator  # noqa: F401 - fixtures
 from operator_fixtures import lepton_crds, lepton_operator, namespace_base, operator_kubeconfig  # noqa: F401 - fixtures
 
 
@@ -86,6 +92,13 @@ def namespace(request: pytest.FixtureRequest, cluster_kubectl: Kubectl) -> Itera
 def real_namespace(request: pytest.FixtureRequest, cluster_kubectl: Kubectl) -> Iterator[str]:
     name = _namespace_name(request.node.name)
     yield from _fresh_namespace(cluster_kubectl, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+
+@pytest.fixture
+def incluster_namespace(request: pytest.FixtureRequest, cluster_kubectl: Kubectl) -> Iterator[str]:
+    """A kwok namespace that only the in-cluster operator serves (never a host operator's glob)."""
+    name = INCLUSTER_PREFIX + _namespace_name(request.node.name)
+    yield from _fresh_namespace(cluster_kubectl, config.kwok_namespace(name))
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import pytest
 
 from localcluster.kube import Kubectl, condition, wait_until
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "manifests" / "examples").glob("*.yaml"))
+EXAMPLES = sorted(path for path in (Path(__file__).resolve().parents[2] / "manifests" / "examples").glob("*.yaml")
+                  if path.name != "kustomization.yaml")
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("lepton_crds")]
 

@@ -14,13 +14,22 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
 MODELS: dict[str, Any] = {"LeptonDataset": LeptonDataset, "TrainingJob": TrainingJob, "InferenceService": InferenceService}
 
 
+def example_files() -> list[Path]:
+    return sorted(set(EXAMPLES.glob("*.yaml")) - {EXAMPLES / "kustomization.yaml"})
+
+
 def documents() -> list[tuple[str, dict[str, Any]]]:
     found = []
-    for path in sorted(EXAMPLES.glob("*.yaml")):
+    for path in example_files():
         for document in yaml.safe_load_all(path.read_text()):
             if document:
                 found.append((f"{path.name}:{document['metadata']['name']}", document))
     return found
+
+
+def test_the_kustomization_lists_every_example() -> None:
+    listed = yaml.safe_load((EXAMPLES / "kustomization.yaml").read_text())["resources"]
+    assert sorted(listed) == [path.name for path in example_files()]
 
 
 def test_examples_cover_all_three_kinds() -> None:

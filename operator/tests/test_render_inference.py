@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -195,3 +196,22 @@ def test_replicas_from_spec_or_kept_within_autoscaling_bounds() -> None:
     assert inference.replicas(scaled, 4) == 4
     assert inference.replicas(scaled, 9) == 5
     assert inference.replicas(spec(autoscaling={"minReplicas": 2, "maxReplicas": 5, "target": 2}), 1) == 2
+
+
+def test_the_triton_simulator_image_understands_the_rendered_command_line(tmp_path: Path) -> None:
+    """The local overlay swaps only the image: the simulator's ``tritonserver`` must take these args."""
+    from lepton_workloads.triton_simulator import tritonserver_args  # noqa: PLC0415 - imports torch
+
+    container = triton(deployment())
+    assert container["command"] == ["tritonserver"]
+    (tmp_path / "resnet").mkdir()
+    (tmp_path / "resnet" / "config.pbtxt").write_text("")
+    args = [arg.replace(inference.MODEL_REPOSITORY, str(tmp_path)) for arg in container["args"]]
+    own, ignored = tritonserver_args(args)
+    assert own == [f"--model-repository={tmp_path}", "--model=resnet", "--host=0.0.0.0",
+                   f"--http-port={inference.HTTP_PORT}", f"--metrics-port={inference.METRICS_PORT}"]  # fmt: skip
+    assert "--log-verbose=1" in ignored and f"--grpc-port={inference.GRPC_PORT}" in ignored
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.pbtxt").write_text("")
+    with pytest.raises(SystemExit, match="exactly one model"):
+        tritonserver_args(args)

@@ -21,6 +21,16 @@ cumulative counters without a ``_total`` suffix (``nv_inference_request_success`
 ``nv_inference_request_duration_us``, ``nv_inference_queue_duration_us``,
 ``nv_inference_compute_infer_duration_us``) and the ``nv_inference_pending_request_count``
 gauge (requests received and not yet executing), labelled ``model`` and ``version``.
+
+Command lines: its own (``--model-repository DIR --model NAME --host ...``), and,
+after :data:`TRITONSERVER_FLAGS`, the ``tritonserver`` command line the operator
+renders for an InferenceService's replicas. The simulator image
+(``images/triton-simulator``) installs a ``tritonserver`` script that passes its
+arguments that way, so a local overlay can swap the image of an
+InferenceService without changing anything else: the repository's one model is
+served on ``--http-port`` and ``--metrics-port`` on every address, and the
+flags that have nothing to simulate (gRPC, exit timeout, logging) are named on
+stdout and ignored.
 """
 
 from __future__ import annotations
@@ -208,8 +218,20 @@ def handler(model: Model) -> type[http.server.BaseHTTPRequestHandler]:
                 return self._send(200) if found.group(2) else self._json(200, model.metadata())
             return self._json(404, {"error": f"unknown path {path}"})
 
+        def _body(self) -> bytes:
+            """The request body, sized or chunked (proxies such as the API server's chunk it)."""
+            if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()  # the CRLF after each chunk
+            while self.rfile.readline().strip():  # trailers, up to the empty line
+                pass
+            return b"".join(chunks)
+
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = self._body()
             found = MODEL_PATH.match(self.path.split("?")[0])
             if not found or found.group(2) != "/infer" or found.group(1) != model.name:
                 return self._json(404, {"error": f"unknown model or path {self.path}"})
@@ -250,7 +272,38 @@ def serve(model: Model, http_port: int, metrics_port: int | None, host: str = "1
     return servers
 
 
+#: First argument of a ``tritonserver`` command line handed to the simulator.
+TRITONSERVER_FLAGS = "--tritonserver-flags"
+
+
+def tritonserver_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Triton's flags -> (the simulator's arguments, the Triton flags it ignores).
+
+    The model is the only directory of the repository that has a ``config.pbtxt``
+    (the operator stages exactly one); more or none is an error, as in Triton's
+    explicit model control.
+    """
+    parse = argparse.ArgumentParser(prog="tritonserver (Lepton's Triton simulator)", add_help=False, allow_abbrev=False)
+    parse.add_argument("--model-repository", required=True)
+    parse.add_argument("--http-port", default="8000")
+    parse.add_argument("--metrics-port", default="8002")
+    parse.add_argument("--http-address", default="0.0.0.0")  # noqa: S104 - a server in a pod
+    args, ignored = parse.parse_known_args(list(argv))
+    repository = Path(args.model_repository)
+    models = sorted(d.name for d in repository.iterdir() if (d / "config.pbtxt").is_file()) if repository.is_dir() else []
+    if len(models) != 1:
+        raise SystemExit(f"triton_simulator: {repository} must hold exactly one model with a config.pbtxt, found {models}")
+    own = [f"--model-repository={repository}", f"--model={models[0]}", f"--host={args.http_address}",
+           f"--http-port={args.http_port}", f"--metrics-port={args.metrics_port}"]  # fmt: skip
+    return own, ignored
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [TRITONSERVER_FLAGS]:
+        argv, ignored = tritonserver_args(argv[1:])
+        if ignored:
+            print(f"triton_simulator: not Triton; ignoring {' '.join(ignored)}", flush=True)
     parse = argparse.ArgumentParser(prog="triton_simulator", description=__doc__.split("\n")[0])
     parse.add_argument("--model-repository", required=True)
     parse.add_argument("--model", required=True)

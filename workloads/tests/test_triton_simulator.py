@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
+import json
 import re
 import urllib.request
 from collections.abc import Iterator
@@ -121,3 +123,18 @@ def test_bad_requests_fail_and_count(simulator: tuple[Model, str, str]) -> None:
     with pytest.raises(Exception, match="400|shape|size"):
         request(client, np.ones((2, 3), dtype=np.float32), True)
     assert samples(metrics_url)["nv_inference_request_failure"] == 1
+
+
+def test_a_chunked_request_body_is_read_whole(simulator: tuple[Model, str, str]) -> None:
+    """Proxies (the API server's pod proxy among them) may forward a body in chunks."""
+    _, address, _ = simulator
+    body = json.dumps({"inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [1, 4], "data": [0, 1, 2, 3]}]})
+    connection = http.client.HTTPConnection(address, timeout=10)
+    connection.putrequest("POST", "/v2/models/double/infer")
+    connection.putheader("Transfer-Encoding", "chunked")
+    connection.endheaders()
+    for part in (body[:10], body[10:]):
+        connection.send(f"{len(part):x}\r\n{part}\r\n".encode())
+    connection.send(b"0\r\n\r\n")
+    answer = json.loads(connection.getresponse().read())
+    assert answer["outputs"][0]["data"] == [1.0, 3.0, 5.0, 7.0]

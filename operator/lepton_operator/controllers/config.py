@@ -9,17 +9,24 @@ check the result; the ``on.startup`` handler in ``startup.py`` applies it.
 from __future__ import annotations
 
 import logging
+import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import kopf
+
+from lepton_operator.render.common import DEFAULT_WORKLOADS_IMAGE
 
 ANNOTATION_PREFIX = "lepton.ai"
 DEFAULT_PEERING_NAME = "lepton-operator"
 DEFAULT_METRICS_PORT = 8080
 DEFAULT_HEALTH_PORT = 8081
 HEALTH_PATH = "/healthz"
+#: The image of every pod the operator runs its own code in: dataset prepare Jobs and the
+#: model-staging init container of Triton replicas. The Deployment sets it (manifests/base),
+#: an overlay swaps it together with the operator's image (manifests/overlays/local).
+WORKLOADS_IMAGE_ENV = "LEPTON_WORKLOADS_IMAGE"
 
 #: Highest priority a replica picks for itself when ``--priority`` is not given.
 #: kopf pauses *every* operator when two peers share a priority, so replicas of
@@ -84,6 +91,11 @@ class OperatorOptions:
     @property
     def liveness_endpoint(self) -> str:
         return f"http://0.0.0.0:{self.health_port}{HEALTH_PATH}"
+
+
+def workloads_image(environ: Mapping[str, str] = os.environ) -> str:
+    """The Lepton workloads image from the operator's environment, else the released one."""
+    return environ.get(WORKLOADS_IMAGE_ENV) or DEFAULT_WORKLOADS_IMAGE
 
 
 def configure(settings: kopf.OperatorSettings, options: OperatorOptions) -> None:

@@ -20,7 +20,6 @@ garbage collector removes them, and nothing blocks when they are already gone.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from lepton_operator import metrics
 from lepton_operator.api.dataset import LeptonDatasetSpec
 from lepton_operator.api.meta import GROUP, LEPTON_DATASET, VERSION
 from lepton_operator.controllers import kube, loop
+from lepton_operator.controllers.config import workloads_image
 from lepton_operator.controllers.reconcile import Logger, Warn, failed_pass
 from lepton_operator.render import dataset as render
 from lepton_operator.render.common import label_selector, selector_labels
@@ -41,8 +41,6 @@ from lepton_operator.status import dataset as dataset_status
 from lepton_operator.status import validation
 
 KIND = LEPTON_DATASET.kind
-#: The image the prepare Job runs when the dataset does not name one.
-IMAGE_ENV = "LEPTON_WORKLOADS_IMAGE"
 SECRET_RECHECK_SECONDS = 15.0
 #: While an outdated Job is going away, look again this soon.
 STALE_JOB_RECHECK_SECONDS = 2.0
@@ -97,8 +95,7 @@ def _current_job(namespace: str, name: str, uid: str, spec: LeptonDatasetSpec) -
             kube.delete("batch/v1", "Job", namespace, job["metadata"]["name"], propagation="Foreground")
     current = next((job for job in jobs if job["metadata"]["name"] == wanted), None)
     if current is None and not stale:
-        image = os.environ.get(IMAGE_ENV) or render.DEFAULT_IMAGE
-        current = kube.apply(render.prepare_job(name, namespace, uid, spec, image=image))
+        current = kube.apply(render.prepare_job(name, namespace, uid, spec, image=workloads_image()))
     return current, bool(stale)
 
 

@@ -32,7 +32,7 @@ from lepton_operator.api.inference import InferenceServiceSpec
 from lepton_operator.api.meta import API_VERSION, GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION
 from lepton_operator.controllers import kube, loop, reconcile
 from lepton_operator.controllers.autoscaler import AUTOSCALER, REPLICAS_LOCK
-from lepton_operator.controllers.config import retry_delay
+from lepton_operator.controllers.config import retry_delay, workloads_image
 from lepton_operator.controllers.startup import options_of
 from lepton_operator.controllers.reconcile import Logger, Warn
 from lepton_operator.controllers.wakeups import ObjectKey
@@ -95,7 +95,7 @@ def converge(body: Mapping[str, Any], spec: InferenceServiceSpec, now: datetime)
         desired = render.replicas(spec, None if current is None else int(current))
         if source is not None:
             kube.apply(render.configmap(name, namespace, uid, spec))
-            deployment = kube.apply(render.deployment(name, namespace, uid, spec, source, desired))
+            deployment = kube.apply(render.deployment(name, namespace, uid, spec, source, desired, workloads_image()))
             kube.apply(render.service(name, namespace, uid))
     return service_status(
         generation,

@@ -22,6 +22,10 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_TOLERATION: dict[str, str] = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+#: The Lepton workloads image (images/workloads: preparer, trainer, model stager) that the
+#: operator's own pods run unless the operator is configured with another one
+#: (``LEPTON_WORKLOADS_IMAGE``, see ``controllers.config.workloads_image``).
+DEFAULT_WORKLOADS_IMAGE = "lepton/workloads:0.1.0"
 
 
 def owner_label(kind: str) -> str:

@@ -29,9 +29,14 @@ from typing import Any
 
 from lepton_operator.api.dataset import LeptonDatasetSpec
 from lepton_operator.api.meta import LEPTON_DATASET
-from lepton_operator.render.common import child_labels, container_resources, owner_reference, placement
+from lepton_operator.render.common import (
+    DEFAULT_WORKLOADS_IMAGE,
+    child_labels,
+    container_resources,
+    owner_reference,
+    placement,
+)
 
-DEFAULT_IMAGE = "lepton/workloads:0.1.0"
 PREPARE_ROLE = "prepare"
 CONTAINER = "prepare"
 DATA_MOUNT = "/data"
@@ -149,7 +154,7 @@ def _text(value: float | int | None) -> str | None:
     return None if value is None else str(value)
 
 
-def prepare_job(name: str, namespace: str, uid: str, spec: LeptonDatasetSpec, *, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
+def prepare_job(name: str, namespace: str, uid: str, spec: LeptonDatasetSpec, *, image: str = DEFAULT_WORKLOADS_IMAGE) -> dict[str, Any]:
     """The Job that prepares the data of ``spec`` into the dataset's claim."""
     digest = data_hash(spec)
     labels = {**child_labels(LEPTON_DATASET.kind, name, PREPARE_ROLE), SPEC_HASH_LABEL: digest}

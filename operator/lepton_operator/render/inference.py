@@ -42,8 +42,6 @@ MODEL_REPOSITORY = "/models"
 CONFIG_MOUNT = "/lepton/config"
 SOURCE_MOUNT = "/lepton/source"
 CONFIG_FILE = "config.pbtxt"
-#: Image of the init container that stages the model (the Lepton workloads image).
-DEFAULT_STAGER_IMAGE = "lepton-workloads:latest"
 #: Seconds the endpoints get to drop a terminating pod before Triton stops accepting.
 PRESTOP_SECONDS = 5
 PROBE_PERIOD_SECONDS = 5
@@ -306,7 +304,7 @@ def deployment(
     spec: InferenceServiceSpec,
     source: Source,
     replicas: int,
-    stager_image: str = DEFAULT_STAGER_IMAGE,
+    stager_image: str = common.DEFAULT_WORKLOADS_IMAGE,
 ) -> dict[str, Any]:
     """The Triton Deployment with ``replicas`` replicas (chosen by the reconciler or the autoscaler)."""
     return {
