@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 from lepton_workloads import triton_config
 
-from lepton_operator.api.inference import InferenceServiceSpec
+import restricted_policy
+
+from lepton_operator.api.inference import TRITON_UID, InferenceServiceSpec
 from lepton_operator.render import inference
 from lepton_operator.render.inference import ClaimSource, UriSource
 
@@ -195,3 +197,10 @@ def test_replicas_from_spec_or_kept_within_autoscaling_bounds() -> None:
     assert inference.replicas(scaled, 4) == 4
     assert inference.replicas(scaled, 9) == 5
     assert inference.replicas(spec(autoscaling={"minReplicas": 2, "maxReplicas": 5, "target": 2}), 1) == 2
+
+
+def test_triton_and_its_stager_pass_pod_security_restricted_as_triton_server() -> None:
+    template = deployment()["spec"]["template"]["spec"]
+    assert restricted_policy.violations(template) == []
+    assert [c["name"] for c in template["initContainers"]] == ["stage-model"]
+    assert template["securityContext"]["runAsUser"] == template["securityContext"]["runAsGroup"] == TRITON_UID

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import restricted_policy
+
 from lepton_operator.api.training import TrainingJobSpec
 from lepton_operator.render import training as render
 
@@ -142,3 +144,11 @@ def test_longest_job_name_keeps_hostnames_within_63_characters() -> None:
     name = "j" * 50
     pod = render.worker_pod(name, "ml", "u", spec(), 1023, 1024, 7)
     assert len(pod["spec"]["hostname"]) <= 63
+
+
+def test_workers_pass_pod_security_restricted_as_the_chosen_user() -> None:
+    pod = render.worker_pod("bert", "ml", "uid-1", spec(securityContext={"runAsUser": 1001, "fsGroup": 1001}), 0, 2, 0)
+    assert restricted_policy.violations(pod["spec"]) == []
+    assert pod["spec"]["securityContext"]["runAsUser"] == 1001
+    default = render.worker_pod("bert", "ml", "uid-1", spec(), 0, 2, 0)
+    assert restricted_policy.violations(default["spec"]) == []

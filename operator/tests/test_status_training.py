@@ -87,6 +87,21 @@ def test_a_gang_that_cannot_be_scheduled_says_why() -> None:
     assert [(e.type, e.reason) for e in plan.events] == [("Warning", "Pending")]
 
 
+def test_a_worker_whose_container_cannot_start_says_why_instead_of_starting_forever() -> None:
+    message = 'container has runAsNonRoot and image will run as root (pod: "job-worker-1-g0", container: worker)'
+    blocked = pod(1, phase="Pending", ready=False)
+    blocked["status"]["containerStatuses"] = [
+        {"name": "worker", "state": {"waiting": {"reason": "CreateContainerConfigError", "message": message}}}
+    ]
+    plan = assess(spec(workers={"replicas": 2}), [pod(0), blocked])
+    assert plan.phase == "Pending" and plan.status["reason"] == "ContainerBlocked"
+    ready = next(c for c in plan.status["conditions"] if c["type"] == "Ready")
+    assert ready["message"] == f"1 of 2 workers cannot start: worker job-worker-1-g0 CreateContainerConfigError: {message}"
+    creating = pod(1, phase="Pending", ready=False)
+    creating["status"]["containerStatuses"] = [{"name": "worker", "state": {"waiting": {"reason": "ContainerCreating"}}}]
+    assert assess(spec(workers={"replicas": 2}), [pod(0), creating]).phase == "Starting"
+
+
 def test_missing_worker_is_created_without_touching_the_others() -> None:
     plan = assess(spec(workers={"replicas": 2}), [pod(0, phase="Pending", ready=False, node=None)])
     assert plan.create_workers and plan.delete_pods == []

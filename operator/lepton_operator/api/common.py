@@ -200,6 +200,33 @@ class GPUSpec(ApiModel):
     """Value of the node label nvidia.com/gpu.product to require, e.g. NVIDIA-H100-80GB-HBM3."""
 
 
+ID_MAX = 2**31 - 1
+
+
+class PodSecurity(ApiModel):
+    """Who a pod's processes run as.
+
+    Every pod the operator creates is hardened the same way so that it is admitted
+    in a namespace enforcing Pod Security ``restricted``: seccomp ``RuntimeDefault``,
+    no privilege escalation, all capabilities dropped, and ``runAsNonRoot``. These
+    fields only choose the identity. ``runAsUser: 0`` is the one explicit way to run
+    as root (for images that need it, in namespaces whose policy allows it); it keeps
+    seccomp but drops the non-root and capability settings.
+    """
+
+    run_as_user: int | None = Field(default=None, ge=0, le=ID_MAX)
+    """UID of every container; the image's USER when unset (which must then be non-root and numeric)."""
+    run_as_group: int | None = Field(default=None, ge=0, le=ID_MAX)
+    """Primary GID of every container."""
+    fs_group: int | None = Field(default=None, ge=0, le=ID_MAX)
+    """Group that owns mounted volumes that support ownership management (most PVCs)."""
+
+    @property
+    def root(self) -> bool:
+        """Whether the pod explicitly runs as root."""
+        return self.run_as_user == 0
+
+
 class EnvVar(ApiModel):
     """An environment variable for the main container."""
 

@@ -19,6 +19,7 @@ from lepton_operator.api.common import (
     Conditions,
     NodeSelector,
     ObjectName,
+    PodSecurity,
     Resource,
     ResourceRequirements,
     Rule,
@@ -153,6 +154,8 @@ class PrepareSpec(ApiModel):
     """Retries of the preparer pod before the dataset is Failed."""
     timeout_seconds: int = Field(default=3600, ge=10, le=7 * 24 * 3600)
     """Deadline for the whole preparation."""
+    security_context: PodSecurity | None = None
+    """Identity the preparer runs as; it is hardened for Pod Security restricted whatever it is."""
 
 
 class LeptonDatasetSpec(ApiModel):

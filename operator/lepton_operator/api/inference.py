@@ -21,6 +21,7 @@ from lepton_operator.api.common import (
     LocalObjectReference,
     NodeSelector,
     ObjectName,
+    PodSecurity,
     Resource,
     ResourceRequirements,
     Rule,
@@ -36,6 +37,8 @@ TensorType = Literal[
     "TYPE_FP16", "TYPE_FP32", "TYPE_FP64", "TYPE_BF16", "TYPE_STRING",
 ]  # fmt: skip
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
+#: uid and gid of the ``triton-server`` user that NGC Triton images create (their USER is root).
+TRITON_UID = 1000
 
 
 class ClaimPath(ApiModel):
@@ -192,6 +195,10 @@ class InferenceServiceSpec(ApiModel):
     """Node labels each replica must match."""
     tolerations: Tolerations | None = None
     """Extra tolerations."""
+    security_context: PodSecurity = Field(
+        default_factory=lambda: PodSecurity(run_as_user=TRITON_UID, run_as_group=TRITON_UID)
+    )
+    """Identity of the replicas (default: the triton-server user of NGC Triton images); hardened for Pod Security restricted."""
     autoscaling: AutoscalingSpec | None = None
     """Built-in autoscaling on Triton's signals."""
 

@@ -1,4 +1,4 @@
-"""Pieces every rendered child shares: labels, owner references, GPU scheduling.
+"""Pieces every rendered child shares: labels, owner references, GPU scheduling, hardening.
 
 Children are found by label (``lepton.ai/<kind>=<name>``, plus
 ``lepton.ai/role``) and garbage-collected through a controller owner reference,
@@ -6,6 +6,11 @@ so these two must be rendered the same way for every kind. GPU scheduling is
 the same for training workers and Triton replicas: the device plugin's
 ``nvidia.com/gpu`` limit, a node selector on GPU feature discovery's product
 label, and a toleration for the taint GPU node pools carry.
+
+Every pod the operator creates (workers, preparer Jobs, Triton replicas and
+their init containers) is hardened by one function, :func:`harden`, so that it is
+admitted where Pod Security ``restricted`` is enforced; the API's
+``securityContext`` only picks the identity (see ``api.common.PodSecurity``).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lepton_operator.api.common import GPUSpec, ResourceRequirements, Toleration
+from lepton_operator.api.common import GPUSpec, PodSecurity, ResourceRequirements, Toleration
 from lepton_operator.api.meta import API_VERSION
 
 ROLE_LABEL = "lepton.ai/role"
@@ -98,3 +103,33 @@ def tolerations(extra: list[Toleration] | None, gpu: GPUSpec | None) -> list[dic
     if gpu is not None and GPU_TOLERATION not in rendered:
         rendered.append(dict(GPU_TOLERATION))
     return rendered
+
+
+def harden(pod_spec: Mapping[str, Any], security: PodSecurity | None) -> dict[str, Any]:
+    """``pod_spec`` with the pod and every (init) container hardened for Pod Security ``restricted``.
+
+    ``runAsUser: 0`` opts out of the non-root and capability settings (root needs a
+    namespace whose policy allows it); seccomp and no privilege escalation always stay.
+    """
+    security = security or PodSecurity()
+    pod_context: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
+    if not security.root:
+        pod_context["runAsNonRoot"] = True
+    for key, value in (
+        ("runAsUser", security.run_as_user),
+        ("runAsGroup", security.run_as_group),
+        ("fsGroup", security.fs_group),
+    ):
+        if value is not None:
+            pod_context[key] = value
+    if security.fs_group is not None:
+        # A dataset volume holds many files: chown them only when the root of the volume is wrong.
+        pod_context["fsGroupChangePolicy"] = "OnRootMismatch"
+    container_context: dict[str, Any] = {"allowPrivilegeEscalation": False}
+    if not security.root:
+        container_context["capabilities"] = {"drop": ["ALL"]}
+    hardened = {**pod_spec, "securityContext": pod_context}
+    for key in ("initContainers", "containers"):
+        if key in pod_spec:
+            hardened[key] = [{**container, "securityContext": dict(container_context)} for container in pod_spec[key]]
+    return hardened

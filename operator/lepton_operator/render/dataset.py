@@ -29,7 +29,7 @@ from typing import Any
 
 from lepton_operator.api.dataset import LeptonDatasetSpec
 from lepton_operator.api.meta import LEPTON_DATASET
-from lepton_operator.render.common import child_labels, container_resources, owner_reference, placement
+from lepton_operator.render.common import child_labels, container_resources, harden, owner_reference, placement
 
 DEFAULT_IMAGE = "lepton/workloads:0.1.0"
 PREPARE_ROLE = "prepare"
@@ -198,6 +198,6 @@ def prepare_job(name: str, namespace: str, uid: str, spec: LeptonDatasetSpec, *,
                     }
                 ]
             },
-            "template": {"metadata": template_metadata, "spec": pod_spec},
+            "template": {"metadata": template_metadata, "spec": harden(pod_spec, prepare.security_context)},
         },
     }

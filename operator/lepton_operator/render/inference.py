@@ -296,7 +296,10 @@ def pod_template(name: str, spec: InferenceServiceSpec, source: Source, stager_i
     annotations = dict(SCRAPE_ANNOTATIONS)
     if text is not None:
         annotations[CONFIG_DIGEST_ANNOTATION] = hashlib.sha256(text.encode()).hexdigest()
-    return {"metadata": {"labels": common.child_labels(KIND, name, ROLE), "annotations": annotations}, "spec": pod}
+    return {
+        "metadata": {"labels": common.child_labels(KIND, name, ROLE), "annotations": annotations},
+        "spec": common.harden(pod, spec.security_context),
+    }
 
 
 def deployment(

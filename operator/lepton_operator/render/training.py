@@ -251,7 +251,7 @@ def worker_pod(job: str, namespace: str, uid: str, spec: TrainingJobSpec, index:
             "labels": labels,
             "ownerReferences": [common.owner_reference(KIND, job, uid)],
         },
-        "spec": pod_spec,
+        "spec": common.harden(pod_spec, spec.security_context),
     }
 
 

@@ -70,6 +70,17 @@ DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 WORKERS_SCHEDULED = "WorkersScheduled"
 UNSCHEDULABLE = "Unschedulable"
+#: A worker's container cannot start (image, config or security context): it waits forever, so say why.
+CONTAINER_BLOCKED = "ContainerBlocked"
+_BLOCKED_WAITING = {
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "ErrImageNeverPull",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "RunContainerError",
+}
 
 # Reasons in pod conditions (DisruptionTarget) and pod status, as Kubernetes writes them.
 _NODE_LOSS_DISRUPTIONS = {"DeletionByTaintManager", "DeletionByPodGC", "TerminationByKubelet"}
@@ -180,6 +191,17 @@ def unschedulable_message(pod: Mapping[str, Any]) -> str | None:
     found = _condition(pod, "PodScheduled")
     if found is not None and found.get("status") == "False" and found.get("reason") == UNSCHEDULABLE:
         return str(found.get("message") or "the scheduler cannot place the worker")
+    return None
+
+
+def blocked_message(pod: Mapping[str, Any]) -> str | None:
+    """Why a container of ``pod`` cannot start (the kubelet's waiting reason and message), else ``None``."""
+    status = _status(pod)
+    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in _BLOCKED_WAITING:
+            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            return f"worker {_meta(pod).get('name', '?')} {waiting['reason']}{detail}"
     return None
 
 
@@ -450,6 +472,10 @@ def _assess(
     if unschedulable:
         message = f"{len(unschedulable)} of {replicas} workers cannot be scheduled: {unschedulable[0]}"
         return builder.set("Pending", UNSCHEDULABLE, message)
+    blocked = [m for m in (blocked_message(p) for p in current) if m]
+    if blocked:
+        message = f"{len(blocked)} of {replicas} workers cannot start: {blocked[0]}"
+        return builder.set("Pending", CONTAINER_BLOCKED, message)
     runs = sum(1 for p in current if running(p) or succeeded(p))
     if runs >= replicas and not plan.create_workers:
         return builder.set("Running", "AllWorkersRunning", f"all {replicas} workers are running")
