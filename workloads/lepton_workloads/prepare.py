@@ -163,19 +163,35 @@ def _reuse(output: Path, spec_hash: str) -> tuple[shards.Manifest, str] | None:
 
 def _write(
     output: Path, items: list[Record], splits: Mapping[str, list[int]], args: argparse.Namespace, reporter: Reporter
-) -> list[shards.ShardInfo]:
+) -> tuple[list[shards.ShardInfo], list[str]]:
+    """Write every split's shards; returns them and the distinct ``cls`` labels seen (see :func:`label_list`)."""
     records_per_shard = math.ceil(len(items) / args.shard_count) if args.shard_count else None
     target = None if records_per_shard else (args.shard_target_bytes or DEFAULT_TARGET_SIZE)
     written: list[shards.ShardInfo] = []
+    labels: set[str] = set()
     done = 0
     for split, indices in splits.items():
         writer = shards.ShardWriter(output, split, target_size_bytes=target, records_per_shard=records_per_shard)
         for index in indices:
-            writer.add(f"{index:09d}", items[index]())
+            sample = items[index]()
+            if "cls" in sample:
+                labels.add(sample["cls"].decode("utf-8", "replace").strip())
+            writer.add(f"{index:09d}", sample)
             done += 1
             reporter.update(stage="sharding", records=done)
         written.extend(writer.close())
-    return written
+    return written, label_list(labels)
+
+
+def label_list(labels: set[str]) -> list[str]:
+    """The dataset's classes in a stable order: numerically when every label is an integer, else by name.
+
+    Recorded as the manifest's ``extra.labels`` so a trainer maps ``cls`` text to a class index
+    (``cat``/``dog`` work as well as ``0``/``1``) and knows how many classes there are.
+    """
+    if all(label.lstrip("-").isdigit() for label in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)
 
 
 def prepare(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
@@ -211,8 +227,10 @@ def prepare(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
         raise PrepareError("EmptyDataset", f"the splits leave none of the {len(items)} records")
     (output / shards.MANIFEST).unlink(missing_ok=True)  # never leave an old manifest over new shards
     shutil.rmtree(output / shards.SHARD_DIR, ignore_errors=True)
-    written = _write(output, items, splits, args, reporter)
-    extra = {"specHash": args.spec_hash, "seed": args.seed, "sourceBytes": fetched.bytes}
+    written, labels = _write(output, items, splits, args, reporter)
+    extra: dict[str, Any] = {"specHash": args.spec_hash, "seed": args.seed, "sourceBytes": fetched.bytes}
+    if labels:
+        extra["labels"] = labels
     if fetched.sha256:
         extra["sourceSha256"] = fetched.sha256
     manifest = shards.Manifest(modality=args.modality, source=args.source, shards=tuple(written), extra=extra)

@@ -18,7 +18,10 @@ import numpy as np
 import pytest
 import torch
 
+from PIL import Image
+
 from lepton_workloads import shards, train, triton_config
+from sample_data import png, run_preparer
 
 WORKLOADS = Path(train.__file__).resolve().parent.parent
 
@@ -97,3 +100,52 @@ def test_dataset_shape_needs_classes(tmp_path: Path) -> None:
     assert train.dataset_shape(tmp_path, manifest, "train", 5) == ((3,), 5)
     with pytest.raises(ValueError, match="number of classes"):
         train.dataset_shape(tmp_path, manifest, "train", None)
+
+
+def image_bytes(mode: str, size: tuple[int, int], colour: int | tuple[int, int, int], kind: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, colour).save(buffer, kind)
+    return buffer.getvalue()
+
+
+def test_decoder_turns_images_into_planes_of_the_first_samples_mode_and_size() -> None:
+    grey = train.Decoder(labels=("bird", "cat", "dog"), mode="L", size=(8, 8))
+    features, label = grey({"png": png(8, 8, 255), "cls": b"dog\n"})
+    assert features.shape == (1, 8, 8) and features.dtype == np.float32 and float(features.max()) == 1.0
+    assert label == 2
+    colour = train.Decoder(mode="RGB", size=(4, 4))
+    features, label = colour({"jpg": image_bytes("RGB", (16, 10), (255, 0, 0), "JPEG"), "cls": b"1"})
+    assert features.shape == (3, 4, 4) and label == 1  # resized, channels first
+    assert features[0].mean() > 0.9 and features[1].mean() < 0.1
+    with pytest.raises(ValueError, match="not among the manifest's labels"):
+        grey({"png": png(8, 8, 0), "cls": b"fish"})
+    with pytest.raises(ValueError, match="needs npy or an image field"):
+        grey({"txt": b"x", "cls": b"cat"})
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_the_preparers_image_shards_train_a_cnn_with_named_labels(tmp_path: Path) -> None:
+    """The quickstart's data path: a folder of PNGs + labels.csv -> the real preparer -> the real trainer."""
+    source = tmp_path / "claim" / "pets"
+    (source / "img").mkdir(parents=True)
+    names = ("cat", "dog", "bird")
+    rows = ["file,label"]
+    for index in range(48):
+        (source / "img" / f"{index:03d}.png").write_bytes(png(8, 8, 40 + 80 * (index % 3)))
+        rows.append(f"img/{index:03d}.png,{names[index % 3]}")
+    (source / "labels.csv").write_text("\n".join(rows) + "\n")
+    code, result, data = run_preparer(tmp_path, LEPTON_SOURCE_URI="pvc://raw/pets", LEPTON_MODALITY="image",
+                                      LEPTON_SOURCE_ROOT=str(tmp_path / "claim"), LEPTON_SHARD_COUNT="2")  # fmt: skip
+    assert code == 0, result
+    manifest, _ = shards.read_manifest(data)
+    assert manifest.extra["labels"] == ["bird", "cat", "dog"]
+
+    output = tmp_path / "model-repository"
+    trained = torchrun(1, "--model", "cnn", "--epochs", "20", "--batch-size", "8", "--lr", "0.02", "--dataset-dir", str(data),
+                       "--output-dir", str(output), "--model-name", "pets", "--log-every", "1", env={})  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    model = torch.jit.load(str(output / "pets" / "1" / "model.pt"))
+    shades = torch.tensor([40, 120, 200], dtype=torch.float32).reshape(3, 1, 1, 1).expand(3, 1, 8, 8) / 255
+    predicted = [manifest.extra["labels"][i] for i in model(shades).argmax(dim=1).tolist()]
+    assert predicted == ["cat", "dog", "bird"]  # it learned the shades, under their names
+    assert triton_config.parse((output / "pets" / "config.pbtxt").read_text()).input[0].dims == [1, 8, 8]
