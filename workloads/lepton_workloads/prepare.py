@@ -1,6 +1,6 @@
 """The dataset preparer: ``python -m lepton_workloads.prepare``, the prepare Job's one container.
 
-It fetches the source (``prepare_sources``), reads it as records of the declared
+It fetches the source (``sources``, shared with the model stager), reads it as records of the declared
 modality (``prepare_layouts``), assigns records to train/validation with a
 seeded shuffle, writes webdataset shards and ``manifest.json`` through
 ``shards`` (the contract the trainer reads; each shard hashed as it is
@@ -8,7 +8,7 @@ written), checks the written sizes, and reports. Every option is a flag whose de
 variable, because the operator's Job sets the environment:
 
 ==========================  ===================================================
-``LEPTON_SOURCE_URI``       the source (see ``prepare_sources``)
+``LEPTON_SOURCE_URI``       the source (see ``sources``)
 ``LEPTON_SOURCE_ROOT``      where the Job mounts a ``pvc://`` source claim
 ``LEPTON_SOURCE_TOKEN``     bearer token for http(s) sources (secretKeyRef)
 ``LEPTON_S3_ENDPOINT``      S3-compatible endpoint URL; ``AWS_REGION``, ``AWS_*`` keys
@@ -60,7 +60,7 @@ from typing import Any
 
 from lepton_workloads import shards
 from lepton_workloads.prepare_layouts import LayoutError, Record, records
-from lepton_workloads.prepare_sources import S3Options, SourceError, fetch
+from lepton_workloads.sources import S3Options, SourceError, fetch, token_from_env
 
 RESULT_SCHEMA = "lepton.ai/prepare-result/v1"
 DEFAULT_RESULT_PATH = "/dev/termination-log"
@@ -208,12 +208,8 @@ def prepare(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
         return _result(manifest, digest, manifest.extra.get("sourceBytes", 0), manifest.extra.get("sourceSha256"),
                        started)  # fmt: skip
     staging = output / STAGING_DIR
-    token = os.environ.get("LEPTON_SOURCE_TOKEN") or None
-    s3 = S3Options(
-        endpoint=_env("LEPTON_S3_ENDPOINT"), region=_env("AWS_REGION"), access_key=_env("AWS_ACCESS_KEY_ID"),
-        secret_key=_env("AWS_SECRET_ACCESS_KEY"), session_token=_env("AWS_SESSION_TOKEN"),
-    )  # fmt: skip
-    fetched = fetch(args.source, staging, source_root=args.source_root, token=token, progress=reporter.bytes, s3=s3)
+    fetched = fetch(args.source, staging, source_root=args.source_root, token=token_from_env(),
+                    progress=reporter.bytes, s3=S3Options.from_env())  # fmt: skip
     if args.sha256:
         if fetched.sha256 is None:
             raise PrepareError("ChecksumNotApplicable", "verify.sha256 applies to a single-object source, not a directory")
