@@ -1,8 +1,6 @@
-"""The LeptonDataset reconciler against an in-memory stand-in for ``controllers.kube``.
+"""The LeptonDataset reconciler against an in-memory stand-in for ``controllers.kube`` (``fake_kube``).
 
-The stand-in keeps objects in a dict and answers get/apply/list/delete the way
-the API server does for what the reconciler asks; the real API server path is
-covered by e2e/tests/test_dataset.py.
+The real API server path is covered by e2e/tests/test_dataset.py.
 """
 
 from __future__ import annotations
@@ -15,48 +13,12 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import DynamicApiError
 
+from fake_kube import FakeKube, fake  # noqa: F401 - the fixture
 from lepton_operator import metrics
 from lepton_operator.api.dataset import LeptonDatasetSpec
 from lepton_operator.controllers import dataset as controller
 from lepton_operator.controllers import kube
 from lepton_operator.render import dataset as render
-
-Key = tuple[str, str, str]
-
-
-class FakeKube:
-    def __init__(self) -> None:
-        self.objects: dict[Key, dict[str, Any]] = {}
-        self.deleted: list[str] = []
-
-    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-        return self.objects.get((kind, namespace or "", name))
-
-    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        key = (manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"])
-        self.objects[key] = {**self.objects.get(key, {}), **manifest}
-        return self.objects[key]
-
-    def list_labelled(self, api_version: str, kind: str, namespace: str | None, selector: str) -> list[dict[str, Any]]:
-        wanted = dict(part.split("=", 1) for part in selector.split(","))
-        return [o for (k, ns, _), o in self.objects.items() if k == kind and ns == namespace
-                and all((o["metadata"].get("labels") or {}).get(a) == b for a, b in wanted.items())]  # fmt: skip
-
-    def delete(self, api_version: str, kind: str, namespace: str | None, name: str, propagation: str = "") -> bool:
-        """Foreground deletion: the object stays, marked, until the test removes it."""
-        self.deleted.append(name)
-        found = self.objects.get((kind, namespace or "", name))
-        if found is not None:
-            found["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-        return found is not None
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeKube:
-    api = FakeKube()
-    for name in ("get", "apply", "list_labelled", "delete"):
-        monkeypatch.setattr(kube, name, getattr(api, name))
-    return api
 
 
 def body(spec: dict[str, Any], status: dict[str, Any] | None = None, generation: int = 1) -> dict[str, Any]:

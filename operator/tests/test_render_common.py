@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import restricted_policy
 
-from lepton_operator.api.common import GPUSpec, PodSecurity, ResourceRequirements, Toleration
+from lepton_operator.api.common import GPUSpec, PodSecurity, ResourceRequirements, SecretReference, Toleration
 from lepton_operator.render import common
 
 
@@ -87,3 +87,23 @@ def test_run_as_root_is_an_explicit_opt_out_that_keeps_seccomp_and_no_escalation
     assert hardened["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}, "runAsUser": 0}
     assert hardened["containers"][0]["securityContext"] == {"allowPrivilegeEscalation": False}
     assert "the pod runs as uid 0" in restricted_policy.violations(hardened)
+
+
+def test_source_env_has_settings_as_values_and_credentials_by_reference_only() -> None:
+    explicit = SecretReference(name="keys", keys={"accessKeyId": "AK", "secretAccessKey": "SK", "custom": "C"})
+    assert common.source_env("s3://b/p/", explicit, "http://minio:9000", "us-east-1") == [
+        {"name": "LEPTON_S3_ENDPOINT", "value": "http://minio:9000"},
+        {"name": "AWS_REGION", "value": "us-east-1"},
+        {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "AK"}}},
+        {"name": "LEPTON_SOURCE_CUSTOM", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "C"}}},
+        {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "SK"}}},
+    ]
+    # Without a key mapping, the scheme's credentials by their own names, each optional.
+    implicit = common.source_env("s3://b/p/", SecretReference(name="keys"))
+    assert [(e["name"], e["valueFrom"]["secretKeyRef"]) for e in implicit] == [
+        ("AWS_ACCESS_KEY_ID", {"name": "keys", "key": "accessKeyId", "optional": True}),
+        ("AWS_SECRET_ACCESS_KEY", {"name": "keys", "key": "secretAccessKey", "optional": True}),
+        ("AWS_SESSION_TOKEN", {"name": "keys", "key": "sessionToken", "optional": True}),
+    ]
+    assert common.source_env("https://h/x/", SecretReference(name="t"))[0]["valueFrom"]["secretKeyRef"]["key"] == "token"
+    assert common.source_env("https://h/x/", None) == []

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lepton_operator.api.dataset import LeptonDatasetStatus
+from lepton_operator.status import conditions as cond
 from lepton_operator.status import dataset as status
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -27,7 +28,7 @@ def pod(phase: str, message: dict[str, Any] | str | None, created: str = "2026-0
             "status": {"phase": phase, "containerStatuses": [{"name": "prepare", "state": {"terminated": terminated}}]}}  # fmt: skip
 
 
-def compute(job_: dict[str, Any] | None, pods: list[dict[str, Any]], secret: status.SecretProblem | None = None,
+def compute(job_: dict[str, Any] | None, pods: list[dict[str, Any]], secret: cond.SecretProblem | None = None,
             existing: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     return status.dataset_status(3, "d", job_, pods, secret, existing, NOW)
 
@@ -89,7 +90,7 @@ def test_failed_recovers_when_a_new_job_succeeds() -> None:
 
 
 def test_missing_secret_is_a_reason_not_a_job() -> None:
-    problem = status.SecretProblem("SecretNotFound", "Secret creds not found in namespace ns")
+    problem = cond.SecretProblem("SecretNotFound", "Secret creds not found in namespace ns")
     result = compute(None, [], secret=problem)
     assert result["phase"] == "Pending"
     assert conditions(result)["Validated"] == ("False", "SecretNotFound")

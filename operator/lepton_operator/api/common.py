@@ -150,6 +150,19 @@ class SecretReference(ApiModel):
     to the key in the Secret that holds it. Unset: the Secret's keys are used by those names."""
 
 
+S3Endpoint = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://\S+$")]
+"""An S3 endpoint URL (MinIO, Ceph, versitygw, another cloud's S3 API); AWS when unset."""
+S3Region = Annotated[str, StringConstraints(max_length=64)]
+"""An S3 region."""
+S3_SETTINGS_RULE = Rule(
+    "(!has(self.endpoint) && !has(self.region)) || (has(self.uri) && self.uri.startsWith('s3://'))",
+    "endpoint and region apply to s3:// sources only",
+    lambda s: (s.endpoint is None and s.region is None) or (s.uri or "").startswith("s3://"),
+    ".endpoint",
+)
+"""The rule of every source with ``uri``, ``endpoint`` and ``region`` fields (datasets, models)."""
+
+
 class ResourceRequirements(ApiModel):
     """CPU, memory and other resources for a container, as in a Pod spec."""
 

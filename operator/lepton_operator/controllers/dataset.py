@@ -10,9 +10,8 @@ termination messages carry the preparer's result); compute the status with
 A data-changing spec edit gives a new hash: Jobs of other hashes are deleted
 with foreground propagation and the new Job is created only once they are gone,
 so two preparers never write the same claim at once. Job events wake the loop
-(a pod's end always updates its Job). A missing Secret is re-checked every
-:data:`SECRET_RECHECK_SECONDS` (watching every Secret would need cluster-wide
-list/watch on Secrets, which an operator should not ask for).
+(a pod's end always updates its Job). A missing Secret (``secrets.secret_problem``,
+shared with InferenceService) is re-checked every :data:`SECRET_RECHECK_SECONDS`.
 
 Deletion needs no finalizer: the claim and Jobs carry owner references, so the
 garbage collector removes them, and nothing blocks when they are already gone.
@@ -33,7 +32,7 @@ from pydantic import ValidationError
 from lepton_operator import metrics
 from lepton_operator.api.dataset import LeptonDatasetSpec
 from lepton_operator.api.meta import GROUP, LEPTON_DATASET, VERSION
-from lepton_operator.controllers import kube, loop
+from lepton_operator.controllers import kube, loop, secrets
 from lepton_operator.controllers.reconcile import Logger, Warn, failed_pass
 from lepton_operator.render import dataset as render
 from lepton_operator.render.common import label_selector, selector_labels
@@ -43,25 +42,10 @@ from lepton_operator.status import validation
 KIND = LEPTON_DATASET.kind
 #: The image the prepare Job runs when the dataset does not name one.
 IMAGE_ENV = "LEPTON_WORKLOADS_IMAGE"
-SECRET_RECHECK_SECONDS = 15.0
+SECRET_RECHECK_SECONDS = secrets.RECHECK_SECONDS
 #: While an outdated Job is going away, look again this soon.
 STALE_JOB_RECHECK_SECONDS = 2.0
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
-
-
-def secret_problem(namespace: str, spec: LeptonDatasetSpec) -> dataset_status.SecretProblem | None:
-    """Why the source's Secret cannot be used, or ``None`` (also when there is none)."""
-    ref = spec.source.secret_ref
-    if ref is None:
-        return None
-    secret = kube.get("v1", "Secret", namespace, ref.name)
-    if secret is None:
-        return dataset_status.SecretProblem("SecretNotFound", f"Secret {ref.name} not found in namespace {namespace}")
-    present = set(secret.get("data") or {}) | set(secret.get("stringData") or {})
-    missing = sorted(key for key, optional in render.credentials(spec).values() if not optional and key not in present)
-    if missing:
-        return dataset_status.SecretProblem("SecretKeyMissing", f"Secret {ref.name} has no key {', '.join(missing)}")
-    return None
 
 
 def _ensure_claim(namespace: str, name: str, uid: str, spec: LeptonDatasetSpec, warn: Warn) -> dict[str, Any]:
@@ -146,7 +130,7 @@ def reconcile_dataset(
             metrics.record_reconcile(KIND, "invalid", time.perf_counter() - started)
             return None
         assert isinstance(parsed, LeptonDatasetSpec)
-        problem = secret_problem(namespace, parsed)
+        problem = secrets.secret_problem(namespace, parsed.source.uri, parsed.source.secret_ref)
         claim = _ensure_claim(namespace, name, uid, parsed, warn)
         job, stale = (None, False) if problem is not None else _current_job(namespace, name, uid, parsed)
         pods: list[dict[str, Any]] = []

@@ -11,14 +11,20 @@ Every pod the operator creates (workers, preparer Jobs, Triton replicas and
 their init containers) is hardened by one function, :func:`harden`, so that it is
 admitted where Pod Security ``restricted`` is enforced; the API's
 ``securityContext`` only picks the identity (see ``api.common.PodSecurity``).
+
+Pods that fetch a remote source (the dataset preparer, the model stager) get
+its settings and credentials from one function, :func:`source_env`: the
+environment ``lepton_workloads.sources`` reads, with every credential a
+``secretKeyRef`` (the Secret's name and key, never a value).
 """
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from lepton_operator.api.common import GPUSpec, PodSecurity, ResourceRequirements, Toleration
+from lepton_operator.api.common import GPUSpec, PodSecurity, ResourceRequirements, SecretReference, Toleration
 from lepton_operator.api.meta import API_VERSION
 
 ROLE_LABEL = "lepton.ai/role"
@@ -133,3 +139,46 @@ def harden(pod_spec: Mapping[str, Any], security: PodSecurity | None) -> dict[st
         if key in pod_spec:
             hardened[key] = [{**container, "securityContext": dict(container_context)} for container in pod_spec[key]]
     return hardened
+
+
+#: Where a pod writes why it ended; the kubelet keeps it in the container's status.
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+#: Credentials a source may need -> the environment variable ``lepton_workloads.sources`` reads.
+CREDENTIAL_ENV: dict[str, str] = {
+    "token": "LEPTON_SOURCE_TOKEN",
+    "accessKeyId": "AWS_ACCESS_KEY_ID",
+    "secretAccessKey": "AWS_SECRET_ACCESS_KEY",
+    "sessionToken": "AWS_SESSION_TOKEN",
+}
+#: The credentials each scheme uses when ``secretRef.keys`` is unset.
+SCHEME_CREDENTIALS: dict[str, tuple[str, ...]] = {
+    "s3": ("accessKeyId", "secretAccessKey", "sessionToken"),
+    "http": ("token",),
+    "https": ("token",),
+    "pvc": (),
+}
+
+
+def source_credentials(uri: str, ref: SecretReference | None) -> dict[str, tuple[str, bool]]:
+    """credential -> (Secret key, optional): explicit keys are required, implicit ones optional."""
+    if ref is None:
+        return {}
+    if ref.keys:
+        return {credential: (key, False) for credential, key in ref.keys.items()}
+    scheme = urllib.parse.urlparse(uri).scheme
+    return {credential: (credential, True) for credential in SCHEME_CREDENTIALS.get(scheme, ())}
+
+
+def source_env(
+    uri: str, ref: SecretReference | None, endpoint: str | None = None, region: str | None = None
+) -> list[dict[str, Any]]:
+    """The environment of a pod that fetches ``uri``: S3 settings as values, credentials by ``secretKeyRef``."""
+    plain = {"LEPTON_S3_ENDPOINT": endpoint, "AWS_REGION": region}
+    env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in plain.items() if value is not None]
+    for credential, (key, optional) in sorted(source_credentials(uri, ref).items()):
+        variable = CREDENTIAL_ENV.get(credential, "LEPTON_SOURCE_" + credential.upper())
+        selector: dict[str, Any] = {"name": ref.name if ref else "", "key": key}
+        if optional:
+            selector["optional"] = True
+        env.append({"name": variable, "valueFrom": {"secretKeyRef": selector}})
+    return env

@@ -33,19 +33,12 @@ from typing import Any
 from lepton_operator.api.common import Condition
 from lepton_operator.api.dataset import LeptonDatasetStatus
 from lepton_operator.status import conditions as cond
+from lepton_operator.status.conditions import SecretProblem
 
 RESULT_SCHEMA = "lepton.ai/prepare-result/v1"
 PREPARED = "Prepared"
 #: Status fields that only a finished preparation sets; nulled otherwise.
 RESULT_FIELDS = ("sizeBytes", "records", "shards", "digest", "progress", "completionTime")
-
-
-@dataclass(frozen=True)
-class SecretProblem:
-    """Why the source's Secret cannot be used (reason is CamelCase)."""
-
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
