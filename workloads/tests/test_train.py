@@ -20,7 +20,7 @@ import torch
 
 from PIL import Image
 
-from lepton_workloads import shards, train, triton_config
+from lepton_workloads import demo_data, shards, train, triton_config
 from sample_data import png, run_preparer
 
 WORKLOADS = Path(train.__file__).resolve().parent.parent
@@ -124,28 +124,23 @@ def test_decoder_turns_images_into_planes_of_the_first_samples_mode_and_size() -
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
-def test_the_preparers_image_shards_train_a_cnn_with_named_labels(tmp_path: Path) -> None:
-    """The quickstart's data path: a folder of PNGs + labels.csv -> the real preparer -> the real trainer."""
-    source = tmp_path / "claim" / "pets"
-    (source / "img").mkdir(parents=True)
-    names = ("cat", "dog", "bird")
-    rows = ["file,label"]
-    for index in range(48):
-        (source / "img" / f"{index:03d}.png").write_bytes(png(8, 8, 40 + 80 * (index % 3)))
-        rows.append(f"img/{index:03d}.png,{names[index % 3]}")
-    (source / "labels.csv").write_text("\n".join(rows) + "\n")
-    code, result, data = run_preparer(tmp_path, LEPTON_SOURCE_URI="pvc://raw/pets", LEPTON_MODALITY="image",
+def test_the_quickstart_data_prepared_as_multimodal_trains_a_cnn_with_named_labels(tmp_path: Path) -> None:
+    """The quickstart's data path: demo records (png + cls + wav + txt) -> the real preparer -> the real trainer."""
+    demo_data.write_records(tmp_path / "claim" / "demo", 60)
+    code, result, data = run_preparer(tmp_path, LEPTON_SOURCE_URI="pvc://raw/demo", LEPTON_MODALITY="multimodal",
                                       LEPTON_SOURCE_ROOT=str(tmp_path / "claim"), LEPTON_SHARD_COUNT="2")  # fmt: skip
     assert code == 0, result
     manifest, _ = shards.read_manifest(data)
     assert manifest.extra["labels"] == ["bird", "cat", "dog"]
 
     output = tmp_path / "model-repository"
-    trained = torchrun(1, "--model", "cnn", "--epochs", "20", "--batch-size", "8", "--lr", "0.02", "--dataset-dir", str(data),
+    trained = torchrun(1, "--model", "cnn", "--epochs", "15", "--batch-size", "8", "--lr", "0.02", "--dataset-dir", str(data),
                        "--output-dir", str(output), "--model-name", "pets", "--log-every", "1", env={})  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
     model = torch.jit.load(str(output / "pets" / "1" / "model.pt"))
-    shades = torch.tensor([40, 120, 200], dtype=torch.float32).reshape(3, 1, 1, 1).expand(3, 1, 8, 8) / 255
-    predicted = [manifest.extra["labels"][i] for i in model(shades).argmax(dim=1).tolist()]
-    assert predicted == ["cat", "dog", "bird"]  # it learned the shades, under their names
-    assert triton_config.parse((output / "pets" / "config.pbtxt").read_text()).input[0].dims == [1, 8, 8]
+    shades = [50 + 75 * demo_data.CLASSES.index(name) for name in ("cat", "dog", "bird")]
+    size = demo_data.SIZE
+    inputs = torch.tensor(shades, dtype=torch.float32).reshape(3, 1, 1, 1).expand(3, 1, size, size) / 255
+    predicted = [manifest.extra["labels"][i] for i in model(inputs).argmax(dim=1).tolist()]
+    assert predicted == ["cat", "dog", "bird"]  # it learned the images, under their names
+    assert triton_config.parse((output / "pets" / "config.pbtxt").read_text()).input[0].dims == [1, size, size]
