@@ -101,3 +101,10 @@ def test_only_data_changes_change_the_hash() -> None:
 def test_job_name_fits_a_label_value() -> None:
     name = render.job_name("a" * 200, spec())
     assert len(name) <= 63 and name.endswith(render.data_hash(spec()))
+
+
+def test_preparer_declares_the_progress_port_and_gets_it_in_its_environment() -> None:
+    job = render.prepare_job("d", "ns", "u", spec())
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["ports"] == [{"name": "progress", "containerPort": 9400}]
+    assert env_of(job)["LEPTON_PROGRESS_PORT"] == "9400"
