@@ -355,3 +355,10 @@ def test_progress_is_read_from_worker_zero_of_a_running_group_only() -> None:
     assert t.progress_pod(plan, pods) is pods[1]
     starting = [live_pod(0, "u0"), live_pod(1, "u1", phase="Pending", ready=False)]
     assert t.progress_pod(assess(job, starting, RUNNING), starting) is None
+
+
+def test_the_pass_that_finishes_a_job_comes_back_when_its_ttl_is_due() -> None:
+    done = pod(0, phase="Succeeded", terminated={"exitCode": 0, "message": '{"step": 1}'})
+    plan = assess(spec(runPolicy={"ttlSecondsAfterFinished": 30}), [done], {"phase": "Running", "group": 0})
+    assert plan.phase == "Succeeded" and plan.requeue == 30 and not plan.delete_job
+    assert assess(spec(), [done], {"phase": "Running", "group": 0}).requeue is None  # no TTL: nothing to come back for

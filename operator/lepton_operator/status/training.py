@@ -359,6 +359,10 @@ def assess(
 ) -> Plan:
     """The plan of one reconcile pass; see the module docstring."""
     plan = _assess(spec, generation, existing, observed)
+    ttl = spec.run_policy.ttl_seconds_after_finished
+    if plan.phase in FINAL and ttl is not None and plan.requeue is None and not plan.delete_job:
+        # Finished in this very pass: nothing else may wake the job when its TTL is due.
+        plan.requeue = float(ttl)
     deadline = spec.run_policy.active_deadline_seconds
     started = _parse_time(plan.status.get("startTime"))
     if deadline is not None and started is not None and plan.phase not in FINAL:
