@@ -12,10 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import aiohttp
+import kopf
 import pytest
 
+from lepton_operator.controllers import progress, startup
+from lepton_operator.controllers.config import OperatorOptions
 from lepton_operator.controllers.progress import ProgressPoller, Target, fetch, target_of
-from lepton_operator.controllers.wakeups import ObjectKey, Wakeups
+from lepton_operator.controllers.wakeups import WAKEUPS, ObjectKey, Wakeups
 from lepton_workloads.progress_server import ProgressServer, start
 
 KEY = ObjectKey("TrainingJob", "ns", "job")
@@ -193,3 +196,27 @@ def test_a_round_over_many_unreachable_targets_is_bounded_by_one_timeout() -> No
         silent.bind(("127.0.0.1", 0))
         silent.listen(1024)
         assert asyncio.run(scenario(f"http://127.0.0.1:{silent.getsockname()[1]}/progress")) < 2.0  # not 50 x 0.5 s
+
+
+def test_the_operator_start_runs_the_poller_at_the_configured_interval(server: ProgressServer) -> None:
+    async def scenario() -> None:
+        memo = kopf.Memo(options=OperatorOptions(progress_interval=0.2))
+        before = set(startup._background)
+        await progress.start_progress_poller(memo=memo)
+        [task] = startup._background - before
+        try:
+            assert progress.PROGRESS.interval == 0.2
+            server.publish(REPORT)
+            progress.PROGRESS.watch(KEY, Target("u0", url(server)))
+            assert await asyncio.wait_for(WAKEUPS.sleep(KEY, 5), 6)  # read by the running task, which woke the loop
+            assert progress.PROGRESS.live(KEY) == {"u0": REPORT}
+            server.publish({**REPORT, "step": 4})
+            assert await asyncio.wait_for(WAKEUPS.sleep(KEY, 5), 6)  # and again at its own pace
+            assert progress.PROGRESS.live(KEY)["u0"]["step"] == 4
+        finally:
+            task.cancel()
+            progress.PROGRESS.forget(KEY)
+            WAKEUPS.forget(KEY)
+            progress.PROGRESS.interval = progress.POLL_SECONDS
+
+    asyncio.run(scenario())

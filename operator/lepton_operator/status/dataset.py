@@ -45,7 +45,7 @@ from lepton_operator.status import conditions as cond
 RESULT_SCHEMA = "lepton.ai/prepare-result/v1"
 PROGRESS_SCHEMA = "lepton.ai/prepare-progress/v1"
 PREPARED = "Prepared"
-#: Status fields that only a finished preparation sets; nulled otherwise.
+#: Status fields that only a finished preparation sets (and progress, also while Preparing); nulled otherwise.
 RESULT_FIELDS = ("sizeBytes", "records", "shards", "digest", "progress", "completionTime")
 
 
