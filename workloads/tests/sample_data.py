@@ -66,7 +66,7 @@ def run_preparer(tmp_path: Path, **env: str) -> tuple[int, dict[str, Any], Path]
     result = tmp_path / "termination-log"
     environment = {
         **os.environ, "PYTHONPATH": str(WORKLOADS), "LEPTON_OUTPUT_DIR": str(output),
-        "LEPTON_RESULT_PATH": str(result), **env,
+        "LEPTON_RESULT_PATH": str(result), "LEPTON_PROGRESS_PORT": "0", **env,
     }  # fmt: skip
     completed = subprocess.run(
         [sys.executable, "-m", "lepton_workloads.prepare"], env=environment, capture_output=True, text=True, timeout=120

@@ -9,7 +9,9 @@
   the referenced Secret through ``secretKeyRef`` only: the Job spec names keys,
   never values. The preparer's result document reaches the operator as the
   container's termination message (``terminationMessagePath``), so the operator
-  needs no pod log or exec access.
+  needs no pod log or exec access. While it runs, the preparer serves its
+  progress on the container port ``progress`` (``LEPTON_PROGRESS_PORT``), which
+  the operator polls for ``status.progress``.
 
 What defines the *data* (source, modality, format, shards, splits, verify) is
 hashed (:func:`data_hash`); the hash is in the Job's name and labels, so a
@@ -29,7 +31,15 @@ from typing import Any
 
 from lepton_operator.api.dataset import LeptonDatasetSpec
 from lepton_operator.api.meta import LEPTON_DATASET
-from lepton_operator.render.common import child_labels, container_resources, harden, owner_reference, placement
+from lepton_operator.render.common import (
+    child_labels,
+    container_resources,
+    harden,
+    owner_reference,
+    placement,
+    progress_endpoint,
+    progress_port,
+)
 
 DEFAULT_IMAGE = "lepton/workloads:0.1.0"
 PREPARE_ROLE = "prepare"
@@ -135,6 +145,7 @@ def _environment(spec: LeptonDatasetSpec, digest: str) -> list[dict[str, Any]]:
         "LEPTON_RESULT_PATH": TERMINATION_MESSAGE_PATH,
     }
     env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in plain.items() if value is not None]
+    env.append(progress_endpoint(progress_port())[0])
     ref = spec.source.secret_ref
     for credential, (key, optional) in sorted(credentials(spec).items()):
         variable = CREDENTIAL_ENV.get(credential, "LEPTON_SOURCE_" + credential.upper())
@@ -165,6 +176,7 @@ def prepare_job(name: str, namespace: str, uid: str, spec: LeptonDatasetSpec, *,
         "image": prepare.image or image,
         "command": ["python", "-m", "lepton_workloads.prepare"],
         "env": _environment(spec, digest),
+        "ports": [progress_endpoint(progress_port())[1]],
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "File",
