@@ -111,3 +111,10 @@ def test_preparer_passes_pod_security_restricted_and_identity_never_re_prepares(
     chosen = spec(prepare={"securityContext": {"runAsUser": 2000, "fsGroup": 2000}})
     assert render.prepare_job("cats", "ml", "uid-1", chosen)["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == 2000
     assert render.data_hash(chosen) == render.data_hash(spec())
+
+
+def test_preparer_declares_the_progress_port_and_gets_it_in_its_environment() -> None:
+    job = render.prepare_job("d", "ns", "u", spec())
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["ports"] == [{"name": "progress", "containerPort": 9400}]
+    assert env_of(job)["LEPTON_PROGRESS_PORT"] == "9400"

@@ -34,9 +34,17 @@ learns the outcome without reading the claim or the pod's logs::
 
 Exit codes: 0 prepared; 1 a failure a retry may fix (source unreachable or cut
 off); 3 a failure no retry fixes (bad data, checksum mismatch, empty dataset,
-bad arguments) - the Job's podFailurePolicy fails at once on 3. Progress goes to
-stdout (``progress bytesDone=... bytesTotal=...``) and to ``.progress.json`` in
-the output directory.
+bad arguments) - the Job's podFailurePolicy fails at once on 3.
+
+Progress (at most once a second) goes to stdout (``progress bytesDone=...
+bytesTotal=...``), to ``.progress.json`` in the output directory and to
+``GET /progress`` (:mod:`lepton_workloads.progress_server`, port
+``LEPTON_PROGRESS_PORT``), which the operator polls while the Job runs to fill
+``status.progress``. File and endpoint carry the same document
+(:meth:`Reporter.document`)::
+
+    {"schema": "lepton.ai/prepare-progress/v1", "stage": "fetching",
+     "bytesDone": 1048576, "bytesTotal": 9000000, "records": 0}
 
 Restarts are clean: a run removes the previous shards before writing and writes
 the manifest last (atomically), so a half-written preparation is never taken
@@ -58,11 +66,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lepton_workloads import shards
+from lepton_workloads import progress_server, shards
 from lepton_workloads.prepare_layouts import LayoutError, Record, records
 from lepton_workloads.sources import S3Options, SourceError, fetch, token_from_env
 
 RESULT_SCHEMA = "lepton.ai/prepare-result/v1"
+PROGRESS_SCHEMA = "lepton.ai/prepare-progress/v1"
 DEFAULT_RESULT_PATH = "/dev/termination-log"
 DEFAULT_TARGET_SIZE = 256 << 20
 STAGING_DIR = ".staging"
@@ -124,12 +133,19 @@ def assign_splits(count: int, train: float, validation: float | None, seed: int)
 
 
 class Reporter:
-    """Progress lines on stdout and a small JSON file, at most once a second."""
+    """Progress lines on stdout, a small JSON file and the live endpoint, at most once a second."""
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, server: progress_server.ProgressServer | None = None) -> None:
         self.path = output / PROGRESS_FILE
+        self.server = server
         self.last = 0.0
         self.state: dict[str, Any] = {"stage": "fetching", "bytesDone": 0, "bytesTotal": None, "records": 0}
+        if server is not None:
+            server.publish(self.document())
+
+    def document(self) -> dict[str, Any]:
+        """The progress document of the file and of ``GET /progress``."""
+        return {"schema": PROGRESS_SCHEMA, **self.state}
 
     def update(self, force: bool = False, **fields: Any) -> None:
         self.state.update(fields)
@@ -139,8 +155,11 @@ class Reporter:
         self.last = now
         line = " ".join(f"{key}={value}" for key, value in self.state.items())
         print(f"progress {line}", flush=True)
+        document = self.document()
+        if self.server is not None:
+            self.server.publish(document)
         try:
-            self.path.write_text(json.dumps(self.state))
+            self.path.write_text(json.dumps(document))
         except OSError:
             pass  # progress is best effort; the result document is what counts
 
@@ -275,7 +294,15 @@ def write_result(path: Path, result: Mapping[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
-    reporter = Reporter(args.output)
+    server = progress_server.start()
+    try:
+        return _run(args, Reporter(args.output, server))
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _run(args: argparse.Namespace, reporter: Reporter) -> int:
     try:
         result = prepare(args, reporter)
     except (PrepareError, SourceError, LayoutError) as error:

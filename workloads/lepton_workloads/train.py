@@ -27,9 +27,13 @@ sample.
   a crash never leaves a torn checkpoint. On start every rank loads it and
   continues at the same step (a restarted group resumes, not restarts).
 * Progress: rank 0 prints one JSON line per log interval, keeps
-  ``progress.json`` in the checkpoint directory, and writes the last report to
-  the container's termination message (``/dev/termination-log``), which the
-  operator shows as ``status.progress`` without the pod needing any RBAC.
+  ``progress.json`` in the checkpoint directory, serves its latest step on
+  ``GET /progress`` while it trains (:mod:`lepton_workloads.progress_server`,
+  port ``LEPTON_PROGRESS_PORT``; the operator polls it), and writes the last
+  report to the container's termination message (``/dev/termination-log``).
+  The endpoint and the termination message carry the same document
+  (:func:`progress_document`, schema ``lepton.ai/training-progress/v1``), which
+  the operator shows as ``status.progress`` without the pod needing any RBAC.
 * Export: rank 0 writes a Triton model repository entry under the output
   directory: ``<name>/1/model.pt`` (TorchScript) and ``<name>/config.pbtxt``
   (:mod:`lepton_workloads.triton_config`). ONNX export needs the ``onnx``
@@ -58,11 +62,14 @@ from torch import nn
 from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 
-from lepton_workloads import shards, triton_config
+from lepton_workloads import progress_server, shards, triton_config
 
 CHECKPOINT = "checkpoint.pt"
 PROGRESS = "progress.json"
 TERMINATION_LOG = "/dev/termination-log"
+PROGRESS_SCHEMA = "lepton.ai/training-progress/v1"
+#: What the operator reads of a progress report (the rest stays in the logs and progress.json).
+REPORTED_FIELDS = ("step", "epoch", "loss")
 
 
 @dataclass(frozen=True)
@@ -263,11 +270,21 @@ def report(progress: dict[str, Any], checkpoint_dir: Path | None) -> None:
         os.replace(temporary, checkpoint_dir / PROGRESS)
 
 
+def progress_document(progress: dict[str, Any]) -> dict[str, Any]:
+    """The report the operator reads, live from ``/progress`` and at the end from the termination message."""
+    return {"schema": PROGRESS_SCHEMA, **{key: progress[key] for key in REPORTED_FIELDS if key in progress}}
+
+
 def write_termination_message(progress: dict[str, Any], path: str = TERMINATION_LOG) -> None:
     """The last progress report as the container's termination message (read by the operator)."""
     target = Path(os.environ.get("LEPTON_TERMINATION_LOG", path))
     if target.parent.is_dir() and os.access(target.parent if not target.exists() else target, os.W_OK):
-        target.write_text(json.dumps(progress, sort_keys=True))
+        target.write_text(json.dumps(progress_document(progress), sort_keys=True))
+
+
+def serve_progress(rank: int) -> progress_server.ProgressServer | None:
+    """The live progress endpoint: global rank 0 serves it, other ranks do not (``None``)."""
+    return progress_server.start() if rank == 0 else None
 
 
 def export(model: nn.Module, shape: Sequence[int], classes: int, output_dir: Path, name: str,
@@ -302,6 +319,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    server = serve_progress(rank)
+    try:
+        return _train(args, rank, world, server)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _train(args: argparse.Namespace, rank: int, world: int, server: progress_server.ProgressServer | None) -> dict[str, Any]:
+    cuda = torch.cuda.is_available()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
@@ -320,6 +347,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     crash_rank = 1 if world > 1 else 0
     progress: dict[str, Any] = {"step": position.step, "epoch": position.epoch, "resumedFrom": resumed_from}
+    if server is not None:
+        server.publish(progress_document(progress))
     first_loss: float | None = None
     step, started = position.step, time.monotonic()
     done = args.max_steps is not None and step >= args.max_steps
@@ -344,6 +373,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 value = float(loss.detach())
                 first_loss = value if first_loss is None else first_loss
                 progress = {"step": step, "epoch": epoch, "loss": round(value, 6), "resumedFrom": resumed_from}
+                if server is not None:
+                    server.publish(progress_document(progress))
                 if rank == 0 and step % args.log_every == 0:
                     report(progress, checkpoint_dir)
                 if rank == 0 and checkpoint_dir is not None and step % args.checkpoint_every == 0:
@@ -357,7 +388,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             export(model, shape, classes, Path(args.output_dir), args.model_name, args.max_batch_size)
             progress["output"] = str(Path(args.output_dir) / args.model_name)
         report(progress, checkpoint_dir)
-        write_termination_message({k: progress[k] for k in ("step", "epoch", "loss") if k in progress})
+        write_termination_message(progress)
     dist.barrier()
     dist.destroy_process_group()
     return progress

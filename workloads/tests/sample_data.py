@@ -2,44 +2,20 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import struct
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-import wave
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lepton_workloads.demo_data import png, wav
 from localcluster.kube import wait_until
 
 WORKLOADS = Path(__file__).resolve().parents[1]
-
-
-def png(width: int, height: int, shade: int) -> bytes:
-    """A real greyscale PNG (signature, IHDR, IDAT, IEND with CRCs) made with zlib + struct."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    rows = b"".join(b"\x00" + bytes([shade]) * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-
-
-def wav(frames: int, tone: int) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as writer:
-        writer.setnchannels(1)
-        writer.setsampwidth(2)
-        writer.setframerate(8000)
-        writer.writeframes(b"".join(struct.pack("<h", (i * tone) % 2000 - 1000) for i in range(frames)))
-    return buffer.getvalue()
 
 
 def make_images(root: Path, count: int) -> None:
@@ -91,7 +67,7 @@ def run_preparer(tmp_path: Path, **env: str) -> tuple[int, dict[str, Any], Path]
     result = tmp_path / "termination-log"
     environment = {
         **os.environ, "PYTHONPATH": str(WORKLOADS), "LEPTON_OUTPUT_DIR": str(output),
-        "LEPTON_RESULT_PATH": str(result), **env,
+        "LEPTON_RESULT_PATH": str(result), "LEPTON_PROGRESS_PORT": "0", **env,
     }  # fmt: skip
     completed = subprocess.run(
         [sys.executable, "-m", "lepton_workloads.prepare"], env=environment, capture_output=True, text=True, timeout=120

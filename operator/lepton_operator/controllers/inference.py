@@ -24,7 +24,6 @@ the autoscaler has just changed.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Mapping, MutableMapping
@@ -39,7 +38,7 @@ from lepton_operator.api.meta import API_VERSION, GROUP, INFERENCE_SERVICE, TRAI
 from lepton_operator.controllers import kube, loop, reconcile, secrets
 from lepton_operator.controllers.autoscaler import AUTOSCALER, REPLICAS_LOCK
 from lepton_operator.controllers.config import retry_delay
-from lepton_operator.controllers.startup import options_of
+from lepton_operator.controllers.startup import options_of, spawn
 from lepton_operator.controllers.reconcile import Logger, Warn
 from lepton_operator.controllers.wakeups import ObjectKey
 from lepton_operator.render import common
@@ -49,7 +48,6 @@ from lepton_operator.status.conditions import SecretProblem
 from lepton_operator.status.inference import Unavailable, service_status
 
 KIND = INFERENCE_SERVICE.kind
-_background: set[asyncio.Task[None]] = set()
 
 
 class JobWaiters:
@@ -177,9 +175,7 @@ async def start_autoscaler(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> No
     """Start the one autoscaling loop (it scales only what the reconcile loops track)."""
     options = options_of(memo)
     AUTOSCALER.prometheus_url = options.prometheus_url
-    task = asyncio.create_task(AUTOSCALER.run(options.autoscale_interval, logger), name="autoscaler")
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+    spawn(AUTOSCALER.run(options.autoscale_interval, logger), "autoscaler")
 
 
 loop.register(INFERENCE_SERVICE, reconcile_service, on_stop=stopped)

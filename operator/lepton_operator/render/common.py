@@ -12,6 +12,12 @@ their init containers) is hardened by one function, :func:`harden`, so that it i
 admitted where Pod Security ``restricted`` is enforced; the API's
 ``securityContext`` only picks the identity (see ``api.common.PodSecurity``).
 
+Workloads that report progress while they run (the trainer's rank 0, the
+preparer) serve it on ``GET /progress`` (``lepton_workloads.progress_server``);
+their containers get the port in ``LEPTON_PROGRESS_PORT`` and as a container
+port named :data:`PROGRESS_PORT_NAME`, which is how the operator finds what to
+poll (``controllers.progress``): a pod without that port is never polled.
+
 Pods that fetch a remote source (the dataset preparer, the model stager) get
 its settings and credentials from one function, :func:`source_env`: the
 environment ``lepton_workloads.sources`` reads, with every credential a
@@ -33,6 +39,19 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_TOLERATION: dict[str, str] = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+PROGRESS_PORT_NAME = "progress"
+PROGRESS_PORT_ENV = "LEPTON_PROGRESS_PORT"
+PROGRESS_PORT = 9400
+
+
+def progress_port(taken: int | None = None) -> int:
+    """The port of the progress endpoint: :data:`PROGRESS_PORT`, or the next one when ``taken`` is it."""
+    return PROGRESS_PORT + 1 if taken == PROGRESS_PORT else PROGRESS_PORT
+
+
+def progress_endpoint(port: int) -> tuple[dict[str, str], dict[str, Any]]:
+    """The container's environment variable and named container port of the progress endpoint."""
+    return {"name": PROGRESS_PORT_ENV, "value": str(port)}, {"name": PROGRESS_PORT_NAME, "containerPort": port}
 
 
 def owner_label(kind: str) -> str:

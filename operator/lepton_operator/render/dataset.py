@@ -10,7 +10,9 @@
   the Job spec names the Secret's keys (``secretKeyRef``), never values. The
   preparer's result document reaches the operator as the container's
   termination message (``terminationMessagePath``), so the operator needs no
-  pod log or exec access.
+  pod log or exec access. While it runs, the preparer serves its progress on
+  the container port ``progress`` (``LEPTON_PROGRESS_PORT``), which the
+  operator polls for ``status.progress``.
 
 What defines the *data* (source, modality, format, shards, splits, verify) is
 hashed (:func:`data_hash`); the hash is in the Job's name and labels, so a
@@ -37,6 +39,8 @@ from lepton_operator.render.common import (
     harden,
     owner_reference,
     placement,
+    progress_endpoint,
+    progress_port,
     source_credentials,
     source_env,
 )
@@ -121,6 +125,7 @@ def _environment(spec: LeptonDatasetSpec, digest: str) -> list[dict[str, Any]]:
         "LEPTON_RESULT_PATH": TERMINATION_MESSAGE_PATH,
     }
     env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in plain.items() if value is not None]
+    env.append(progress_endpoint(progress_port())[0])
     source = spec.source
     return env + source_env(source.uri, source.secret_ref, source.endpoint, source.region)
 
@@ -145,6 +150,7 @@ def prepare_job(name: str, namespace: str, uid: str, spec: LeptonDatasetSpec, *,
         "image": prepare.image or image,
         "command": ["python", "-m", "lepton_workloads.prepare"],
         "env": _environment(spec, digest),
+        "ports": [progress_endpoint(progress_port())[1]],
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "File",

@@ -34,9 +34,15 @@ Rules, in order of precedence:
   (``initialSeconds * 2**(restarts - 1)``, capped at ``maxSeconds``) has passed.
   ``suspend`` bumps it too, so a resumed group never meets a pod of the old one.
 
-Progress: a trainer reports ``{"step", "epoch", "loss"}`` as JSON in its
-termination message (``/dev/termination-log``); the latest one seen on any
-worker of the job is kept in ``status.progress``. No pod needs RBAC for it.
+Progress: a trainer reports ``{"schema": "lepton.ai/training-progress/v1",
+"step", "epoch", "loss"}`` as JSON twice: live, on ``GET /progress`` of its
+rank 0 while it trains (the controller polls worker 0 and passes the last
+answer in ``Observed.live``), and at the end in its termination message
+(``/dev/termination-log``). Both go through :func:`parse_progress`; among the
+reports of the current group's workers the highest step wins, and
+``status.progress`` keeps the last one when nothing new arrives (a failed poll
+clears nothing). ``updateTime`` changes only when the values do. No pod needs
+RBAC for any of it.
 """
 
 from __future__ import annotations
@@ -87,6 +93,8 @@ _NODE_LOSS_DISRUPTIONS = {"DeletionByTaintManager", "DeletionByPodGC", "Terminat
 _PREEMPTIONS = {"PreemptionByScheduler", "EvictionByEvictionAPI"}
 
 FINAL: tuple[TrainingPhase, ...] = ("Succeeded", "Failed")
+
+PROGRESS_SCHEMA = "lepton.ai/training-progress/v1"
 
 EventType = Literal["Normal", "Warning"]
 
@@ -252,25 +260,45 @@ def succeeded(pod: Mapping[str, Any]) -> bool:
     return _status(pod).get("phase") == "Succeeded"
 
 
-def progress_of(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The trainer's progress from termination messages (latest step wins)."""
+def parse_progress(report: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``{step, epoch, loss}`` of one trainer report, or ``None`` when it is not one.
+
+    ``report`` is a termination message (its last line is the JSON document;
+    a message that falls back to the logs may have more lines before it) or the
+    document ``/progress`` answered. A document of another schema, or without
+    a ``step``, is not a report; one without ``schema`` (older trainers) is.
+    """
+    document: Any = report
+    if isinstance(report, str):
+        try:
+            document = json.loads(report.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return None
+    if not isinstance(document, Mapping) or document.get("schema", PROGRESS_SCHEMA) != PROGRESS_SCHEMA:
+        return None
+    fields = {k: document[k] for k in ("step", "epoch", "loss")
+              if isinstance(document.get(k), int | float) and not isinstance(document.get(k), bool)}  # fmt: skip
+    for k in ("step", "epoch"):
+        if k in fields:
+            fields[k] = int(fields[k])
+    return fields if fields.get("step", -1) >= 0 else None
+
+
+def progress_of(
+    pods: Sequence[Mapping[str, Any]], live: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Any] | None:
+    """The trainer's progress among ``pods``: termination messages and ``live`` reports (pod uid -> document).
+
+    The highest step wins (on a tie the live report, the newer one). A live
+    report of a pod that is not in ``pods`` (an old group's) is ignored.
+    """
     best: dict[str, Any] | None = None
     for pod in pods:
-        message = (_terminated(pod) or {}).get("message")
-        if not message:
-            continue
-        try:
-            report = json.loads(str(message).strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            continue
-        if not isinstance(report, dict):
-            continue
-        fields = {k: report[k] for k in ("step", "epoch", "loss") if isinstance(report.get(k), int | float)}
-        for k in ("step", "epoch"):
-            if k in fields:
-                fields[k] = int(fields[k])
-        if "step" in fields and (best is None or fields["step"] >= best.get("step", -1)):
-            best = fields
+        uid = str(_meta(pod).get("uid") or "")
+        reports = [(_terminated(pod) or {}).get("message"), (live or {}).get(uid) if uid else None]
+        for fields in (parse_progress(report) for report in reports if report):
+            if fields is not None and (best is None or fields["step"] >= best["step"]):
+                best = fields
     return best
 
 
@@ -344,6 +372,8 @@ class Observed:
     """Where the export lands (``render.training.output_uri``)."""
     lost_nodes: Mapping[str, str] = field(default_factory=dict)
     """Nodes known lost (deleted, or NotReady past the grace period), with why."""
+    live: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """The last ``/progress`` document read from a running worker, by pod uid (see ``controllers.progress``)."""
 
 
 def assess(
@@ -351,6 +381,10 @@ def assess(
 ) -> Plan:
     """The plan of one reconcile pass; see the module docstring."""
     plan = _assess(spec, generation, existing, observed)
+    ttl = spec.run_policy.ttl_seconds_after_finished
+    if plan.phase in FINAL and ttl is not None and plan.requeue is None and not plan.delete_job:
+        # Finished in this very pass: nothing else may wake the job when its TTL is due.
+        plan.requeue = float(ttl)
     deadline = spec.run_policy.active_deadline_seconds
     started = _parse_time(plan.status.get("startTime"))
     if deadline is not None and started is not None and plan.phase not in FINAL:
@@ -375,7 +409,7 @@ def _assess(
     current = [p for p in pods if pod_group(p) == group and not terminating(p)]
     stale = [p for p in pods if pod_group(p) != group and not terminating(p)]
     going = [p for p in pods if terminating(p)]
-    builder = _Builder(spec, generation, previous, now, group, replicas, current, observed.output_uri)
+    builder = _Builder(spec, generation, previous, now, group, replicas, current, observed.output_uri, observed.live)
     plan = builder.plan
 
     if previous.phase in FINAL and previous.completion_time:
@@ -487,6 +521,13 @@ def pod_name(pod: Mapping[str, Any]) -> str:
     return str(_meta(pod).get("name"))
 
 
+def progress_pod(plan: Plan, pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The pod whose live progress to read: worker 0 of a Running group (global rank 0 runs there)."""
+    if plan.phase != "Running":
+        return None
+    return next((p for p in pods if pod_group(p) == plan.group and pod_index(p) == 0 and running(p)), None)
+
+
 
 def target_size(spec: TrainingJobSpec, capacity: int | None) -> int:
     """Workers the next group should have: ``replicas``, or for an elastic job what fits in [min, max]."""
@@ -510,8 +551,10 @@ class _Builder:
     """Assembles the status of a plan from a phase; one place for conditions and counts."""
 
     def __init__(self, spec: TrainingJobSpec, generation: int, previous: TrainingJobStatus, now: str,
-                 group: int, replicas: int, current: list[Mapping[str, Any]], output_uri: str | None) -> None:  # fmt: skip
+                 group: int, replicas: int, current: list[Mapping[str, Any]], output_uri: str | None,
+                 live: Mapping[str, Mapping[str, Any]]) -> None:  # fmt: skip
         self.output_uri = output_uri
+        self.live = live
         self.spec = spec
         self.generation = generation
         self.previous = previous
@@ -570,7 +613,7 @@ class _Builder:
             "failed": sum(1 for p in current if _status(p).get("phase") == "Failed"),
         }
         progress = previous.progress.to_wire() if previous.progress else None
-        reported = progress_of(current)
+        reported = progress_of(current, self.live)
         if reported is not None and {k: v for k, v in (progress or {}).items() if k != "updateTime"} != reported:
             progress = {**reported, "updateTime": self.now}
         output = self.output_uri
