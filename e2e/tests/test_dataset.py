@@ -130,7 +130,11 @@ def test_dataset_prepares_into_its_claim_and_reports_the_numbers(
     assert env["LEPTON_SOURCE_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "source-token", "key": "bearer"}}
     assert env["LEPTON_SOURCE_URI"]["value"] == SOURCE and env["LEPTON_SHARD_COUNT"]["value"] == "4"
     assert (job["spec"]["backoffLimit"], job["spec"]["activeDeadlineSeconds"]) == (0, 600)
-    assert "do-not-copy-me" not in json.dumps(job) and "do-not-copy-me" not in json.dumps(obj)
+    # The credential is passed by reference only: no object the operator writes, no event, no log line holds it.
+    written = kubectl.get("all,configmaps,persistentvolumeclaims,events,leptondatasets")
+    assert written and "do-not-copy-me" not in json.dumps(written)
+    log = lepton_operator.log_path.read_text()
+    assert "-> Ready" in log and "do-not-copy-me" not in log
 
     samples = metric_samples(lepton_operator.metrics(), "lepton_dataset_records")
     assert samples[(("dataset", "corpus"), ("namespace", obj["metadata"]["namespace"]))] == 40

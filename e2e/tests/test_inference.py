@@ -1,4 +1,4 @@
-"""InferenceService on a real API server: children rendered, /scale, template stability, TrainingJob source.
+"""InferenceService on a real API server: children rendered, /scale, template stability, TrainingJob and s3 sources.
 
 Pods run on kwok nodes (no Triton process), so "ready" here is the kubelet
 stand-in's; the model-level readiness probe is checked in the rendered spec.
@@ -139,6 +139,53 @@ def test_operator_inference_waits_for_its_training_job(lepton_operator: RunningO
     assert mount["subPath"] == "export/model"
     obj = status_for_generation(kubectl, "from-job", "Progressing")  # the claim does not exist here
     assert condition(obj, "ModelAvailable")["status"] == "True"  # type: ignore[index]
+
+
+def test_operator_inference_s3_source_waits_for_its_secret_and_passes_it_by_reference(
+    lepton_operator: RunningOperator, kubectl: Kubectl
+) -> None:
+    keys = {"accessKeyId": "id", "secretAccessKey": "secret"}
+    source = {"uri": "s3://models/exports/", "endpoint": "http://minio.storage:9000",
+              "region": "eu-west-1", "secretRef": {"name": "model-keys", "keys": keys}}  # fmt: skip
+    kubectl.apply(service("from-s3", {**SPEC, "model": {**SPEC["model"], "source": source}}), "--server-side")
+
+    def model_reason(reason: str) -> dict[str, Any]:
+        model: dict[str, Any] = condition(status_for_generation(kubectl, "from-s3"), "ModelAvailable") or {}
+        return model if model.get("reason") == reason else {}
+
+    missing = wait_until(lambda: model_reason("SecretNotFound"), TIMEOUT, "ModelAvailable=False SecretNotFound")
+    assert missing["status"] == "False" and "model-keys" in missing["message"]
+    assert kubectl.get("lis", "from-s3")["status"]["phase"] == "Pending"
+    assert kubectl.get_or_none("deployment", "from-s3") is None
+
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "model-keys"},
+              "stringData": {"id": "AKIA-do-not-copy"}}  # fmt: skip
+    kubectl.apply(secret)
+    half = wait_until(lambda: model_reason("SecretKeyMissing"), TIMEOUT, "ModelAvailable=False SecretKeyMissing")
+    assert half["message"] == "Secret model-keys has no key secret"
+    kubectl.apply({**secret, "stringData": {"id": "AKIA-do-not-copy", "secret": "sk-do-not-copy"}})
+
+    deployment = deployment_with(kubectl, "from-s3", 2)
+    [stager] = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert "--source=s3://models/exports/" in stager["args"]
+    assert stager["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    env = {item["name"]: item for item in stager["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {"secretKeyRef": {"name": "model-keys", "key": "id"}}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "model-keys", "key": "secret"}}
+    assert (env["LEPTON_S3_ENDPOINT"]["value"], env["AWS_REGION"]["value"]) == ("http://minio.storage:9000", "eu-west-1")
+    assert wait_until(lambda: model_reason("SourceResolved"), TIMEOUT, "ModelAvailable=True")["status"] == "True"
+
+    def warned() -> set[str]:
+        events = kubectl.get("events", None, "--field-selector=involvedObject.name=from-s3,type=Warning")
+        return {event["reason"] for event in events} >= {"SecretNotFound", "SecretKeyMissing"}
+
+    wait_until(warned, TIMEOUT, "Warning events SecretNotFound and SecretKeyMissing on lis/from-s3")
+    # The credentials are passed by reference only: no object the operator writes, no event, no log line holds them.
+    written = json.dumps(kubectl.get("all,configmaps,events,inferenceservices"))
+    assert "model-keys" in written and "AKIA-do-not-copy" not in written and "sk-do-not-copy" not in written
+    log = lepton_operator.log_path.read_text()
+    assert "spec of generation 1 accepted" in log
+    assert "AKIA-do-not-copy" not in log and "sk-do-not-copy" not in log
 
 
 def test_operator_inference_bad_model_config_is_stalled(lepton_operator: RunningOperator, kubectl: Kubectl) -> None:

@@ -44,3 +44,4 @@ def test_kubectl_explain_shows_field_descriptions(kubectl: Kubectl) -> None:
     assert "Elastic lower bound" in text
     assert "nprocPerNode" in text
     assert "Processes per worker pod" in kubectl("explain", "tj.spec.workers.nprocPerNode")
+    assert "passed by reference" in kubectl("explain", "lis.spec.model.source.secretRef")

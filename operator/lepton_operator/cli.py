@@ -52,6 +52,7 @@ def run_options(args: argparse.Namespace) -> OperatorOptions:
         "verbose": args.verbose,
         "prometheus_url": args.prometheus_url,
         "autoscale_interval": args.autoscale_interval,
+        "progress_interval": args.progress_interval,
     }
     if args.priority is not None:
         fields["priority"] = args.priority
@@ -117,6 +118,12 @@ def _add_run(commands: Any) -> None:
         type=float,
         default=5.0,
         help="seconds between two autoscaling rounds over all InferenceServices (default: 5)",
+    )
+    run.add_argument(
+        "--progress-interval",
+        type=float,
+        default=10.0,
+        help="seconds between two reads of a running trainer's or preparer's /progress (default: 10)",
     )
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     run.set_defaults(handler=_run)

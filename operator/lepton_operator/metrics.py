@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Hashable, Mapping
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
@@ -152,6 +152,30 @@ def record_training_restart(reason: str) -> None:
     TRAINING_RESTARTS.labels(reason=reason).inc()
 
 
+TRAINING_PROGRESS_STEP: Final = Gauge(
+    "lepton_training_progress_step",
+    "The optimizer step a TrainingJob's trainer last reported (status.progress.step), live while it runs.",
+    labelnames=("namespace", "name"),
+    registry=REGISTRY,
+)
+
+
+def record_training_progress(namespace: str, name: str, progress: Mapping[str, Any] | None) -> None:
+    """Export a job's ``status.progress`` step; absent when the job is gone or nothing was reported."""
+    step = (progress or {}).get("step")
+    if isinstance(step, int):
+        TRAINING_PROGRESS_STEP.labels(namespace, name).set(step)
+    else:
+        _remove(TRAINING_PROGRESS_STEP, namespace, name)
+
+
+def _remove(gauge: Gauge, *labels: str) -> None:
+    try:
+        gauge.remove(*labels)
+    except KeyError:
+        pass
+
+
 # InferenceService autoscaling, one series per service (namespace, name); a
 # service's series are removed when it stops being autoscaled.
 SERVICE_LABELS: Final = ("namespace", "name")
@@ -243,19 +267,35 @@ DATASET_PREPARATION_FAILURES: Final = Counter(
 )
 
 
+DATASET_PROGRESS_BYTES: Final = Gauge(
+    "lepton_dataset_progress_bytes",
+    "Source bytes of a preparation: done so far and total (when the source says), live while the Job runs.",
+    labelnames=("namespace", "dataset", "state"),
+    registry=REGISTRY,
+)
+
+
 def record_dataset(namespace: str, name: str, size_bytes: int, records: int) -> None:
     """Export the numbers of a Ready dataset."""
     DATASET_BYTES.labels(namespace=namespace, dataset=name).set(size_bytes)
     DATASET_RECORDS.labels(namespace=namespace, dataset=name).set(records)
 
 
+def record_dataset_progress(namespace: str, name: str, progress: Mapping[str, Any] | None) -> None:
+    """Export a dataset's ``status.progress`` (``state`` done / total); absent where unknown."""
+    for state, key in (("done", "bytesDone"), ("total", "bytesTotal")):
+        value = (progress or {}).get(key)
+        if isinstance(value, int):
+            DATASET_PROGRESS_BYTES.labels(namespace, name, state).set(value)
+        else:
+            _remove(DATASET_PROGRESS_BYTES, namespace, name, state)
+
+
 def forget_dataset(namespace: str, name: str) -> None:
     """Drop the series of a deleted dataset (absent, not a stale last value)."""
     for gauge in (DATASET_BYTES, DATASET_RECORDS):
-        try:
-            gauge.remove(namespace, name)
-        except KeyError:
-            pass
+        _remove(gauge, namespace, name)
+    record_dataset_progress(namespace, name, None)
 
 
 def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from other pods

@@ -1,8 +1,8 @@
-"""An in-memory stand-in for ``controllers.kube``, for reconciler unit tests.
+"""An in-memory stand-in for ``controllers.kube``, shared by the reconcilers' unit tests.
 
 It keeps objects in a dict and answers get/apply/list/delete the way the API
 server does for what the reconcilers ask; the real API server path is covered
-by the e2e tests. The ``fake`` fixture patches it in.
+by the e2e tests. ``fake`` (a fixture) patches it into ``controllers.kube``.
 """
 
 from __future__ import annotations

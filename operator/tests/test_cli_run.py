@@ -30,6 +30,7 @@ def test_every_flag() -> None:
         "--namespace", "team-a", "--namespace", "team-b-*",
         "--metrics-port", "9100", "--health-port", "9101",
         "--priority", "1000000", "--peering-name", "lepton-dev", "--standalone", "--verbose",
+        "--progress-interval", "2.5",
     )  # fmt: skip
     assert opts == OperatorOptions(
         namespaces=("team-a", "team-b-*"),
@@ -39,6 +40,7 @@ def test_every_flag() -> None:
         standalone=True,
         peering_name="lepton-dev",
         verbose=True,
+        progress_interval=2.5,
     )
     assert not opts.clusterwide
     assert opts.liveness_endpoint == "http://0.0.0.0:9101/healthz"

@@ -1,8 +1,6 @@
-"""The LeptonDataset reconciler against an in-memory stand-in for ``controllers.kube``.
+"""The LeptonDataset reconciler against an in-memory stand-in for ``controllers.kube`` (``fake_kube``).
 
-The stand-in (``fake_kube``) keeps objects in a dict and answers
-get/apply/list/delete the way the API server does for what the reconciler asks;
-the real API server path is covered by e2e/tests/test_dataset.py.
+The real API server path is covered by e2e/tests/test_dataset.py.
 """
 
 from __future__ import annotations
@@ -11,17 +9,20 @@ import asyncio
 import logging
 from typing import Any
 
+import aiohttp
 import pytest
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import DynamicApiError
 
+from fake_kube import FakeKube, fake  # noqa: F401 - the fixture
 from lepton_operator import metrics
 from lepton_operator.api.dataset import LeptonDatasetSpec
 from lepton_operator.controllers import dataset as controller
 from lepton_operator.controllers import kube
+from lepton_operator.controllers.progress import ProgressPoller
+from lepton_operator.controllers.wakeups import ObjectKey, Wakeups
 from lepton_operator.render import dataset as render
-
-from fake_kube import FakeKube, fake  # noqa: F401 - fixture
+from lepton_workloads import progress_server
 
 
 def body(spec: dict[str, Any], status: dict[str, Any] | None = None, generation: int = 1) -> dict[str, Any]:
@@ -125,3 +126,44 @@ def test_refused_claim_resize_is_a_warning_not_a_failed_pass(fake: FakeKube, mon
     patch, _, warnings = run(body({**spec, "storage": {"size": "20Gi"}}, generation=2))
     assert patch["phase"] == "Preparing"
     assert [reason for reason, _ in warnings] == ["ClaimResizeRefused"]
+
+
+def test_running_preparers_live_progress_reaches_status_and_metrics(fake: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = progress_server.start(0, host="127.0.0.1")
+    assert server is not None
+    poller = ProgressPoller(Wakeups(), interval=0)
+    monkeypatch.setattr(controller, "PROGRESS", poller)
+    spec = {"source": {"uri": "https://h/x/"}, "modality": "text"}
+    patch, _, _ = run(body(spec))
+    [(key, job)] = [(k, o) for k, o in fake.objects.items() if k[0] == "Job"]
+    template = job["spec"]["template"]["spec"]
+    template["containers"][0]["ports"][0]["containerPort"] = server.port  # the preparer's endpoint, here
+    fake.objects[("Pod", "ns", "p")] = {
+        "metadata": {"name": "p", "uid": "pod-1", "labels": {controller.JOB_NAME_LABEL: key[2]}, "creationTimestamp": "x"},
+        "spec": template, "status": {"phase": "Running", "podIP": "127.0.0.1"},
+    }  # fmt: skip
+    done = {"namespace": "ns", "dataset": "d", "state": "done"}
+    try:
+        status = {**patch}
+        patch, _, _ = run(body(spec, status))
+        assert status["phase"] == "Preparing" and patch == {}  # nothing reported yet
+        server.publish({"schema": "lepton.ai/prepare-progress/v1", "stage": "fetching", "bytesDone": 100,
+                        "bytesTotal": 400, "records": 0})  # fmt: skip
+        assert asyncio.run(poll(poller)) == [("LeptonDataset", "ns", "d")]
+        patch, _, _ = run(body(spec, status))
+        assert patch["progress"] == {"bytesDone": 100, "bytesTotal": 400}
+        assert metrics.REGISTRY.get_sample_value("lepton_dataset_progress_bytes", done) == 100
+        assert metrics.REGISTRY.get_sample_value("lepton_dataset_progress_bytes", {**done, "state": "total"}) == 400
+    finally:
+        server.close()
+    assert asyncio.run(poll(poller)) == []  # the endpoint is gone: unknown
+    status = {**status, **patch}
+    patch, _, _ = run(body(spec, status))
+    assert patch == {} and status["progress"] == {"bytesDone": 100, "bytesTotal": 400}  # kept, nothing written
+    asyncio.run(controller.forget_deleted({"metadata": {"namespace": "ns", "name": "d"}}, "DELETED"))
+    assert metrics.REGISTRY.get_sample_value("lepton_dataset_progress_bytes", done) is None
+
+
+async def poll(poller: ProgressPoller) -> list[ObjectKey]:
+    async with aiohttp.ClientSession() as session:
+        return await poller.poll(session)

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import kopf
 import pytest
 
 from lepton_operator import metrics
 from lepton_operator.controllers import kube
+from lepton_operator.api.training import TrainingJobSpec
 from lepton_operator.controllers import training as controller
+from lepton_operator.controllers.progress import ProgressPoller
+from lepton_operator.controllers.wakeups import ObjectKey, Wakeups
+from lepton_operator.render import training as render
+from lepton_workloads import progress_server
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 LOGGER = logging.getLogger("test")
@@ -201,3 +208,41 @@ def test_pods_on_a_deleted_node_are_force_deleted(monkeypatch: pytest.MonkeyPatc
     due, patch, _ = run(api, monkeypatch, body({"restartPolicy": {"backoff": {"initialSeconds": 0}}}, {"phase": "Running", "group": 0}))
     assert api.calls == [("status", "Restarting/1"), ("delete", "Pod/job-worker-0-g0!")]
     assert patch["restarts"]["byReason"] == {"NodeLost": 1}
+
+
+def test_worker_zeros_live_progress_reaches_status_and_metrics_and_survives_a_failed_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = progress_server.start(0, host="127.0.0.1")
+    assert server is not None
+    poller = ProgressPoller(Wakeups(), interval=0)
+    monkeypatch.setattr(controller, "PROGRESS", poller)
+    spec = TrainingJobSpec.model_validate({"image": "trainer:1", "workers": {"replicas": 2}})
+    pods = render.worker_group("job", "ml", "uid-1", spec, 2, 0)
+    for index, pod in enumerate(pods):
+        pod["metadata"]["uid"] = f"pod-{index}"
+        pod["spec"]["nodeName"] = "n1"
+        pod["status"] = {"phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
+    pods[0]["spec"]["containers"][0]["ports"][1]["containerPort"] = server.port  # worker 0's endpoint, here
+    api = FakeApi(pods)
+    status: dict[str, Any] = {"phase": "Running", "group": 0, "workers": {"desired": 2}}
+    try:
+        _, patch, _ = run(api, monkeypatch, body({"workers": {"replicas": 2}}, status))
+        assert patch["phase"] == "Running" and "progress" not in patch  # nothing reported yet
+        server.publish({"schema": "lepton.ai/training-progress/v1", "step": 5, "epoch": 0, "loss": 2.0})
+        assert asyncio.run(poll(poller)) == [("TrainingJob", "ml", "job")]
+        status = {**status, **patch}
+        _, patch, _ = run(api, monkeypatch, body({"workers": {"replicas": 2}}, status))
+        assert patch["progress"] == {"step": 5, "epoch": 0, "loss": 2.0, "updateTime": "2026-01-02T03:04:05Z"}
+        assert metrics.REGISTRY.get_sample_value("lepton_training_progress_step", {"namespace": "ml", "name": "job"}) == 5
+    finally:
+        server.close()
+    assert asyncio.run(poll(poller)) == []  # the endpoint is gone: unknown
+    status = {**status, **patch}
+    _, patch, _ = run(api, monkeypatch, body({"workers": {"replicas": 2}}, status))
+    assert patch == {} and status["progress"]["step"] == 5  # nothing to write: the progress shown stays
+
+
+async def poll(poller: ProgressPoller) -> list[ObjectKey]:
+    async with aiohttp.ClientSession() as session:
+        return await poller.poll(session)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from lepton_operator.api.common import GPUSpec, ResourceRequirements, Toleration
+import restricted_policy
+
+from lepton_operator.api.common import GPUSpec, PodSecurity, ResourceRequirements, SecretReference, Toleration
 from lepton_operator.render import common
 
 
@@ -55,3 +57,53 @@ def test_placement_renders_only_what_is_set() -> None:
         "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100"},
         "tolerations": [common.GPU_TOLERATION],
     }
+
+
+def test_harden_makes_every_container_restricted_and_keeps_the_rest() -> None:
+    pod = {"initContainers": [{"name": "init"}], "containers": [{"name": "main", "image": "x"}], "restartPolicy": "Never"}
+    hardened = common.harden(pod, None)
+    assert restricted_policy.violations(pod) != []  # the rendered input alone would be refused
+    assert restricted_policy.violations(hardened) == []
+    assert hardened["restartPolicy"] == "Never" and hardened["containers"][0]["image"] == "x"
+    assert hardened["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}, "runAsNonRoot": True}
+    assert "securityContext" not in pod  # pure: the input is untouched
+
+
+def test_harden_sets_the_chosen_identity_and_cheap_volume_ownership() -> None:
+    hardened = common.harden({"containers": [{"name": "main"}]}, PodSecurity(runAsUser=1000, runAsGroup=1000, fsGroup=2000))
+    assert hardened["securityContext"] == {
+        "seccompProfile": {"type": "RuntimeDefault"},
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 2000,
+        "fsGroupChangePolicy": "OnRootMismatch",
+    }
+    assert restricted_policy.violations(hardened) == []
+
+
+def test_run_as_root_is_an_explicit_opt_out_that_keeps_seccomp_and_no_escalation() -> None:
+    hardened = common.harden({"containers": [{"name": "main"}]}, PodSecurity(runAsUser=0))
+    assert hardened["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}, "runAsUser": 0}
+    assert hardened["containers"][0]["securityContext"] == {"allowPrivilegeEscalation": False}
+    assert "the pod runs as uid 0" in restricted_policy.violations(hardened)
+
+
+def test_source_env_has_settings_as_values_and_credentials_by_reference_only() -> None:
+    explicit = SecretReference(name="keys", keys={"accessKeyId": "AK", "secretAccessKey": "SK", "custom": "C"})
+    assert common.source_env("s3://b/p/", explicit, "http://minio:9000", "us-east-1") == [
+        {"name": "LEPTON_S3_ENDPOINT", "value": "http://minio:9000"},
+        {"name": "AWS_REGION", "value": "us-east-1"},
+        {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "AK"}}},
+        {"name": "LEPTON_SOURCE_CUSTOM", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "C"}}},
+        {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "SK"}}},
+    ]
+    # Without a key mapping, the scheme's credentials by their own names, each optional.
+    implicit = common.source_env("s3://b/p/", SecretReference(name="keys"))
+    assert [(e["name"], e["valueFrom"]["secretKeyRef"]) for e in implicit] == [
+        ("AWS_ACCESS_KEY_ID", {"name": "keys", "key": "accessKeyId", "optional": True}),
+        ("AWS_SECRET_ACCESS_KEY", {"name": "keys", "key": "secretAccessKey", "optional": True}),
+        ("AWS_SESSION_TOKEN", {"name": "keys", "key": "sessionToken", "optional": True}),
+    ]
+    assert common.source_env("https://h/x/", SecretReference(name="t"))[0]["valueFrom"]["secretKeyRef"]["key"] == "token"
+    assert common.source_env("https://h/x/", None) == []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import restricted_policy
+
 from lepton_operator.api.dataset import LeptonDatasetSpec
 from lepton_operator.render import dataset as render
 
@@ -101,3 +103,18 @@ def test_only_data_changes_change_the_hash() -> None:
 def test_job_name_fits_a_label_value() -> None:
     name = render.job_name("a" * 200, spec())
     assert len(name) <= 63 and name.endswith(render.data_hash(spec()))
+
+
+def test_preparer_passes_pod_security_restricted_and_identity_never_re_prepares() -> None:
+    job = render.prepare_job("cats", "ml", "uid-1", spec())
+    assert restricted_policy.violations(job["spec"]["template"]["spec"]) == []
+    chosen = spec(prepare={"securityContext": {"runAsUser": 2000, "fsGroup": 2000}})
+    assert render.prepare_job("cats", "ml", "uid-1", chosen)["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == 2000
+    assert render.data_hash(chosen) == render.data_hash(spec())
+
+
+def test_preparer_declares_the_progress_port_and_gets_it_in_its_environment() -> None:
+    job = render.prepare_job("d", "ns", "u", spec())
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["ports"] == [{"name": "progress", "containerPort": 9400}]
+    assert env_of(job)["LEPTON_PROGRESS_PORT"] == "9400"

@@ -8,7 +8,11 @@ from typing import Any
 import pytest
 from lepton_workloads import triton_config
 
-from lepton_operator.api.inference import InferenceServiceSpec
+import restricted_policy
+
+from lepton_operator.api.dataset import LeptonDatasetSpec
+from lepton_operator.api.inference import TRITON_UID, InferenceServiceSpec
+from lepton_operator.render import dataset as render_dataset
 from lepton_operator.render import inference
 from lepton_operator.render.inference import ClaimSource, UriSource
 
@@ -113,6 +117,37 @@ def test_uri_source_is_fetched_by_the_stager() -> None:
     assert "--source=https://models.example/resnet/" in pod["initContainers"][0]["args"]
 
 
+S3_SOURCE: dict[str, Any] = {
+    "uri": "s3://models/exports/", "endpoint": "http://minio.storage:9000", "region": "eu-west-1",
+    "secretRef": {"name": "model-keys", "keys": {"accessKeyId": "id", "secretAccessKey": "secret"}},
+}  # fmt: skip
+
+
+def test_uri_source_settings_and_credentials_reach_the_stager_by_reference_as_for_the_preparer() -> None:
+    parsed = spec(model={**BASE["model"], "source": S3_SOURCE})
+    source = inference.resolve_source(parsed, None)
+    assert isinstance(source, UriSource) and source.secret_ref is not None and source.secret_ref.name == "model-keys"
+    [stager] = deployment(parsed, source=source)["spec"]["template"]["spec"]["initContainers"]
+    env = {item["name"]: item for item in stager["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {"secretKeyRef": {"name": "model-keys", "key": "id"}}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "model-keys", "key": "secret"}}
+    assert env["LEPTON_S3_ENDPOINT"]["value"] == "http://minio.storage:9000" and env["AWS_REGION"]["value"] == "eu-west-1"
+    assert all("value" not in item for name, item in env.items() if name.startswith("AWS_") and name != "AWS_REGION")
+    # One helper for both pods: the preparer of a dataset with the same source gets the same entries.
+    dataset = LeptonDatasetSpec.model_validate({"source": S3_SOURCE, "modality": "image"})
+    [preparer] = render_dataset.prepare_job("d", "ns", "u", dataset)["spec"]["template"]["spec"]["containers"]
+    assert [item for item in preparer["env"] if item["name"] in env] == stager["env"]
+
+
+def test_stager_failures_reach_the_termination_message() -> None:
+    for source in (SOURCE, UriSource("https://models.example/resnet/")):
+        [stager] = deployment(source=source)["spec"]["template"]["spec"]["initContainers"]
+        assert "--termination-log=/dev/termination-log" in stager["args"]
+        assert stager["terminationMessagePath"] == "/dev/termination-log"
+        assert stager["terminationMessagePolicy"] == "FallbackToLogsOnError"
+        assert "env" not in stager  # no credentials, no S3 settings: nothing to pass
+
+
 def test_prometheus_scrape_annotations_and_labels() -> None:
     template = deployment()["spec"]["template"]
     assert template["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
@@ -215,3 +250,10 @@ def test_the_triton_simulator_image_understands_the_rendered_command_line(tmp_pa
     (tmp_path / "other" / "config.pbtxt").write_text("")
     with pytest.raises(SystemExit, match="exactly one model"):
         tritonserver_args(args)
+
+
+def test_triton_and_its_stager_pass_pod_security_restricted_as_triton_server() -> None:
+    template = deployment()["spec"]["template"]["spec"]
+    assert restricted_policy.violations(template) == []
+    assert [c["name"] for c in template["initContainers"]] == ["stage-model"]
+    assert template["securityContext"]["runAsUser"] == template["securityContext"]["runAsGroup"] == TRITON_UID

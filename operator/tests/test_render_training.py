@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import restricted_policy
+
 from lepton_operator.api.training import TrainingJobSpec
 from lepton_operator.render import training as render
 
@@ -142,3 +144,25 @@ def test_longest_job_name_keeps_hostnames_within_63_characters() -> None:
     name = "j" * 50
     pod = render.worker_pod(name, "ml", "u", spec(), 1023, 1024, 7)
     assert len(pod["spec"]["hostname"]) <= 63
+
+
+def test_workers_pass_pod_security_restricted_as_the_chosen_user() -> None:
+    pod = render.worker_pod("bert", "ml", "uid-1", spec(securityContext={"runAsUser": 1001, "fsGroup": 1001}), 0, 2, 0)
+    assert restricted_policy.violations(pod["spec"]) == []
+    assert pod["spec"]["securityContext"]["runAsUser"] == 1001
+    default = render.worker_pod("bert", "ml", "uid-1", spec(), 0, 2, 0)
+    assert restricted_policy.violations(default["spec"]) == []
+
+
+def test_workers_declare_the_progress_port_and_tell_the_trainer_about_it() -> None:
+    pod = render.worker_pod("bert", "ml", "uid-1", spec(), 0, 2, group=0)
+    container = pod["spec"]["containers"][0]
+    assert container["ports"] == [{"name": "rendezvous", "containerPort": 29500},
+                                  {"name": "progress", "containerPort": 9400}]  # fmt: skip
+    assert env_of(pod)["LEPTON_PROGRESS_PORT"] == "9400"
+    # A rendezvous on the progress port moves the progress endpoint aside, never onto it.
+    clash = render.worker_pod("bert", "ml", "uid-1", spec(masterPort=9400), 0, 2, group=0)
+    assert clash["spec"]["containers"][0]["ports"][1] == {"name": "progress", "containerPort": 9401}
+    assert env_of(clash)["LEPTON_PROGRESS_PORT"] == "9401"
+    user = spec(env=[{"name": "LEPTON_PROGRESS_PORT", "value": "1"}])
+    assert env_of(render.worker_pod("bert", "ml", "uid-1", user, 0, 2, group=0))["LEPTON_PROGRESS_PORT"] == "9400"

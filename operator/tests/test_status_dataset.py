@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lepton_operator.api.dataset import LeptonDatasetStatus
+from lepton_operator.status import conditions as cond
 from lepton_operator.status import dataset as status
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -27,7 +28,7 @@ def pod(phase: str, message: dict[str, Any] | str | None, created: str = "2026-0
             "status": {"phase": phase, "containerStatuses": [{"name": "prepare", "state": {"terminated": terminated}}]}}  # fmt: skip
 
 
-def compute(job_: dict[str, Any] | None, pods: list[dict[str, Any]], secret: status.SecretProblem | None = None,
+def compute(job_: dict[str, Any] | None, pods: list[dict[str, Any]], secret: cond.SecretProblem | None = None,
             existing: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     return status.dataset_status(3, "d", job_, pods, secret, existing, NOW)
 
@@ -89,7 +90,7 @@ def test_failed_recovers_when_a_new_job_succeeds() -> None:
 
 
 def test_missing_secret_is_a_reason_not_a_job() -> None:
-    problem = status.SecretProblem("SecretNotFound", "Secret creds not found in namespace ns")
+    problem = cond.SecretProblem("SecretNotFound", "Secret creds not found in namespace ns")
     result = compute(None, [], secret=problem)
     assert result["phase"] == "Pending"
     assert conditions(result)["Validated"] == ("False", "SecretNotFound")
@@ -123,3 +124,41 @@ def test_an_unbound_claim_is_named_while_the_job_waits() -> None:
     bound = {**claim, "status": {"phase": "Bound"}}
     assert conditions(status.dataset_status(3, "d", job(), [], None, None, NOW, claim_object=bound))["Prepared"] == (
         "False", "Preparing")
+
+
+def running(uid: str, created: str = "2026-01-02T03:00:00Z") -> dict[str, Any]:
+    return {"metadata": {"uid": uid, "creationTimestamp": created}, "status": {"phase": "Running"}}
+
+
+LIVE = {"schema": status.PROGRESS_SCHEMA, "stage": "fetching", "bytesDone": 1000, "bytesTotal": 3000, "records": 0}
+
+
+def test_live_report_of_the_running_pod_is_the_progress_while_preparing() -> None:
+    result = status.dataset_status(3, "d", job(), [running("p1")], None, {"phase": "Preparing"}, NOW, live={"p1": LIVE})
+    assert result["phase"] == "Preparing" and result["progress"] == {"bytesDone": 1000, "bytesTotal": 3000}
+    later = status.dataset_status(3, "d", job(), [running("p1")], None, result, NOW, live={"p1": {**LIVE, "bytesDone": 2500}})
+    assert later["progress"] == {"bytesDone": 2500, "bytesTotal": 3000}
+
+
+def test_without_a_new_report_preparing_keeps_the_last_progress() -> None:
+    shown = {"phase": "Preparing", "progress": {"bytesDone": 1000, "bytesTotal": 3000}}
+    for live in ({}, {"old-pod": {**LIVE, "bytesDone": 2900}}, {"p1": {"schema": "other", "bytesDone": 5}}):
+        kept = status.dataset_status(3, "d", job(), [running("p1")], None, shown, NOW, live=live)
+        assert kept["progress"] == shown["progress"]
+    # progress of a dataset that was Ready (the old data) is not kept for a new preparation
+    assert compute(job(), [running("p1")], existing={"phase": "Ready", "progress": {"bytesDone": 9}})["progress"] is None
+
+
+def test_result_and_live_report_go_through_one_progress_parser() -> None:
+    assert status.parse_progress(OK) == {"bytesDone": 3000, "bytesTotal": 3000}
+    assert status.parse_progress(LIVE) == {"bytesDone": 1000, "bytesTotal": 3000}
+    assert status.parse_progress({**LIVE, "bytesTotal": None}) == {"bytesDone": 1000, "bytesTotal": None}
+    for other in ({**OK, "ok": False}, {**LIVE, "bytesDone": -1}, {**LIVE, "schema": "x"}, None):
+        assert status.parse_progress(other) is None
+
+
+def test_the_newest_running_pod_of_a_preparing_dataset_reports() -> None:
+    pods = [running("old", "2026-01-02T03:00:00Z"), running("new", "2026-01-02T03:02:00Z"), pod("Failed", None)]
+    assert status.progress_pod("Preparing", pods) is pods[1]
+    assert status.progress_pod("Ready", pods) is None
+    assert status.progress_pod("Preparing", [pod("Failed", None)]) is None

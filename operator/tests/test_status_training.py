@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -85,6 +86,21 @@ def test_a_gang_that_cannot_be_scheduled_says_why() -> None:
     assert ready["status"] == "False" and "Insufficient nvidia.com/gpu" in ready["message"]
     assert ready["message"].startswith("1 of 2 workers cannot be scheduled")
     assert [(e.type, e.reason) for e in plan.events] == [("Warning", "Pending")]
+
+
+def test_a_worker_whose_container_cannot_start_says_why_instead_of_starting_forever() -> None:
+    message = 'container has runAsNonRoot and image will run as root (pod: "job-worker-1-g0", container: worker)'
+    blocked = pod(1, phase="Pending", ready=False)
+    blocked["status"]["containerStatuses"] = [
+        {"name": "worker", "state": {"waiting": {"reason": "CreateContainerConfigError", "message": message}}}
+    ]
+    plan = assess(spec(workers={"replicas": 2}), [pod(0), blocked])
+    assert plan.phase == "Pending" and plan.status["reason"] == "ContainerBlocked"
+    ready = next(c for c in plan.status["conditions"] if c["type"] == "Ready")
+    assert ready["message"] == f"1 of 2 workers cannot start: worker job-worker-1-g0 CreateContainerConfigError: {message}"
+    creating = pod(1, phase="Pending", ready=False)
+    creating["status"]["containerStatuses"] = [{"name": "worker", "state": {"waiting": {"reason": "ContainerCreating"}}}]
+    assert assess(spec(workers={"replicas": 2}), [pod(0), creating]).phase == "Starting"
 
 
 def test_missing_worker_is_created_without_touching_the_others() -> None:
@@ -303,3 +319,61 @@ def failed_restarts_of(plan: t.Plan) -> int:
 def test_a_job_starting_to_run_is_looked_at_again_at_its_deadline() -> None:
     plan = assess(spec(runPolicy={"activeDeadlineSeconds": 60}), [pod(0)], {"phase": "Starting", "group": 0})
     assert plan.phase == "Running" and plan.status["startTime"] == "2026-01-02T03:04:05Z" and plan.requeue == 60
+
+
+def live_pod(index: int, uid: str, group: int = 0, **fields: Any) -> dict[str, Any]:
+    found = pod(index, group, **fields)
+    found["metadata"]["uid"] = uid
+    return found
+
+
+RUNNING = {"phase": "Running", "group": 0, "workers": {"desired": 2}}
+
+
+def test_a_live_report_advances_the_step_while_the_group_runs() -> None:
+    job, pods = spec(workers={"replicas": 2}), [live_pod(0, "u0"), live_pod(1, "u1")]
+    report = {"schema": t.PROGRESS_SCHEMA, "step": 40, "epoch": 1, "loss": 0.5}
+    plan = assess(job, pods, RUNNING, live={"u0": report})
+    assert plan.phase == "Running"
+    assert plan.status["progress"] == {"step": 40, "epoch": 1, "loss": 0.5, "updateTime": "2026-01-02T03:04:05Z"}
+    later = NOW + timedelta(seconds=10)
+    advanced = assess(job, pods, plan.status, now=later, live={"u0": {**report, "step": 60, "loss": 0.4}})
+    assert advanced.status["progress"] == {"step": 60, "epoch": 1, "loss": 0.4, "updateTime": "2026-01-02T03:04:15Z"}
+
+
+def test_without_a_new_report_the_last_progress_and_its_time_are_kept() -> None:
+    job, pods = spec(workers={"replicas": 2}), [live_pod(0, "u0"), live_pod(1, "u1")]
+    shown = {"step": 40, "epoch": 1, "loss": 0.5, "updateTime": "2026-01-02T03:00:00Z"}
+    previous = {**RUNNING, "progress": shown}
+    # a failed poll (nothing live), the same report again, a report of a pod not in the group (an old one)
+    for live in ({}, {"u0": {"step": 40, "epoch": 1, "loss": 0.5}}, {"gone": {"step": 90}}):
+        assert assess(job, pods, previous, live=live).status["progress"] == shown
+
+
+def test_termination_message_and_live_report_go_through_one_parser_and_the_highest_step_wins() -> None:
+    document = {"schema": t.PROGRESS_SCHEMA, "step": 7, "epoch": 0, "loss": 1.5, "resumedFrom": 0}
+    parsed = {"step": 7, "epoch": 0, "loss": 1.5}
+    assert t.parse_progress(document) == t.parse_progress(json.dumps(document)) == parsed
+    assert t.parse_progress("torch warnings...\n" + json.dumps(document)) == parsed  # FallbackToLogsOnError
+    assert t.parse_progress({"step": 7.0}) == {"step": 7}  # an older trainer: no schema
+    for other in ({"schema": "lepton.ai/prepare-progress/v1", "step": 7}, {"epoch": 1}, {"step": True}, "[1]", None):
+        assert t.parse_progress(other) is None
+    ended = live_pod(0, "u0", phase="Succeeded", terminated={"exitCode": 0, "message": json.dumps({**document, "step": 9})})
+    assert t.progress_of([ended], {"u0": document}) == {"step": 9, "epoch": 0, "loss": 1.5}
+    assert t.progress_of([live_pod(0, "u0")], {"u0": {**document, "step": 12}})["step"] == 12
+
+
+def test_progress_is_read_from_worker_zero_of_a_running_group_only() -> None:
+    job = spec(workers={"replicas": 2})
+    pods = [live_pod(1, "u1"), live_pod(0, "u0")]
+    plan = assess(job, pods, RUNNING)
+    assert t.progress_pod(plan, pods) is pods[1]
+    starting = [live_pod(0, "u0"), live_pod(1, "u1", phase="Pending", ready=False)]
+    assert t.progress_pod(assess(job, starting, RUNNING), starting) is None
+
+
+def test_the_pass_that_finishes_a_job_comes_back_when_its_ttl_is_due() -> None:
+    done = pod(0, phase="Succeeded", terminated={"exitCode": 0, "message": '{"step": 1}'})
+    plan = assess(spec(runPolicy={"ttlSecondsAfterFinished": 30}), [done], {"phase": "Running", "group": 0})
+    assert plan.phase == "Succeeded" and plan.requeue == 30 and not plan.delete_job
+    assert assess(spec(), [done], {"phase": "Running", "group": 0}).requeue is None  # no TTL: nothing to come back for

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kubernetes.client import ApiException
 from pydantic import ValidationError
 
 from lepton_operator.api import RESOURCES
@@ -261,3 +263,18 @@ def test_valid_specs_with_noise_stay_failed_or_pending_consistently(kind: str, n
     parsed_ok = not isinstance(v.parse_spec(kind, spec), ValidationError)
     assert (status["phase"] == "Pending") is parsed_ok
     assert (by_type(status)["Validated"]["status"] == "True") is parsed_ok
+
+
+def test_a_refused_request_is_described_by_the_api_servers_message() -> None:
+    body = json.dumps({"kind": "Status", "status": "Failure", "reason": "Forbidden", "code": 403,
+                       "message": 'pods "w-0" is forbidden: violates PodSecurity "restricted:latest": runAsUser=0'})
+    error = ApiException(status=403, reason="Forbidden")
+    error.body = body
+    assert v.describe_error(error) == (
+        'ApiException 403 Forbidden: pods "w-0" is forbidden: violates PodSecurity "restricted:latest": runAsUser=0'
+    )
+    status = v.error_status("TrainingJob", 1, error, None, NOW)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["message"].startswith("reconcile failed: ApiException 403 Forbidden: pods")
+    error.body = "<html>bad gateway</html>"
+    assert v.describe_error(error).startswith("ApiException: (403)")

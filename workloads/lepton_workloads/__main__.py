@@ -7,7 +7,13 @@ import sys
 
 import lepton_workloads
 
-ENTRY_POINTS = {"prepare": "prepare a LeptonDataset into shards", "train": "PyTorch DDP trainer (under torchrun)"}
+ENTRY_POINTS = {
+    "prepare": "prepare a LeptonDataset into shards",
+    "train": "PyTorch DDP trainer (under torchrun)",
+    "stage_model": "stage a Triton model repository (an InferenceService's init container)",
+    "triton_simulator": "a stand-in speaking Triton's HTTP protocol and metrics (tests, local demo)",
+    "demo_data": "generate (and serve over HTTP) the quickstart's multimodal sample data",
+}
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """The dataset preparer: ``python -m lepton_workloads.prepare``, the prepare Job's one container.
 
-It fetches the source (``prepare_sources``), reads it as records of the declared
+It fetches the source (``sources``, shared with the model stager), reads it as records of the declared
 modality (``prepare_layouts``), assigns records to train/validation with a
 seeded shuffle, writes webdataset shards and ``manifest.json`` through
 ``shards`` (the contract the trainer reads; each shard hashed as it is
@@ -8,7 +8,7 @@ written), checks the written sizes, and reports. Every option is a flag whose de
 variable, because the operator's Job sets the environment:
 
 ==========================  ===================================================
-``LEPTON_SOURCE_URI``       the source (see ``prepare_sources``)
+``LEPTON_SOURCE_URI``       the source (see ``sources``)
 ``LEPTON_SOURCE_ROOT``      where the Job mounts a ``pvc://`` source claim
 ``LEPTON_SOURCE_TOKEN``     bearer token for http(s) sources (secretKeyRef)
 ``LEPTON_S3_ENDPOINT``      S3-compatible endpoint URL; ``AWS_REGION``, ``AWS_*`` keys
@@ -34,9 +34,17 @@ learns the outcome without reading the claim or the pod's logs::
 
 Exit codes: 0 prepared; 1 a failure a retry may fix (source unreachable or cut
 off); 3 a failure no retry fixes (bad data, checksum mismatch, empty dataset,
-bad arguments) - the Job's podFailurePolicy fails at once on 3. Progress goes to
-stdout (``progress bytesDone=... bytesTotal=...``) and to ``.progress.json`` in
-the output directory.
+bad arguments) - the Job's podFailurePolicy fails at once on 3.
+
+Progress (at most once a second) goes to stdout (``progress bytesDone=...
+bytesTotal=...``), to ``.progress.json`` in the output directory and to
+``GET /progress`` (:mod:`lepton_workloads.progress_server`, port
+``LEPTON_PROGRESS_PORT``), which the operator polls while the Job runs to fill
+``status.progress``. File and endpoint carry the same document
+(:meth:`Reporter.document`)::
+
+    {"schema": "lepton.ai/prepare-progress/v1", "stage": "fetching",
+     "bytesDone": 1048576, "bytesTotal": 9000000, "records": 0}
 
 Restarts are clean: a run removes the previous shards before writing and writes
 the manifest last (atomically), so a half-written preparation is never taken
@@ -58,11 +66,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lepton_workloads import shards
+from lepton_workloads import progress_server, shards
 from lepton_workloads.prepare_layouts import LayoutError, Record, records
-from lepton_workloads.prepare_sources import S3Options, SourceError, fetch
+from lepton_workloads.sources import S3Options, SourceError, fetch, token_from_env
 
 RESULT_SCHEMA = "lepton.ai/prepare-result/v1"
+PROGRESS_SCHEMA = "lepton.ai/prepare-progress/v1"
 DEFAULT_RESULT_PATH = "/dev/termination-log"
 DEFAULT_TARGET_SIZE = 256 << 20
 STAGING_DIR = ".staging"
@@ -124,12 +133,19 @@ def assign_splits(count: int, train: float, validation: float | None, seed: int)
 
 
 class Reporter:
-    """Progress lines on stdout and a small JSON file, at most once a second."""
+    """Progress lines on stdout, a small JSON file and the live endpoint, at most once a second."""
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, server: progress_server.ProgressServer | None = None) -> None:
         self.path = output / PROGRESS_FILE
+        self.server = server
         self.last = 0.0
         self.state: dict[str, Any] = {"stage": "fetching", "bytesDone": 0, "bytesTotal": None, "records": 0}
+        if server is not None:
+            server.publish(self.document())
+
+    def document(self) -> dict[str, Any]:
+        """The progress document of the file and of ``GET /progress``."""
+        return {"schema": PROGRESS_SCHEMA, **self.state}
 
     def update(self, force: bool = False, **fields: Any) -> None:
         self.state.update(fields)
@@ -139,8 +155,11 @@ class Reporter:
         self.last = now
         line = " ".join(f"{key}={value}" for key, value in self.state.items())
         print(f"progress {line}", flush=True)
+        document = self.document()
+        if self.server is not None:
+            self.server.publish(document)
         try:
-            self.path.write_text(json.dumps(self.state))
+            self.path.write_text(json.dumps(document))
         except OSError:
             pass  # progress is best effort; the result document is what counts
 
@@ -163,19 +182,35 @@ def _reuse(output: Path, spec_hash: str) -> tuple[shards.Manifest, str] | None:
 
 def _write(
     output: Path, items: list[Record], splits: Mapping[str, list[int]], args: argparse.Namespace, reporter: Reporter
-) -> list[shards.ShardInfo]:
+) -> tuple[list[shards.ShardInfo], list[str]]:
+    """Write every split's shards; returns them and the distinct ``cls`` labels seen (see :func:`label_list`)."""
     records_per_shard = math.ceil(len(items) / args.shard_count) if args.shard_count else None
     target = None if records_per_shard else (args.shard_target_bytes or DEFAULT_TARGET_SIZE)
     written: list[shards.ShardInfo] = []
+    labels: set[str] = set()
     done = 0
     for split, indices in splits.items():
         writer = shards.ShardWriter(output, split, target_size_bytes=target, records_per_shard=records_per_shard)
         for index in indices:
-            writer.add(f"{index:09d}", items[index]())
+            sample = items[index]()
+            if "cls" in sample:
+                labels.add(sample["cls"].decode("utf-8", "replace").strip())
+            writer.add(f"{index:09d}", sample)
             done += 1
             reporter.update(stage="sharding", records=done)
         written.extend(writer.close())
-    return written
+    return written, label_list(labels)
+
+
+def label_list(labels: set[str]) -> list[str]:
+    """The dataset's classes in a stable order: numerically when every label is an integer, else by name.
+
+    Recorded as the manifest's ``extra.labels`` so a trainer maps ``cls`` text to a class index
+    (``cat``/``dog`` work as well as ``0``/``1``) and knows how many classes there are.
+    """
+    if all(label.lstrip("-").isdigit() for label in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)
 
 
 def prepare(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
@@ -192,12 +227,8 @@ def prepare(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
         return _result(manifest, digest, manifest.extra.get("sourceBytes", 0), manifest.extra.get("sourceSha256"),
                        started)  # fmt: skip
     staging = output / STAGING_DIR
-    token = os.environ.get("LEPTON_SOURCE_TOKEN") or None
-    s3 = S3Options(
-        endpoint=_env("LEPTON_S3_ENDPOINT"), region=_env("AWS_REGION"), access_key=_env("AWS_ACCESS_KEY_ID"),
-        secret_key=_env("AWS_SECRET_ACCESS_KEY"), session_token=_env("AWS_SESSION_TOKEN"),
-    )  # fmt: skip
-    fetched = fetch(args.source, staging, source_root=args.source_root, token=token, progress=reporter.bytes, s3=s3)
+    fetched = fetch(args.source, staging, source_root=args.source_root, token=token_from_env(),
+                    progress=reporter.bytes, s3=S3Options.from_env())  # fmt: skip
     if args.sha256:
         if fetched.sha256 is None:
             raise PrepareError("ChecksumNotApplicable", "verify.sha256 applies to a single-object source, not a directory")
@@ -211,8 +242,10 @@ def prepare(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
         raise PrepareError("EmptyDataset", f"the splits leave none of the {len(items)} records")
     (output / shards.MANIFEST).unlink(missing_ok=True)  # never leave an old manifest over new shards
     shutil.rmtree(output / shards.SHARD_DIR, ignore_errors=True)
-    written = _write(output, items, splits, args, reporter)
-    extra = {"specHash": args.spec_hash, "seed": args.seed, "sourceBytes": fetched.bytes}
+    written, labels = _write(output, items, splits, args, reporter)
+    extra: dict[str, Any] = {"specHash": args.spec_hash, "seed": args.seed, "sourceBytes": fetched.bytes}
+    if labels:
+        extra["labels"] = labels
     if fetched.sha256:
         extra["sourceSha256"] = fetched.sha256
     manifest = shards.Manifest(modality=args.modality, source=args.source, shards=tuple(written), extra=extra)
@@ -261,7 +294,15 @@ def write_result(path: Path, result: Mapping[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
-    reporter = Reporter(args.output)
+    server = progress_server.start()
+    try:
+        return _run(args, Reporter(args.output, server))
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _run(args: argparse.Namespace, reporter: Reporter) -> int:
     try:
         result = prepare(args, reporter)
     except (PrepareError, SourceError, LayoutError) as error:

@@ -14,8 +14,11 @@ image or audio set never sits in memory at once. Layouts, by modality:
   ``<stem>.txt``. Fields: ``wav`` and ``txt``.
 * ``text`` - ``.jsonl`` files, one JSON object per line (field ``json``), and
   plain ``.txt`` files, one record each (field ``txt``).
-* ``tabular`` - ``.csv`` files with a header row; each row becomes a JSON object
-  (field ``json``) keyed by the header.
+* ``tabular`` - ``.csv`` files with a header row and ``.parquet`` files; each row
+  becomes a JSON object (field ``json``) keyed by the header / column names. CSV
+  values stay strings (CSV has no types); Parquet keeps its types (numbers, bools,
+  nulls; timestamps, decimals and binaries as strings). Parquet is read one
+  record batch at a time, so a large table never sits in memory at once.
 * ``multimodal`` - files grouped by their path without extension: ``0001.png``
   + ``0001.txt`` + ``0001.json`` is one record with three fields.
 
@@ -30,14 +33,16 @@ import csv
 import io
 import json
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 Record = Callable[[], dict[str, bytes]]
 IMAGE_EXTENSIONS = {"png", "jpg", "jpeg", "webp", "gif", "bmp"}
 IMAGE_SIGNATURES = {"png": (b"\x89PNG\r\n\x1a\n",), "jpg": (b"\xff\xd8\xff",), "jpeg": (b"\xff\xd8\xff",),
                     "gif": (b"GIF87a", b"GIF89a"), "bmp": (b"BM",)}  # fmt: skip
 LABEL_FILES = ("labels.csv", "labels.tsv")
+PARQUET_BATCH_ROWS = 4096
 TRANSCRIPT_FILES = ("transcripts.csv", "transcripts.tsv")
 
 
@@ -163,17 +168,40 @@ def text_records(root: Path) -> Iterator[Record]:
             yield _constant({"txt": path.read_bytes()})
 
 
+def _json_record(row: Mapping[str, Any]) -> Record:
+    return _constant({"json": json.dumps(row, separators=(",", ":"), default=str).encode()})
+
+
+def _csv_rows(path: Path) -> Iterator[Record]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        for number, row in enumerate(reader, 2):
+            if None in row or None in row.values():
+                raise LayoutError("InvalidData", f"{path.name} line {number}: column count differs from the header")
+            yield _json_record(row)
+
+
+def _parquet_rows(path: Path) -> Iterator[Record]:
+    import pyarrow as pa  # the preparer's image has it; imported here so other layouts never pay for it
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+        for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            for row in batch.to_pylist():
+                yield _json_record(row)
+    except (pa.ArrowException, OSError, ValueError) as error:  # a corrupt footer, page or schema (pyarrow raises all three)
+        raise LayoutError("InvalidData", f"{path.name}: not a readable Parquet file: {error}") from error
+
+
 def tabular_records(root: Path) -> Iterator[Record]:
     _, files = _files(root)
     for path in files:
-        if _extension(path) != "csv":
-            continue
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            for number, row in enumerate(reader, 2):
-                if None in row or None in row.values():
-                    raise LayoutError("InvalidData", f"{path.name} line {number}: column count differs from the header")
-                yield _constant({"json": json.dumps(row, separators=(",", ":")).encode()})
+        extension = _extension(path)
+        if extension == "csv":
+            yield from _csv_rows(path)
+        elif extension == "parquet":
+            yield from _parquet_rows(path)
 
 
 def _group(paths: list[Path]) -> Record:

@@ -7,10 +7,16 @@ prepared dataset: ``manifest.json`` + webdataset shards, read with
 ``LEPTON_CHECKPOINT_EVERY_STEPS``, ``LEPTON_OUTPUT_DIR``. Command-line flags
 override the environment.
 
-Samples: ``npy`` holds the input (a float array: a feature vector for the MLP,
-``C x H x W`` for the CNN) and ``cls`` the class index as ASCII. The number of
-classes and the input shape come from the manifest's ``extra`` (``classes``,
-``shape``) or, failing that, from flags and the first sample.
+Samples (:class:`Decoder`): the input is ``npy`` (a float array: a feature
+vector for the MLP, ``C x H x W`` for the CNN) or an image field (``png``,
+``jpg``...; what the preparer shards from an image or multimodal dataset),
+decoded with Pillow into ``C x H x W`` floats in [0, 1] in the first sample's
+colour mode and size (``--image-size`` resizes). ``cls`` is the label: an index
+into the manifest's ``extra.labels`` (the preparer records the distinct labels
+there, so ``cat``/``dog`` work) or, without that list, the class index as ASCII.
+The number of classes and the input shape come from the manifest's ``extra``
+(``classes``, ``shape``, ``labels``) or, failing that, from flags and the first
+sample.
 
 * Distribution: ``DistributedDataParallel`` over gloo on CPU, NCCL on GPU with
   automatic mixed precision (bfloat16 autocast). Each rank reads its own shards
@@ -21,9 +27,13 @@ classes and the input shape come from the manifest's ``extra`` (``classes``,
   a crash never leaves a torn checkpoint. On start every rank loads it and
   continues at the same step (a restarted group resumes, not restarts).
 * Progress: rank 0 prints one JSON line per log interval, keeps
-  ``progress.json`` in the checkpoint directory, and writes the last report to
-  the container's termination message (``/dev/termination-log``), which the
-  operator shows as ``status.progress`` without the pod needing any RBAC.
+  ``progress.json`` in the checkpoint directory, serves its latest step on
+  ``GET /progress`` while it trains (:mod:`lepton_workloads.progress_server`,
+  port ``LEPTON_PROGRESS_PORT``; the operator polls it), and writes the last
+  report to the container's termination message (``/dev/termination-log``).
+  The endpoint and the termination message carry the same document
+  (:func:`progress_document`, schema ``lepton.ai/training-progress/v1``), which
+  the operator shows as ``status.progress`` without the pod needing any RBAC.
 * Export: rank 0 writes a Triton model repository entry under the output
   directory: ``<name>/1/model.pt`` (TorchScript) and ``<name>/config.pbtxt``
   (:mod:`lepton_workloads.triton_config`). ONNX export needs the ``onnx``
@@ -47,15 +57,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from PIL import Image
 from torch import nn
 from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 
-from lepton_workloads import shards, triton_config
+from lepton_workloads import progress_server, shards, triton_config
 
 CHECKPOINT = "checkpoint.pt"
 PROGRESS = "progress.json"
 TERMINATION_LOG = "/dev/termination-log"
+PROGRESS_SCHEMA = "lepton.ai/training-progress/v1"
+#: What the operator reads of a progress report (the rest stays in the logs and progress.json).
+REPORTED_FIELDS = ("step", "epoch", "loss")
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
     parser.add_argument("--model-name", default=env("LEPTON_JOB_NAME", "model"))
     parser.add_argument("--classes", type=int, default=None)
+    parser.add_argument("--image-size", type=int, default=None, help="resize images to N x N (default: the first's size)")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
@@ -125,12 +140,64 @@ def build_model(kind: str, shape: Sequence[int], hidden: int, classes: int) -> n
 # data
 
 
-def decode(sample: dict[str, bytes]) -> tuple[np.ndarray, int]:
-    features = np.load(io.BytesIO(sample["npy"]), allow_pickle=False).astype(np.float32)
-    return features, int(sample["cls"].decode().strip())
+IMAGE_FIELDS = ("png", "jpg", "jpeg", "webp", "bmp", "gif")
 
 
-def rank_samples(root: Path, manifest: shards.Manifest, split: str, rank: int, world: int) -> Iterator[tuple[np.ndarray, int]]:
+@dataclass(frozen=True)
+class Decoder:
+    """Turns one shard sample into (input array, class index); see the module docstring."""
+
+    labels: tuple[str, ...] | None = None
+    #: Pillow mode every image is converted to ("L" or "RGB") and (width, height) it is resized to.
+    mode: str | None = None
+    size: tuple[int, int] | None = None
+
+    def __call__(self, sample: dict[str, bytes]) -> tuple[np.ndarray, int]:
+        return self.features(sample), self.label(sample["cls"])
+
+    def features(self, sample: dict[str, bytes]) -> np.ndarray:
+        if "npy" in sample:
+            array: np.ndarray = np.load(io.BytesIO(sample["npy"]), allow_pickle=False).astype(np.float32)
+            return array
+        field = next((f for f in IMAGE_FIELDS if f in sample), None)
+        if field is None:
+            raise ValueError(f"a sample needs npy or an image field ({', '.join(IMAGE_FIELDS)}); it has {sorted(sample)}")
+        with Image.open(io.BytesIO(sample[field])) as image:
+            converted = image.convert(self.mode or _mode_of(image))
+            if self.size is not None and converted.size != self.size:
+                converted = converted.resize(self.size, Image.Resampling.BILINEAR)
+            pixels = np.asarray(converted, dtype=np.float32) / 255.0
+        planes: np.ndarray = pixels[np.newaxis] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        return planes
+
+    def label(self, raw: bytes) -> int:
+        text = raw.decode().strip()
+        if self.labels is None:
+            return int(text)
+        try:
+            return self.labels.index(text)
+        except ValueError:
+            raise ValueError(f"label {text!r} is not among the manifest's labels {list(self.labels)}") from None
+
+
+def _mode_of(image: Image.Image) -> str:
+    return "L" if image.mode in ("1", "L", "I", "I;16", "F") else "RGB"
+
+
+def decoder_for(root: Path, manifest: shards.Manifest, split: str, image_size: int | None = None) -> Decoder:
+    """The decoder of this dataset: its label list, and for images the first sample's mode and size."""
+    labels = manifest.extra.get("labels")
+    first = next(shards.iter_samples(root, manifest.split(split)[:1]))
+    field = next((f for f in IMAGE_FIELDS if f in first), None)
+    mode, size = None, None
+    if field is not None and "npy" not in first:
+        with Image.open(io.BytesIO(first[field])) as image:
+            mode, size = _mode_of(image), (image_size, image_size) if image_size else image.size
+    return Decoder(tuple(str(label) for label in labels) if labels else None, mode, size)
+
+
+def rank_samples(root: Path, manifest: shards.Manifest, split: str, rank: int, world: int,
+                 decode: Decoder) -> Iterator[tuple[np.ndarray, int]]:  # fmt: skip
     """This rank's samples of ``split``: its own shards, or every world-th sample when shards are few."""
     available = manifest.split(split)
     if len(available) >= world:
@@ -155,16 +222,17 @@ def batches(samples: Iterator[tuple[np.ndarray, int]], size: int) -> Iterator[tu
         yield torch.from_numpy(np.stack(inputs)), torch.tensor(labels)
 
 
-def dataset_shape(root: Path, manifest: shards.Manifest, split: str, classes: int | None) -> tuple[tuple[int, ...], int]:
+def dataset_shape(root: Path, manifest: shards.Manifest, split: str, classes: int | None,
+                  decode: Decoder | None = None) -> tuple[tuple[int, ...], int]:  # fmt: skip
     """Input shape and number of classes: from the manifest, else the flag and the first sample."""
     extra = dict(manifest.extra)
     shape = tuple(int(d) for d in extra["shape"]) if "shape" in extra else None
-    count = classes or (int(extra["classes"]) if "classes" in extra else None)
+    count = classes or (int(extra["classes"]) if "classes" in extra else None) or len(extra.get("labels") or ()) or None
     if shape is None:
-        first, _ = decode(next(shards.iter_samples(root, manifest.split(split)[:1])))
+        first = (decode or Decoder()).features(next(shards.iter_samples(root, manifest.split(split)[:1])))
         shape = tuple(first.shape)
     if count is None:
-        raise ValueError("the number of classes is neither in the manifest (extra.classes) nor given (--classes)")
+        raise ValueError("the number of classes is in neither the manifest (extra.classes or extra.labels) nor --classes")
     return shape, count
 
 
@@ -202,11 +270,21 @@ def report(progress: dict[str, Any], checkpoint_dir: Path | None) -> None:
         os.replace(temporary, checkpoint_dir / PROGRESS)
 
 
+def progress_document(progress: dict[str, Any]) -> dict[str, Any]:
+    """The report the operator reads, live from ``/progress`` and at the end from the termination message."""
+    return {"schema": PROGRESS_SCHEMA, **{key: progress[key] for key in REPORTED_FIELDS if key in progress}}
+
+
 def write_termination_message(progress: dict[str, Any], path: str = TERMINATION_LOG) -> None:
     """The last progress report as the container's termination message (read by the operator)."""
     target = Path(os.environ.get("LEPTON_TERMINATION_LOG", path))
     if target.parent.is_dir() and os.access(target.parent if not target.exists() else target, os.W_OK):
-        target.write_text(json.dumps(progress, sort_keys=True))
+        target.write_text(json.dumps(progress_document(progress), sort_keys=True))
+
+
+def serve_progress(rank: int) -> progress_server.ProgressServer | None:
+    """The live progress endpoint: global rank 0 serves it, other ranks do not (``None``)."""
+    return progress_server.start() if rank == 0 else None
 
 
 def export(model: nn.Module, shape: Sequence[int], classes: int, output_dir: Path, name: str,
@@ -241,13 +319,24 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    server = serve_progress(rank)
+    try:
+        return _train(args, rank, world, server)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _train(args: argparse.Namespace, rank: int, world: int, server: progress_server.ProgressServer | None) -> dict[str, Any]:
+    cuda = torch.cuda.is_available()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
     torch.manual_seed(args.seed)
     root = Path(args.dataset_dir)
     manifest, _ = shards.read_manifest(root)
-    shape, classes = dataset_shape(root, manifest, args.split, args.classes)
+    decoder = decoder_for(root, manifest, args.split, args.image_size)
+    shape, classes = dataset_shape(root, manifest, args.split, args.classes, decoder)
     model = build_model(args.model, shape, args.hidden, classes).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
@@ -258,6 +347,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     crash_rank = 1 if world > 1 else 0
     progress: dict[str, Any] = {"step": position.step, "epoch": position.epoch, "resumedFrom": resumed_from}
+    if server is not None:
+        server.publish(progress_document(progress))
     first_loss: float | None = None
     step, started = position.step, time.monotonic()
     done = args.max_steps is not None and step >= args.max_steps
@@ -266,7 +357,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             break
         skip = position.batch if epoch == position.epoch else 0
         with Join([ddp]):
-            for index, (inputs, labels) in enumerate(batches(rank_samples(root, manifest, args.split, rank, world), args.batch_size)):
+            samples = rank_samples(root, manifest, args.split, rank, world, decoder)
+            for index, (inputs, labels) in enumerate(batches(samples, args.batch_size)):
                 if index < skip or done:
                     continue
                 if args.crash_at_step is not None and step == args.crash_at_step and rank == crash_rank:
@@ -281,6 +373,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 value = float(loss.detach())
                 first_loss = value if first_loss is None else first_loss
                 progress = {"step": step, "epoch": epoch, "loss": round(value, 6), "resumedFrom": resumed_from}
+                if server is not None:
+                    server.publish(progress_document(progress))
                 if rank == 0 and step % args.log_every == 0:
                     report(progress, checkpoint_dir)
                 if rank == 0 and checkpoint_dir is not None and step % args.checkpoint_every == 0:
@@ -294,7 +388,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             export(model, shape, classes, Path(args.output_dir), args.model_name, args.max_batch_size)
             progress["output"] = str(Path(args.output_dir) / args.model_name)
         report(progress, checkpoint_dir)
-        write_termination_message({k: progress[k] for k in ("step", "epoch", "loss") if k in progress})
+        write_termination_message(progress)
     dist.barrier()
     dist.destroy_process_group()
     return progress

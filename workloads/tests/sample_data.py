@@ -1,44 +1,21 @@
-"""Generated multimodal sample data and a subprocess runner for the preparer, shared by its tests."""
+"""Generated sample data (multimodal records, an exported TorchScript model) and subprocess runners, shared by tests."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import struct
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-import wave
-import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lepton_workloads.demo_data import png, wav
 from localcluster.kube import wait_until
 
 WORKLOADS = Path(__file__).resolve().parents[1]
-
-
-def png(width: int, height: int, shade: int) -> bytes:
-    """A real greyscale PNG (signature, IHDR, IDAT, IEND with CRCs) made with zlib + struct."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    rows = b"".join(b"\x00" + bytes([shade]) * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-
-
-def wav(frames: int, tone: int) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as writer:
-        writer.setnchannels(1)
-        writer.setsampwidth(2)
-        writer.setframerate(8000)
-        writer.writeframes(b"".join(struct.pack("<h", (i * tone) % 2000 - 1000) for i in range(frames)))
-    return buffer.getvalue()
 
 
 def make_images(root: Path, count: int) -> None:
@@ -90,7 +67,7 @@ def run_preparer(tmp_path: Path, **env: str) -> tuple[int, dict[str, Any], Path]
     result = tmp_path / "termination-log"
     environment = {
         **os.environ, "PYTHONPATH": str(WORKLOADS), "LEPTON_OUTPUT_DIR": str(output),
-        "LEPTON_RESULT_PATH": str(result), **env,
+        "LEPTON_RESULT_PATH": str(result), "LEPTON_PROGRESS_PORT": "0", **env,
     }  # fmt: skip
     completed = subprocess.run(
         [sys.executable, "-m", "lepton_workloads.prepare"], env=environment, capture_output=True, text=True, timeout=120
@@ -99,3 +76,42 @@ def run_preparer(tmp_path: Path, **env: str) -> tuple[int, dict[str, Any], Path]
     return completed.returncode, json.loads(result.read_text()), output
 
 
+
+
+def export_model(output_dir: Path, name: str) -> Path:
+    """A real TorchScript model (4 inputs, 2 outputs) exported as a TrainingJob exports it; its directory.
+
+    ``<output_dir>/<name>/1/model.pt`` and ``<output_dir>/<name>/config.pbtxt``, written by ``train.export``.
+    """
+    import torch
+
+    from lepton_workloads import train
+
+    torch.manual_seed(0)
+    return train.export(torch.nn.Linear(4, 2), (4,), 2, output_dir, name, max_batch_size=4)
+
+
+@dataclass(frozen=True)
+class StagerRun:
+    """What one run of the stager left: exit code, stderr, the termination message, the repository."""
+
+    code: int
+    stderr: str
+    termination: str
+    repository: Path
+
+
+def run_stager(tmp_path: Path, source: str, *extra: str, **env: str) -> StagerRun:
+    """Run ``python -m lepton_workloads.stage_model`` as the init container does (environment included)."""
+    repository = tmp_path / "models"
+    log = tmp_path / "termination-log"
+    arguments = [
+        f"--source={source}", f"--model-repository={repository}", "--name=served", "--format=pytorch_libtorch",
+        "--max-batch-size=16", "--instance-count=2", "--instance-kind=KIND_CPU", f"--termination-log={log}", *extra,
+    ]  # fmt: skip
+    completed = subprocess.run(
+        [sys.executable, "-m", "lepton_workloads.stage_model", *arguments],
+        env={**os.environ, "PYTHONPATH": str(WORKLOADS), **env}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    termination = log.read_text() if log.exists() else ""
+    return StagerRun(completed.returncode, completed.stderr, termination, repository)

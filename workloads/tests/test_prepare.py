@@ -193,3 +193,26 @@ def test_tabular_csv_from_mounted_claim_and_reuse(tmp_path: Path) -> None:
     code, second, _ = run_preparer(tmp_path, **env)  # a retried pod of the same spec: nothing prepared twice
     assert code == 0 and second["digest"] == first["digest"]
     assert (output / shards.MANIFEST).stat().st_mtime_ns == stamp
+
+
+def test_tabular_parquet_keeps_column_types_and_a_corrupt_file_is_invalid_data(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = tmp_path / "claim" / "tables"
+    source.mkdir(parents=True)
+    table = pa.table({"id": list(range(25)), "score": [i / 4 for i in range(25)],
+                      "label": [f"class-{i % 3}" for i in range(25)], "ok": [i % 2 == 0 for i in range(25)]})  # fmt: skip
+    pq.write_table(table, source / "rows.parquet", row_group_size=10)  # three row groups, read batch by batch
+    env = {"LEPTON_SOURCE_URI": "pvc://raw/tables", "LEPTON_SOURCE_ROOT": str(tmp_path / "claim"),
+           "LEPTON_MODALITY": "tabular", "LEPTON_SPEC_HASH": "p1"}  # fmt: skip
+    code, result, output = run_preparer(tmp_path, **env)
+    assert code == 0 and result["records"] == 25
+    manifest, _ = shards.read_manifest(output)
+    rows = sorted((json.loads(s["json"]) for s in shards.iter_samples(output, manifest.shards)), key=lambda r: r["id"])
+    assert rows == table.to_pylist()  # ints, floats, strings and bools survive as JSON types
+
+    (source / "rows.parquet").write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")
+    code, result, _ = run_preparer(tmp_path, **{**env, "LEPTON_SPEC_HASH": "p2"})
+    assert (code, result["reason"]) == (prepare.EXIT_PERMANENT, "InvalidData")
+    assert "rows.parquet" in result["message"]

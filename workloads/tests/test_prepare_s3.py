@@ -1,10 +1,8 @@
-"""The preparer against a real S3-compatible server: versitygw, built from the Go module proxy.
+"""The preparer against a real S3-compatible server (versitygw, the ``s3_server`` fixture).
 
-versitygw (``localcluster.build.ensure_versitygw``, cached like the control plane's
-binaries; the first run compiles it) serves a local directory over the S3 API
-with SigV4 authentication. The test uploads generated data with the MinIO SDK,
-then runs ``python -m lepton_workloads.prepare`` as a subprocess with the
-environment the operator's Job sets (endpoint, region, keys from the Secret).
+The test uploads generated data with the MinIO SDK, then runs
+``python -m lepton_workloads.prepare`` as a subprocess with the environment the
+operator's Job sets (endpoint, region, keys from the Secret).
 """
 
 from __future__ import annotations
@@ -12,40 +10,24 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from minio import Minio
 
 from lepton_workloads import prepare, shards
-from localcluster.lepton import free_port
-from localcluster.build import ensure_versitygw
-from sample_data import make_images, make_text, run_preparer, wait_until_serving
+from s3_server import S3Server
+from sample_data import make_images, make_text, run_preparer
 
-ACCESS, SECRET = "lepton-test", "lepton-test-secret-key"
 BUCKET = "datasets"
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A running versitygw over a fresh directory, with generated data uploaded: (endpoint, source dir)."""
-    binary = ensure_versitygw()
-    root = tmp_path_factory.mktemp("s3")
-    (root / "backend").mkdir()
-    port = free_port()
-    server = subprocess.Popen(
-        [str(binary), "--access", ACCESS, "--secret", SECRET, "--port", f"127.0.0.1:{port}",
-         "posix", str(root / "backend")],
-        stdout=subprocess.DEVNULL, stderr=(root / "versitygw.log").open("w"),
-    )  # fmt: skip
-    endpoint = f"http://127.0.0.1:{port}"
-    wait_until_serving(server, endpoint, 30, log=root / "versitygw.log")
-    client = Minio(f"127.0.0.1:{port}", access_key=ACCESS, secret_key=SECRET, secure=False, region="us-east-1")
+def s3(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> tuple[S3Server, Path]:
+    """The server with generated data uploaded to its own bucket: (server, source dir)."""
+    client = s3_server.client()
     client.make_bucket(BUCKET)
-    source = root / "source"
+    source = tmp_path_factory.mktemp("s3-source")
     make_images(source / "images", 12)
     make_text(source / "text", 30)
     for path in sorted((source / "images").rglob("*")):
@@ -56,19 +38,16 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
         tar.add(source / "text", arcname="text")
     (source / "text.tar.gz").write_bytes(archive.getvalue())
     client.fput_object(BUCKET, "text.tar.gz", str(source / "text.tar.gz"))
-    yield endpoint, source
-    server.terminate()
-    server.wait(10)
+    return s3_server, source
 
 
-def s3_env(endpoint: str, uri: str, modality: str, **extra: str) -> dict[str, str]:
-    return {"LEPTON_SOURCE_URI": uri, "LEPTON_MODALITY": modality, "LEPTON_S3_ENDPOINT": endpoint,
-            "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": ACCESS, "AWS_SECRET_ACCESS_KEY": SECRET, **extra}  # fmt: skip
+def s3_env(server: S3Server, uri: str, modality: str, **extra: str) -> dict[str, str]:
+    return server.env(LEPTON_SOURCE_URI=uri, LEPTON_MODALITY=modality, **extra)
 
 
-def test_image_prefix_from_s3(s3: tuple[str, Path], tmp_path: Path) -> None:
-    endpoint, source = s3
-    code, result, output = run_preparer(tmp_path, **s3_env(endpoint, f"s3://{BUCKET}/images/", "image"))
+def test_image_prefix_from_s3(s3: tuple[S3Server, Path], tmp_path: Path) -> None:
+    server, source = s3
+    code, result, output = run_preparer(tmp_path, **s3_env(server, f"s3://{BUCKET}/images/", "image"))
     assert code == 0, result
     manifest, digest = shards.read_manifest(output)
     assert result["records"] == 12 and result["digest"] == digest and shards.verify(output, manifest) == []
@@ -80,10 +59,10 @@ def test_image_prefix_from_s3(s3: tuple[str, Path], tmp_path: Path) -> None:
     assert result["sourceBytes"] == sum(p.stat().st_size for p in (source / "images").rglob("*") if p.is_file())
 
 
-def test_archive_object_with_checksum_from_s3(s3: tuple[str, Path], tmp_path: Path) -> None:
-    endpoint, source = s3
+def test_archive_object_with_checksum_from_s3(s3: tuple[S3Server, Path], tmp_path: Path) -> None:
+    server, source = s3
     expected = hashlib.sha256((source / "text.tar.gz").read_bytes()).hexdigest()
-    env = s3_env(endpoint, f"s3://{BUCKET}/text.tar.gz", "text", LEPTON_VERIFY_SHA256=expected)
+    env = s3_env(server, f"s3://{BUCKET}/text.tar.gz", "text", LEPTON_VERIFY_SHA256=expected)
     code, result, output = run_preparer(tmp_path, **env)
     assert code == 0, result
     assert result["sourceSha256"] == expected and result["records"] == 30
@@ -92,22 +71,22 @@ def test_archive_object_with_checksum_from_s3(s3: tuple[str, Path], tmp_path: Pa
     assert ids == list(range(30))
 
 
-def test_wrong_keys_are_access_denied(s3: tuple[str, Path], tmp_path: Path) -> None:
-    endpoint, _ = s3
-    env = s3_env(endpoint, f"s3://{BUCKET}/text.tar.gz", "text", AWS_SECRET_ACCESS_KEY="wrong-secret")
+def test_wrong_keys_are_access_denied(s3: tuple[S3Server, Path], tmp_path: Path) -> None:
+    server, _ = s3
+    env = s3_env(server, f"s3://{BUCKET}/text.tar.gz", "text", AWS_SECRET_ACCESS_KEY="wrong-secret")
     code, result, _ = run_preparer(tmp_path, **env)
     assert code == prepare.EXIT_RETRYABLE and result["reason"] == "AccessDenied", result
 
 
-def test_missing_object_is_unreachable(s3: tuple[str, Path], tmp_path: Path) -> None:
-    endpoint, _ = s3
-    code, result, _ = run_preparer(tmp_path, **s3_env(endpoint, f"s3://{BUCKET}/nothing.tar", "text"))
+def test_missing_object_is_unreachable(s3: tuple[S3Server, Path], tmp_path: Path) -> None:
+    server, _ = s3
+    code, result, _ = run_preparer(tmp_path, **s3_env(server, f"s3://{BUCKET}/nothing.tar", "text"))
     assert code == prepare.EXIT_RETRYABLE and result["reason"] == "SourceUnreachable"
     assert "NoSuchKey" in result["message"]
 
 
-def test_wrong_checksum_from_s3_fails(s3: tuple[str, Path], tmp_path: Path) -> None:
-    endpoint, _ = s3
-    env = s3_env(endpoint, f"s3://{BUCKET}/text.tar.gz", "text", LEPTON_VERIFY_SHA256="f" * 64)
+def test_wrong_checksum_from_s3_fails(s3: tuple[S3Server, Path], tmp_path: Path) -> None:
+    server, _ = s3
+    env = s3_env(server, f"s3://{BUCKET}/text.tar.gz", "text", LEPTON_VERIFY_SHA256="f" * 64)
     code, result, _ = run_preparer(tmp_path, **env)
     assert code == prepare.EXIT_PERMANENT and result["reason"] == "ChecksumMismatch"

@@ -1,4 +1,9 @@
-"""Staging a Triton model repository from a directory or an http(s) URI."""
+"""Staging a Triton model repository from a directory or an http(s) URI (s3: test_stage_model_s3.py).
+
+The http tests serve a directory with the standard library's ``http.server``
+(what ``python -m http.server`` runs: a real directory index) and run the
+stager as the init container does, as a subprocess with its own environment.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from lepton_workloads import stage_model, triton_config
+from sample_data import export_model, run_stager
 
 EXPORTED = triton_config.ModelConfig(
     name="trainer-name",
@@ -87,13 +94,73 @@ def test_http_directory_is_fetched(http_root: tuple[str, Path], tmp_path: Path) 
     assert staged_config(tmp_path / "models").max_batch_size == 16
 
 
+def test_exported_model_directory_is_fetched_over_http(http_root: tuple[str, Path], tmp_path: Path) -> None:
+    base, root = http_root
+    exported = export_model(root / "exports", "resnet")  # resnet/config.pbtxt, resnet/1/model.pt
+    run = run_stager(tmp_path, f"{base}/exports/")
+    assert run.code == 0, run.stderr
+    staged = run.repository / "served" / "1" / "model.pt"
+    assert staged.read_bytes() == (exported / "1" / "model.pt").read_bytes()
+    assert torch.jit.load(str(staged))(torch.ones(1, 4)).shape == (1, 2)  # a real TorchScript module
+    config = staged_config(run.repository)
+    assert (config.name, config.max_batch_size, config.instance_count) == ("served", 16, 2)
+    assert config.inputs == (triton_config.Tensor("INPUT__0", "TYPE_FP32", (4,)),)
+    assert sorted(p.name for p in run.repository.iterdir()) == ["served"]  # the fetch directory is gone
+
+
+def test_single_model_file_over_http_takes_the_config_one_level_up(http_root: tuple[str, Path], tmp_path: Path) -> None:
+    base, root = http_root
+    exported = export_model(root, "resnet")
+    run = run_stager(tmp_path, f"{base}/resnet/1/model.pt")
+    assert run.code == 0, run.stderr
+    assert (run.repository / "served" / "1" / "model.pt").read_bytes() == (exported / "1" / "model.pt").read_bytes()
+    assert staged_config(run.repository).outputs == (triton_config.Tensor("OUTPUT__0", "TYPE_FP32", (2,)),)
+
+
+def test_http_failures_are_one_line_with_a_reason(http_root: tuple[str, Path], tmp_path: Path) -> None:
+    base, root = http_root
+    (root / "bare").mkdir(parents=True)
+    (root / "bare" / "model.pt").write_bytes(b"x")
+    missing = run_stager(tmp_path / "missing", f"{base}/nothing/model.pt")
+    assert missing.code == 1
+    assert missing.termination.startswith("SourceUnreachable: GET ") and "HTTP 404" in missing.termination
+    assert missing.stderr.strip() == f"stage_model: {missing.termination}"
+    bare = run_stager(tmp_path / "bare", f"{base}/bare/model.pt")
+    assert bare.code == 1 and bare.termination.startswith("ConfigNotFound: ")
+    assert f"SourceUnreachable: GET {base}/bare/config.pbtxt: HTTP 404" in bare.termination
+    assert "\n" not in bare.termination
+
+
+@pytest.mark.parametrize(
+    ("uri", "fetched", "configs"),
+    [
+        ("s3://models/exports/", "s3://models/exports/", ()),
+        ("s3://models/exports", "s3://models/exports/", ()),
+        ("s3://models", "s3://models", ()),
+        ("https://host/model.tar.gz", "https://host/model.tar.gz", ()),
+        ("s3://models/resnet/1/model.pt", "s3://models/resnet/1/model.pt",
+         ("s3://models/resnet/1/config.pbtxt", "s3://models/resnet/config.pbtxt")),
+        ("https://host/m/resnet.pt?sig=1", "https://host/m/resnet.pt?sig=1",
+         ("https://host/m/config.pbtxt", "https://host/config.pbtxt")),
+        ("s3://models/model.pt", "s3://models/model.pt", ("s3://models/config.pbtxt",)),
+    ],
+)
+def test_remote_layout(uri: str, fetched: str, configs: tuple[str, ...]) -> None:
+    assert stage_model.remote_layout(uri, "model.pt") == (fetched, configs)
+
+
 def test_bad_sources_fail_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert stage_model.main(args("s3://bucket/model", tmp_path / "models")) == 1
-    assert "only a mounted directory or an http(s) URI" in capsys.readouterr().err
+    log = tmp_path / "termination-log"
+    assert stage_model.main(args("ftp://host/model", tmp_path / "models", f"--termination-log={log}")) == 1
+    assert log.read_text().startswith("UnsupportedSource: ftp://host/model: the model source must be")
+    assert capsys.readouterr().err == f"stage_model: {log.read_text()}\n"
     (tmp_path / "empty").mkdir()
     assert stage_model.main(args(str(tmp_path / "empty"), tmp_path / "models")) == 1
-    assert "no model.pt" in capsys.readouterr().err
+    assert "ModelNotFound: no model.pt" in capsys.readouterr().err
     (tmp_path / "bare").mkdir()
     (tmp_path / "bare" / "model.pt").write_bytes(b"x")
     assert stage_model.main(args(str(tmp_path / "bare"), tmp_path / "models")) == 1
-    assert "no config.pbtxt" in capsys.readouterr().err
+    assert "ConfigNotFound: the spec names no tensors" in capsys.readouterr().err
+    (tmp_path / "bare" / "config.pbtxt").write_text("not a config {")
+    assert stage_model.main(args(str(tmp_path / "bare"), tmp_path / "models")) == 1
+    assert "InvalidModelConfig: config.pbtxt does not parse" in capsys.readouterr().err

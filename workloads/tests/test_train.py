@@ -2,7 +2,7 @@
 
 A rank is killed mid-run (the trainer's fault injection), the run is started again and must
 resume from the last checkpoint; the export must load with torch and its config.pbtxt parse
-with Triton's schema.
+with Triton's schema. While a run trains, rank 0's ``/progress`` must show the step advancing.
 """
 
 from __future__ import annotations
@@ -10,15 +10,24 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from lepton_workloads import shards, train, triton_config
+from PIL import Image
+
+from lepton_workloads import demo_data, progress_server, shards, train, triton_config
+from localcluster.kube import wait_until
+from localcluster.lepton import free_port
+from sample_data import png, run_preparer
 
 WORKLOADS = Path(train.__file__).resolve().parent.parent
 
@@ -39,11 +48,16 @@ def make_dataset(root: Path, shape: tuple[int, ...], count: int, shards_count: i
     shards.write_manifest(root, manifest)
 
 
-def torchrun(nproc: int, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def torchrun_command(nproc: int, *args: str, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "--max-restarts=0", "-m", "lepton_workloads.train", *args]  # fmt: skip
     full_env = {**os.environ, "PYTHONPATH": f"{WORKLOADS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-                "OMP_NUM_THREADS": "1", **env}  # fmt: skip
+                "OMP_NUM_THREADS": "1", progress_server.PORT_ENV: "0", **env}  # fmt: skip
+    return command, full_env
+
+
+def torchrun(nproc: int, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command, full_env = torchrun_command(nproc, *args, env=env)
     return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -67,7 +81,8 @@ def test_two_process_ddp_trains_resumes_after_a_killed_rank_and_exports(tmp_path
     # 512 samples, 2 ranks, batches of 16: 16 steps an epoch, 64 in 4 epochs; resumed at 20, not 0.
     assert progress["resumedFrom"] == 20 and progress["step"] == 64
     assert progress["loss"] < progress["firstLoss"] * 0.7, progress
-    assert json.loads((tmp_path / "termination-log").read_text())["step"] == 64
+    assert json.loads((tmp_path / "termination-log").read_text()) == train.progress_document(progress)
+    assert progress["step"] == 64
 
     model = torch.jit.load(str(output / "sep" / "1" / "model.pt"))
     assert model(torch.zeros(3, 8)).shape == (3, 2)
@@ -88,6 +103,38 @@ def test_single_process_cnn_on_images_exports_a_traced_model(tmp_path: Path) -> 
     assert triton_config.parse((output / "img" / "config.pbtxt").read_text()).input[0].dims == [1, 8, 8]
 
 
+def test_rank_zero_serves_its_step_live_while_two_processes_train(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_dataset(data, (8,), 512, 4)
+    port = free_port()
+    command, env = torchrun_command(2, "--dataset-dir", str(data), "--epochs", "100000", "--batch-size", "16",
+                                    "--log-every", "1000000", env={progress_server.PORT_ENV: str(port)})  # fmt: skip
+    log = tmp_path / "torchrun.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/progress"
+
+    def step_after(previous: int) -> dict[str, Any] | None:
+        if process.poll() is not None:
+            raise AssertionError(f"the trainer exited ({process.returncode}): {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                document: dict[str, Any] = json.loads(response.read())
+        except (urllib.error.URLError, ConnectionError):
+            return None  # not serving yet (torch imports, process group)
+        return document if document["step"] > previous else None
+
+    try:
+        first = wait_until(lambda: step_after(0), 120, "rank 0 to report a first step")
+        later = wait_until(lambda: step_after(first["step"]), 60, "the reported step to advance")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+    assert first["schema"] == later["schema"] == train.PROGRESS_SCHEMA
+    assert later["step"] > first["step"] >= 1 and isinstance(later["loss"], float)
+    assert "progress endpoint disabled" not in log.read_text()  # rank 1 never tried to bind the port too
+
+
 def test_dataset_shape_needs_classes(tmp_path: Path) -> None:
     writer = shards.ShardWriter(tmp_path, "train", records_per_shard=4)
     buffer = io.BytesIO()
@@ -97,3 +144,47 @@ def test_dataset_shape_needs_classes(tmp_path: Path) -> None:
     assert train.dataset_shape(tmp_path, manifest, "train", 5) == ((3,), 5)
     with pytest.raises(ValueError, match="number of classes"):
         train.dataset_shape(tmp_path, manifest, "train", None)
+
+
+def image_bytes(mode: str, size: tuple[int, int], colour: int | tuple[int, int, int], kind: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, colour).save(buffer, kind)
+    return buffer.getvalue()
+
+
+def test_decoder_turns_images_into_planes_of_the_first_samples_mode_and_size() -> None:
+    grey = train.Decoder(labels=("bird", "cat", "dog"), mode="L", size=(8, 8))
+    features, label = grey({"png": png(8, 8, 255), "cls": b"dog\n"})
+    assert features.shape == (1, 8, 8) and features.dtype == np.float32 and float(features.max()) == 1.0
+    assert label == 2
+    colour = train.Decoder(mode="RGB", size=(4, 4))
+    features, label = colour({"jpg": image_bytes("RGB", (16, 10), (255, 0, 0), "JPEG"), "cls": b"1"})
+    assert features.shape == (3, 4, 4) and label == 1  # resized, channels first
+    assert features[0].mean() > 0.9 and features[1].mean() < 0.1
+    with pytest.raises(ValueError, match="not among the manifest's labels"):
+        grey({"png": png(8, 8, 0), "cls": b"fish"})
+    with pytest.raises(ValueError, match="needs npy or an image field"):
+        grey({"txt": b"x", "cls": b"cat"})
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_the_quickstart_data_prepared_as_multimodal_trains_a_cnn_with_named_labels(tmp_path: Path) -> None:
+    """The quickstart's data path: demo records (png + cls + wav + txt) -> the real preparer -> the real trainer."""
+    demo_data.write_records(tmp_path / "claim" / "demo", 60)
+    code, result, data = run_preparer(tmp_path, LEPTON_SOURCE_URI="pvc://raw/demo", LEPTON_MODALITY="multimodal",
+                                      LEPTON_SOURCE_ROOT=str(tmp_path / "claim"), LEPTON_SHARD_COUNT="2")  # fmt: skip
+    assert code == 0, result
+    manifest, _ = shards.read_manifest(data)
+    assert manifest.extra["labels"] == ["bird", "cat", "dog"]
+
+    output = tmp_path / "model-repository"
+    trained = torchrun(1, "--model", "cnn", "--epochs", "15", "--batch-size", "8", "--lr", "0.02", "--dataset-dir", str(data),
+                       "--output-dir", str(output), "--model-name", "pets", "--log-every", "1", env={})  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    model = torch.jit.load(str(output / "pets" / "1" / "model.pt"))
+    shades = [50 + 75 * demo_data.CLASSES.index(name) for name in ("cat", "dog", "bird")]
+    size = demo_data.SIZE
+    inputs = torch.tensor(shades, dtype=torch.float32).reshape(3, 1, 1, 1).expand(3, 1, size, size) / 255
+    predicted = [manifest.extra["labels"][i] for i in model(inputs).argmax(dim=1).tolist()]
+    assert predicted == ["cat", "dog", "bird"]  # it learned the images, under their names
+    assert triton_config.parse((output / "pets" / "config.pbtxt").read_text()).input[0].dims == [1, size, size]

@@ -150,6 +150,19 @@ class SecretReference(ApiModel):
     to the key in the Secret that holds it. Unset: the Secret's keys are used by those names."""
 
 
+S3Endpoint = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://\S+$")]
+"""An S3 endpoint URL (MinIO, Ceph, versitygw, another cloud's S3 API); AWS when unset."""
+S3Region = Annotated[str, StringConstraints(max_length=64)]
+"""An S3 region."""
+S3_SETTINGS_RULE = Rule(
+    "(!has(self.endpoint) && !has(self.region)) || (has(self.uri) && self.uri.startsWith('s3://'))",
+    "endpoint and region apply to s3:// sources only",
+    lambda s: (s.endpoint is None and s.region is None) or (s.uri or "").startswith("s3://"),
+    ".endpoint",
+)
+"""The rule of every source with ``uri``, ``endpoint`` and ``region`` fields (datasets, models)."""
+
+
 class ResourceRequirements(ApiModel):
     """CPU, memory and other resources for a container, as in a Pod spec."""
 
@@ -198,6 +211,33 @@ class GPUSpec(ApiModel):
     """GPUs per pod."""
     product: Annotated[str, StringConstraints(max_length=63, pattern=GPU_PRODUCT_PATTERN)] | None = None
     """Value of the node label nvidia.com/gpu.product to require, e.g. NVIDIA-H100-80GB-HBM3."""
+
+
+ID_MAX = 2**31 - 1
+
+
+class PodSecurity(ApiModel):
+    """Who a pod's processes run as.
+
+    Every pod the operator creates is hardened the same way so that it is admitted
+    in a namespace enforcing Pod Security ``restricted``: seccomp ``RuntimeDefault``,
+    no privilege escalation, all capabilities dropped, and ``runAsNonRoot``. These
+    fields only choose the identity. ``runAsUser: 0`` is the one explicit way to run
+    as root (for images that need it, in namespaces whose policy allows it); it keeps
+    seccomp but drops the non-root and capability settings.
+    """
+
+    run_as_user: int | None = Field(default=None, ge=0, le=ID_MAX)
+    """UID of every container; the image's USER when unset (which must then be non-root and numeric)."""
+    run_as_group: int | None = Field(default=None, ge=0, le=ID_MAX)
+    """Primary GID of every container."""
+    fs_group: int | None = Field(default=None, ge=0, le=ID_MAX)
+    """Group that owns mounted volumes that support ownership management (most PVCs)."""
+
+    @property
+    def root(self) -> bool:
+        """Whether the pod explicitly runs as root."""
+        return self.run_as_user == 0
 
 
 class EnvVar(ApiModel):

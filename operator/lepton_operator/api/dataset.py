@@ -15,13 +15,17 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from lepton_operator.api.common import (
+    S3_SETTINGS_RULE,
     ApiModel,
     Conditions,
     NodeSelector,
     ObjectName,
+    PodSecurity,
     Resource,
     ResourceRequirements,
     Rule,
+    S3Endpoint,
+    S3Region,
     SecretReference,
     Tolerations,
 )
@@ -44,19 +48,12 @@ class DataSource(ApiModel):
     """s3://bucket/prefix, https://host/path (http:// too), or pvc://claim/path in this namespace."""
     secret_ref: SecretReference | None = None
     """Credentials for the source (S3 keys, an HTTP bearer token); passed to the preparer by reference."""
-    endpoint: Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://\S+$")] | None = None
+    endpoint: S3Endpoint | None = None
     """S3 endpoint URL for S3-compatible stores (MinIO, Ceph, versitygw); s3:// sources only."""
-    region: Annotated[str, StringConstraints(max_length=64)] | None = None
+    region: S3Region | None = None
     """S3 region; s3:// sources only."""
 
-    __rules__ = (
-        Rule(
-            "(!has(self.endpoint) && !has(self.region)) || self.uri.startsWith('s3://')",
-            "endpoint and region apply to s3:// sources only",
-            lambda s: (s.endpoint is None and s.region is None) or s.uri.startswith("s3://"),
-            ".endpoint",
-        ),
-    )
+    __rules__ = (S3_SETTINGS_RULE,)
 
 
 class ShardSpec(ApiModel):
@@ -153,6 +150,8 @@ class PrepareSpec(ApiModel):
     """Retries of the preparer pod before the dataset is Failed."""
     timeout_seconds: int = Field(default=3600, ge=10, le=7 * 24 * 3600)
     """Deadline for the whole preparation."""
+    security_context: PodSecurity | None = None
+    """Identity the preparer runs as; it is hardened for Pod Security restricted whatever it is."""
 
 
 class LeptonDatasetSpec(ApiModel):

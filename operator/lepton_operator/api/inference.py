@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from lepton_operator.api.common import (
+    S3_SETTINGS_RULE,
     ApiModel,
     Args,
     Conditions,
@@ -21,9 +22,13 @@ from lepton_operator.api.common import (
     LocalObjectReference,
     NodeSelector,
     ObjectName,
+    PodSecurity,
     Resource,
     ResourceRequirements,
     Rule,
+    S3Endpoint,
+    S3Region,
+    SecretReference,
     Tolerations,
 )
 
@@ -36,6 +41,8 @@ TensorType = Literal[
     "TYPE_FP16", "TYPE_FP32", "TYPE_FP64", "TYPE_BF16", "TYPE_STRING",
 ]  # fmt: skip
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
+#: uid and gid of the ``triton-server`` user that NGC Triton images create (their USER is root).
+TRITON_UID = 1000
 
 
 class ClaimPath(ApiModel):
@@ -48,12 +55,27 @@ class ClaimPath(ApiModel):
 
 
 class ModelSource(ApiModel):
-    """Where the model comes from: exactly one of trainingJobRef, uri, claim."""
+    """Where the model comes from: exactly one of trainingJobRef, uri, claim.
+
+    A uri source is fetched by each replica's init container, the same way a
+    LeptonDataset's source is (same credentials, same S3 settings).
+    """
 
     training_job_ref: LocalObjectReference | None = None
     """A TrainingJob in this namespace; its exported model is served once it Succeeded."""
     uri: Annotated[str, StringConstraints(max_length=2048, pattern=r"^(s3|https?)://\S+$")] | None = None
-    """s3:// or http(s):// URI of the model file or repository directory."""
+    """s3:// or http(s):// URI of the model.
+Ending like the model file (.pt for pytorch_libtorch, .onnx for onnxruntime): that object,
+with the config.pbtxt next to it or one level up.
+A .tar, .tar.gz or .tgz archive: unpacked, then read as a directory.
+Anything else: a directory (an s3 prefix, an http directory index) holding the model file, e.g. a TrainingJob export."""
+    secret_ref: SecretReference | None = None
+    """Credentials for the uri (S3 accessKeyId, secretAccessKey, sessionToken; or an HTTP bearer token), passed by reference.
+The service waits (ModelAvailable False: SecretNotFound, SecretKeyMissing) until the Secret and its keys exist."""
+    endpoint: S3Endpoint | None = None
+    """S3 endpoint URL for S3-compatible stores (MinIO, Ceph, versitygw); s3:// uris only."""
+    region: S3Region | None = None
+    """S3 region; s3:// uris only."""
     claim: ClaimPath | None = None
     """A directory on a PVC."""
 
@@ -63,6 +85,13 @@ class ModelSource(ApiModel):
             "model.source needs exactly one of trainingJobRef, uri, claim",
             lambda s: [s.training_job_ref, s.uri, s.claim].count(None) == 2,
         ),
+        Rule(
+            "!has(self.secretRef) || has(self.uri)",
+            "model.source.secretRef applies to uri sources only",
+            lambda s: s.secret_ref is None or s.uri is not None,
+            ".secretRef",
+        ),
+        S3_SETTINGS_RULE,
     )
 
 
@@ -192,6 +221,10 @@ class InferenceServiceSpec(ApiModel):
     """Node labels each replica must match."""
     tolerations: Tolerations | None = None
     """Extra tolerations."""
+    security_context: PodSecurity = Field(
+        default_factory=lambda: PodSecurity(run_as_user=TRITON_UID, run_as_group=TRITON_UID)
+    )
+    """Identity of the replicas (default: the triton-server user of NGC Triton images); hardened for Pod Security restricted."""
     autoscaling: AutoscalingSpec | None = None
     """Built-in autoscaling on Triton's signals."""
 

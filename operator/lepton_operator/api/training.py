@@ -23,6 +23,7 @@ from lepton_operator.api.common import (
     LocalObjectReference,
     NodeSelector,
     ObjectName,
+    PodSecurity,
     Resource,
     ResourceRequirements,
     Rule,
@@ -222,6 +223,8 @@ class TrainingJobSpec(ApiModel):
     """ServiceAccount of the worker pods."""
     image_pull_secrets: Annotated[list[LocalObjectReference], Field(max_length=16)] | None = None
     """Secrets for pulling the image."""
+    security_context: PodSecurity | None = None
+    """Identity the workers run as; they are hardened for Pod Security restricted whatever it is."""
 
     __rules__ = (
         Rule(

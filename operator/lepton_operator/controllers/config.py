@@ -83,6 +83,8 @@ class OperatorOptions:
     """Prometheus the autoscaler queries for services that name none in spec.autoscaling."""
     autoscale_interval: float = 5.0
     """Seconds between two rounds of the autoscaler over every autoscaled service."""
+    progress_interval: float = 10.0
+    """Seconds between two reads of a running workload's live progress (``controllers.progress``)."""
 
     @property
     def clusterwide(self) -> bool:

@@ -10,9 +10,11 @@ termination messages carry the preparer's result); compute the status with
 A data-changing spec edit gives a new hash: Jobs of other hashes are deleted
 with foreground propagation and the new Job is created only once they are gone,
 so two preparers never write the same claim at once. Job events wake the loop
-(a pod's end always updates its Job). A missing Secret is re-checked every
-:data:`SECRET_RECHECK_SECONDS` (watching every Secret would need cluster-wide
-list/watch on Secrets, which an operator should not ask for).
+(a pod's end always updates its Job). While the Job runs, the pass asks the
+progress poller (``progress``) to read the running pod's ``/progress``; a
+changed report wakes the loop, and the next pass shows it in
+``status.progress``. A missing Secret (``secrets.secret_problem``, shared with
+InferenceService) is re-checked every :data:`SECRET_RECHECK_SECONDS`.
 
 Deletion needs no finalizer: the claim and Jobs carry owner references, so the
 garbage collector removes them, and nothing blocks when they are already gone.
@@ -32,34 +34,21 @@ from pydantic import ValidationError
 from lepton_operator import metrics
 from lepton_operator.api.dataset import LeptonDatasetSpec
 from lepton_operator.api.meta import GROUP, LEPTON_DATASET, VERSION
-from lepton_operator.controllers import kube, loop
+from lepton_operator.controllers import kube, loop, secrets
 from lepton_operator.controllers.config import workloads_image
+from lepton_operator.controllers.progress import PROGRESS, target_of
 from lepton_operator.controllers.reconcile import Logger, Warn, failed_pass
+from lepton_operator.controllers.wakeups import ObjectKey
 from lepton_operator.render import dataset as render
 from lepton_operator.render.common import label_selector, selector_labels
 from lepton_operator.status import dataset as dataset_status
 from lepton_operator.status import validation
 
 KIND = LEPTON_DATASET.kind
-SECRET_RECHECK_SECONDS = 15.0
+SECRET_RECHECK_SECONDS = secrets.RECHECK_SECONDS
 #: While an outdated Job is going away, look again this soon.
 STALE_JOB_RECHECK_SECONDS = 2.0
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
-
-
-def secret_problem(namespace: str, spec: LeptonDatasetSpec) -> dataset_status.SecretProblem | None:
-    """Why the source's Secret cannot be used, or ``None`` (also when there is none)."""
-    ref = spec.source.secret_ref
-    if ref is None:
-        return None
-    secret = kube.get("v1", "Secret", namespace, ref.name)
-    if secret is None:
-        return dataset_status.SecretProblem("SecretNotFound", f"Secret {ref.name} not found in namespace {namespace}")
-    present = set(secret.get("data") or {}) | set(secret.get("stringData") or {})
-    missing = sorted(key for key, optional in render.credentials(spec).values() if not optional and key not in present)
-    if missing:
-        return dataset_status.SecretProblem("SecretKeyMissing", f"Secret {ref.name} has no key {', '.join(missing)}")
-    return None
 
 
 def _ensure_claim(namespace: str, name: str, uid: str, spec: LeptonDatasetSpec, warn: Warn) -> dict[str, Any]:
@@ -101,6 +90,7 @@ def _current_job(namespace: str, name: str, uid: str, spec: LeptonDatasetSpec) -
 
 def _record_metrics(namespace: str, name: str, existing: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     phase, before = new.get("phase"), existing.get("phase")
+    metrics.record_dataset_progress(namespace, name, new.get("progress"))
     if phase == "Ready":
         metrics.record_dataset(namespace, name, int(new.get("sizeBytes") or 0), int(new.get("records") or 0))
         if before != "Ready" and new.get("startTime") and new.get("completionTime"):
@@ -143,15 +133,19 @@ def reconcile_dataset(
             metrics.record_reconcile(KIND, "invalid", time.perf_counter() - started)
             return None
         assert isinstance(parsed, LeptonDatasetSpec)
-        problem = secret_problem(namespace, parsed)
+        problem = secrets.secret_problem(namespace, parsed.source.uri, parsed.source.secret_ref)
         claim = _ensure_claim(namespace, name, uid, parsed, warn)
         job, stale = (None, False) if problem is not None else _current_job(namespace, name, uid, parsed)
         pods: list[dict[str, Any]] = []
         if job is not None:
             pods = kube.list_labelled("v1", "Pod", namespace, f"{JOB_NAME_LABEL}={job['metadata']['name']}")
+        key = ObjectKey(KIND, namespace, name)
         new = dataset_status.dataset_status(
-            generation, render.claim_name(name), job, pods, problem, existing, moment, claim_object=claim
-        )
+            generation, render.claim_name(name), job, pods, problem, existing, moment, claim_object=claim,
+            live=PROGRESS.live(key),
+        )  # fmt: skip
+        reporter = dataset_status.progress_pod(new["phase"], pods)
+        PROGRESS.watch(key, None if reporter is None else target_of(reporter))
         if validation.needs_patch(existing, new):
             status_patch.update(new)
             if new["phase"] != existing.get("phase"):
@@ -178,6 +172,6 @@ async def forget_deleted(body: Mapping[str, Any], type: str | None, **_: Any) ->
         metrics.forget_dataset(str(metadata.get("namespace")), str(metadata.get("name")))
 
 
-loop.register(LEPTON_DATASET, reconcile_dataset)
+loop.register(LEPTON_DATASET, reconcile_dataset, on_stop=PROGRESS.forget)
 loop.wake_owner_on(LEPTON_DATASET, "batch", "v1", "jobs")
 kopf.on.event(GROUP, VERSION, LEPTON_DATASET.plural, id="forget-metrics")(forget_deleted)

@@ -8,6 +8,12 @@ model-config ConfigMap, the Triton Deployment and the Service
 (``status.inference``). The loop wakes on the service's own spec, its
 Deployments, and the TrainingJobs services wait on.
 
+A uri source with a ``secretRef`` is staged only once its Secret exists with
+the required keys (``secrets.secret_problem``, the dataset's check): until
+then ``ModelAvailable`` is False with ``SecretNotFound`` or
+``SecretKeyMissing``, a Warning event says so once, nothing is applied, and
+the Secret is looked up again every ``secrets.RECHECK_SECONDS``.
+
 Replicas: without ``spec.autoscaling`` the Deployment gets ``spec.replicas``,
 which ``kubectl scale`` and an external HPA/KEDA set through the ``/scale``
 subresource. With autoscaling, the built-in autoscaler (``autoscaler``) owns
@@ -18,7 +24,6 @@ the autoscaler has just changed.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Mapping, MutableMapping
@@ -30,19 +35,19 @@ import kopf
 from lepton_operator import metrics
 from lepton_operator.api.inference import InferenceServiceSpec
 from lepton_operator.api.meta import API_VERSION, GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION
-from lepton_operator.controllers import kube, loop, reconcile
+from lepton_operator.controllers import kube, loop, reconcile, secrets
 from lepton_operator.controllers.autoscaler import AUTOSCALER, REPLICAS_LOCK
 from lepton_operator.controllers.config import retry_delay, workloads_image
-from lepton_operator.controllers.startup import options_of
+from lepton_operator.controllers.startup import options_of, spawn
 from lepton_operator.controllers.reconcile import Logger, Warn
 from lepton_operator.controllers.wakeups import ObjectKey
 from lepton_operator.render import common
 from lepton_operator.render import inference as render
 from lepton_operator.status import validation
+from lepton_operator.status.conditions import SecretProblem
 from lepton_operator.status.inference import Unavailable, service_status
 
 KIND = INFERENCE_SERVICE.kind
-_background: set[asyncio.Task[None]] = set()
 
 
 class JobWaiters:
@@ -78,8 +83,24 @@ def _model_unavailable(spec: InferenceServiceSpec, job: Mapping[str, Any] | None
         return None, Unavailable("InvalidModelConfig", f"config.pbtxt: {error}", stalled=True)
 
 
-def converge(body: Mapping[str, Any], spec: InferenceServiceSpec, now: datetime) -> dict[str, Any]:
-    """Apply the children of one valid service; returns the status fields the reconciler owns."""
+def _stageable(
+    namespace: str, spec: InferenceServiceSpec, job: Mapping[str, Any] | None
+) -> tuple[render.Source | None, Unavailable | None, SecretProblem | None]:
+    """The source to stage, or why there is none yet (a uri's Secret must exist with its keys first)."""
+    source, unavailable = _model_unavailable(spec, job)
+    if not isinstance(source, render.UriSource):
+        return source, unavailable, None
+    problem = secrets.secret_problem(namespace, source.uri, source.secret_ref)
+    if problem is None:
+        return source, None, None
+    return None, Unavailable(problem.reason, problem.message), problem
+
+
+def converge(
+    body: Mapping[str, Any], spec: InferenceServiceSpec, now: datetime
+) -> tuple[dict[str, Any], SecretProblem | None]:
+    """Apply the children of one valid service; returns the status fields the reconciler owns
+    and what is wrong with the source's Secret (then nothing is applied)."""
     metadata = body["metadata"]
     name, namespace, uid = metadata["name"], metadata["namespace"], metadata.get("uid", "")
     generation = int(metadata.get("generation") or 0)
@@ -88,7 +109,7 @@ def converge(body: Mapping[str, Any], spec: InferenceServiceSpec, now: datetime)
     JOB_WAITERS.set(key, ref.name if ref else None)
     AUTOSCALER.track(key, uid, spec)
     job = kube.get(API_VERSION, TRAINING_JOB.kind, namespace, ref.name) if ref else None
-    source, unavailable = _model_unavailable(spec, job)
+    source, unavailable, problem = _stageable(namespace, spec, job)
     with REPLICAS_LOCK:
         deployment = kube.get("apps/v1", "Deployment", namespace, name)
         current = (deployment or {}).get("spec", {}).get("replicas") if deployment else None
@@ -97,7 +118,7 @@ def converge(body: Mapping[str, Any], spec: InferenceServiceSpec, now: datetime)
             kube.apply(render.configmap(name, namespace, uid, spec))
             deployment = kube.apply(render.deployment(name, namespace, uid, spec, source, desired, workloads_image()))
             kube.apply(render.service(name, namespace, uid))
-    return service_status(
+    status = service_status(
         generation,
         desired=desired,
         deployment=deployment,
@@ -107,6 +128,7 @@ def converge(body: Mapping[str, Any], spec: InferenceServiceSpec, now: datetime)
         existing=body.get("status") or {},
         now=now,
     )
+    return status, problem
 
 
 def reconcile_service(
@@ -126,7 +148,7 @@ def reconcile_service(
     existing = validation.to_plain(body.get("status") or {})
     generation = int((body.get("metadata") or {}).get("generation") or 0)
     try:
-        new = converge(body, parsed, now)
+        new, problem = converge(body, parsed, now)
     except Exception as error:
         delay = retry_delay(retry)
         status_patch.update(validation.error_status(KIND, generation, error, existing, now, delay))
@@ -136,8 +158,10 @@ def reconcile_service(
         logger.info(f"spec of generation {generation} accepted")
     if validation.needs_patch(existing, new):
         status_patch.update(new)
+        if problem is not None:
+            warn(problem.reason, problem.message)
     metrics.record_reconcile(KIND, "accepted", time.perf_counter() - started)
-    return None
+    return secrets.RECHECK_SECONDS if problem is not None else None
 
 
 def stopped(key: ObjectKey) -> None:
@@ -151,9 +175,7 @@ async def start_autoscaler(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> No
     """Start the one autoscaling loop (it scales only what the reconcile loops track)."""
     options = options_of(memo)
     AUTOSCALER.prometheus_url = options.prometheus_url
-    task = asyncio.create_task(AUTOSCALER.run(options.autoscale_interval, logger), name="autoscaler")
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+    spawn(AUTOSCALER.run(options.autoscale_interval, logger), "autoscaler")
 
 
 loop.register(INFERENCE_SERVICE, reconcile_service, on_stop=stopped)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import kopf
@@ -82,6 +82,17 @@ async def keep_ensuring_peering(name: str, logger: Logger, delays: Sequence[floa
 _background: set[asyncio.Task[None]] = set()
 
 
+def spawn(work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    """Run ``work`` as a background task of the operator (kopf cancels the operator's tasks at exit).
+
+    asyncio keeps only weak references to tasks; the set keeps this one alive until it ends.
+    """
+    task = asyncio.create_task(work, name=name)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Apply the settings; with peering, ensure the peering object exists (retrying in the background)."""
@@ -92,7 +103,4 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
         return
     logger.info(f"peering as {options.peering_name!r} with priority {options.priority}")
     if not await asyncio.to_thread(ensure_peering, options.peering_name, logger):
-        # kopf cancels the operator's tasks at exit; the set only keeps this one referenced.
-        task = asyncio.create_task(keep_ensuring_peering(options.peering_name, logger), name="ensure peering")
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        spawn(keep_ensuring_peering(options.peering_name, logger), "ensure peering")

@@ -16,7 +16,9 @@ decide, then act in an order that survives a crash at any point:
 
 Pod events wake the job's loop (``loop.wake_owner_on``), its dataset and the
 nodes its workers run on wake it too (``DatasetUsers``, ``NodeWatch``), so no
-pass waits for the periodic resync.
+pass waits for the periodic resync. While the job is Running, the pass asks
+the progress poller (``progress``) to read worker 0's ``/progress``; a changed
+report wakes the loop, and the next pass merges it into ``status.progress``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from lepton_operator.api.meta import API_VERSION, GROUP, LEPTON_DATASET, TRAININ
 from lepton_operator.api.training import TrainingJobSpec
 from lepton_operator.controllers import kube, loop, reconcile
 from lepton_operator.controllers.config import retry_delay
+from lepton_operator.controllers.progress import PROGRESS, target_of
 from lepton_operator.controllers.reconcile import Logger, Warn
 from lepton_operator.controllers.wakeups import WAKEUPS, ObjectKey
 from lepton_operator.render import common
@@ -146,9 +149,10 @@ def reconcile_job(
         fresh = kube.get(API_VERSION, KIND, str(metadata.get("namespace", "")), str(metadata.get("name", "")))
     except Exception as error:
         raise kopf.TemporaryError(f"cannot read the job: {type(error).__name__}: {error}", delay=retry_delay(retry)) from error
-    if fresh is None:
+    if fresh is None:  # deleted meanwhile
         metrics.record_training_workers(str(metadata.get("namespace", "")), str(metadata.get("name", "")), None)
-        return None  # deleted meanwhile
+        metrics.record_training_progress(str(metadata.get("namespace", "")), str(metadata.get("name", "")), None)
+        return None
     body = fresh
     parsed = validation.parse_spec(KIND, validation.to_plain(body.get("spec")))
     if isinstance(parsed, ValidationError) or not isinstance(parsed, TrainingJobSpec):
@@ -161,19 +165,23 @@ def reconcile_job(
     existing = validation.to_plain(body.get("status") or {})
     moment = now or datetime.now(UTC)
     DATASET_USERS.note(namespace, name, parsed.dataset.name if parsed.dataset else None)
+    key = ObjectKey(KIND, namespace, name)
     try:
         ready, why = dataset_readiness(namespace, parsed)
         selector = common.label_selector(render.worker_selector(name))
         pods = kube.list_labelled("v1", "Pod", namespace, selector)
-        NODES.note_pods(ObjectKey(KIND, namespace, name), pods)
-        NODES.note_elastic(ObjectKey(KIND, namespace, name), parsed.workers.elastic)
+        NODES.note_pods(key, pods)
+        NODES.note_elastic(key, parsed.workers.elastic)
         fits = elastic_capacity(namespace, parsed, pods)
         grace = float(parsed.restart_policy.node_loss_grace_seconds)
         lost_nodes, recheck = NODES.lost(pods, grace, moment)
         observed = assessing.Observed(pods=pods, now=moment, dataset_ready=ready, dataset_message=why,
-                                      output_uri=render.output_uri(name, parsed), lost_nodes=lost_nodes, capacity=fits)  # fmt: skip
+                                      output_uri=render.output_uri(name, parsed), lost_nodes=lost_nodes, capacity=fits,
+                                      live=PROGRESS.live(key))  # fmt: skip
         plan = assessing.assess(parsed, generation, existing, observed)
         carry_out(plan, name, namespace, uid, parsed, pods, lost_nodes)
+        reporter = assessing.progress_pod(plan, pods)
+        PROGRESS.watch(key, None if reporter is None else target_of(reporter))
     except Exception as error:
         delay = retry_delay(retry)
         try:
@@ -190,6 +198,7 @@ def reconcile_job(
         poster(event.type, event.reason, event.message)
     counts = {**plan.status.get("workers", {}), **({"schedulable": fits} if fits is not None else {})}
     metrics.record_training_workers(namespace, name, None if plan.delete_job else counts)
+    metrics.record_training_progress(namespace, name, None if plan.delete_job else plan.status.get("progress"))
     metrics.record_reconcile(KIND, "accepted", time.perf_counter() - started)
     if fits is not None and plan.phase in ("Running", "Starting", "Pending"):
         # Capacity freed by other pods wakes nobody: look again now and then.
@@ -317,7 +326,7 @@ NODES = NodeWatch()
 
 def register() -> None:
     """Register the loop, its wake-ups and the metric clean-up with kopf."""
-    loop.register(TRAINING_JOB, reconcile_job)
+    loop.register(TRAINING_JOB, reconcile_job, on_stop=PROGRESS.forget)
     loop.wake_owner_on(TRAINING_JOB, "", "v1", "pods")
     loop.wake_on(GROUP, VERSION, LEPTON_DATASET.plural, DATASET_USERS.jobs_of, handler_id="wake-trainingjob-dataset")
 
@@ -331,6 +340,7 @@ def register() -> None:
         if type == "DELETED":
             metadata = body.get("metadata", {})
             metrics.record_training_workers(str(metadata.get("namespace")), str(metadata.get("name")), None)
+            metrics.record_training_progress(str(metadata.get("namespace")), str(metadata.get("name")), None)
 
 
 register()

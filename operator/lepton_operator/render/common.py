@@ -1,4 +1,4 @@
-"""Pieces every rendered child shares: labels, owner references, GPU scheduling.
+"""Pieces every rendered child shares: labels, owner references, GPU scheduling, hardening.
 
 Children are found by label (``lepton.ai/<kind>=<name>``, plus
 ``lepton.ai/role``) and garbage-collected through a controller owner reference,
@@ -6,14 +6,31 @@ so these two must be rendered the same way for every kind. GPU scheduling is
 the same for training workers and Triton replicas: the device plugin's
 ``nvidia.com/gpu`` limit, a node selector on GPU feature discovery's product
 label, and a toleration for the taint GPU node pools carry.
+
+Every pod the operator creates (workers, preparer Jobs, Triton replicas and
+their init containers) is hardened by one function, :func:`harden`, so that it is
+admitted where Pod Security ``restricted`` is enforced; the API's
+``securityContext`` only picks the identity (see ``api.common.PodSecurity``).
+
+Workloads that report progress while they run (the trainer's rank 0, the
+preparer) serve it on ``GET /progress`` (``lepton_workloads.progress_server``);
+their containers get the port in ``LEPTON_PROGRESS_PORT`` and as a container
+port named :data:`PROGRESS_PORT_NAME`, which is how the operator finds what to
+poll (``controllers.progress``): a pod without that port is never polled.
+
+Pods that fetch a remote source (the dataset preparer, the model stager) get
+its settings and credentials from one function, :func:`source_env`: the
+environment ``lepton_workloads.sources`` reads, with every credential a
+``secretKeyRef`` (the Secret's name and key, never a value).
 """
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from lepton_operator.api.common import GPUSpec, ResourceRequirements, Toleration
+from lepton_operator.api.common import GPUSpec, PodSecurity, ResourceRequirements, SecretReference, Toleration
 from lepton_operator.api.meta import API_VERSION
 
 ROLE_LABEL = "lepton.ai/role"
@@ -26,6 +43,19 @@ GPU_TOLERATION: dict[str, str] = {"key": GPU_RESOURCE, "operator": "Exists", "ef
 #: operator's own pods run unless the operator is configured with another one
 #: (``LEPTON_WORKLOADS_IMAGE``, see ``controllers.config.workloads_image``).
 DEFAULT_WORKLOADS_IMAGE = "lepton/workloads:0.1.0"
+PROGRESS_PORT_NAME = "progress"
+PROGRESS_PORT_ENV = "LEPTON_PROGRESS_PORT"
+PROGRESS_PORT = 9400
+
+
+def progress_port(taken: int | None = None) -> int:
+    """The port of the progress endpoint: :data:`PROGRESS_PORT`, or the next one when ``taken`` is it."""
+    return PROGRESS_PORT + 1 if taken == PROGRESS_PORT else PROGRESS_PORT
+
+
+def progress_endpoint(port: int) -> tuple[dict[str, str], dict[str, Any]]:
+    """The container's environment variable and named container port of the progress endpoint."""
+    return {"name": PROGRESS_PORT_ENV, "value": str(port)}, {"name": PROGRESS_PORT_NAME, "containerPort": port}
 
 
 def owner_label(kind: str) -> str:
@@ -102,3 +132,76 @@ def tolerations(extra: list[Toleration] | None, gpu: GPUSpec | None) -> list[dic
     if gpu is not None and GPU_TOLERATION not in rendered:
         rendered.append(dict(GPU_TOLERATION))
     return rendered
+
+
+def harden(pod_spec: Mapping[str, Any], security: PodSecurity | None) -> dict[str, Any]:
+    """``pod_spec`` with the pod and every (init) container hardened for Pod Security ``restricted``.
+
+    ``runAsUser: 0`` opts out of the non-root and capability settings (root needs a
+    namespace whose policy allows it); seccomp and no privilege escalation always stay.
+    """
+    security = security or PodSecurity()
+    pod_context: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
+    if not security.root:
+        pod_context["runAsNonRoot"] = True
+    for key, value in (
+        ("runAsUser", security.run_as_user),
+        ("runAsGroup", security.run_as_group),
+        ("fsGroup", security.fs_group),
+    ):
+        if value is not None:
+            pod_context[key] = value
+    if security.fs_group is not None:
+        # A dataset volume holds many files: chown them only when the root of the volume is wrong.
+        pod_context["fsGroupChangePolicy"] = "OnRootMismatch"
+    container_context: dict[str, Any] = {"allowPrivilegeEscalation": False}
+    if not security.root:
+        container_context["capabilities"] = {"drop": ["ALL"]}
+    hardened = {**pod_spec, "securityContext": pod_context}
+    for key in ("initContainers", "containers"):
+        if key in pod_spec:
+            hardened[key] = [{**container, "securityContext": dict(container_context)} for container in pod_spec[key]]
+    return hardened
+
+
+#: Where a pod writes why it ended; the kubelet keeps it in the container's status.
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+#: Credentials a source may need -> the environment variable ``lepton_workloads.sources`` reads.
+CREDENTIAL_ENV: dict[str, str] = {
+    "token": "LEPTON_SOURCE_TOKEN",
+    "accessKeyId": "AWS_ACCESS_KEY_ID",
+    "secretAccessKey": "AWS_SECRET_ACCESS_KEY",
+    "sessionToken": "AWS_SESSION_TOKEN",
+}
+#: The credentials each scheme uses when ``secretRef.keys`` is unset.
+SCHEME_CREDENTIALS: dict[str, tuple[str, ...]] = {
+    "s3": ("accessKeyId", "secretAccessKey", "sessionToken"),
+    "http": ("token",),
+    "https": ("token",),
+    "pvc": (),
+}
+
+
+def source_credentials(uri: str, ref: SecretReference | None) -> dict[str, tuple[str, bool]]:
+    """credential -> (Secret key, optional): explicit keys are required, implicit ones optional."""
+    if ref is None:
+        return {}
+    if ref.keys:
+        return {credential: (key, False) for credential, key in ref.keys.items()}
+    scheme = urllib.parse.urlparse(uri).scheme
+    return {credential: (credential, True) for credential in SCHEME_CREDENTIALS.get(scheme, ())}
+
+
+def source_env(
+    uri: str, ref: SecretReference | None, endpoint: str | None = None, region: str | None = None
+) -> list[dict[str, Any]]:
+    """The environment of a pod that fetches ``uri``: S3 settings as values, credentials by ``secretKeyRef``."""
+    plain = {"LEPTON_S3_ENDPOINT": endpoint, "AWS_REGION": region}
+    env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in plain.items() if value is not None]
+    for credential, (key, optional) in sorted(source_credentials(uri, ref).items()):
+        variable = CREDENTIAL_ENV.get(credential, "LEPTON_SOURCE_" + credential.upper())
+        selector: dict[str, Any] = {"name": ref.name if ref else "", "key": key}
+        if optional:
+            selector["optional"] = True
+        env.append({"name": variable, "valueFrom": {"secretKeyRef": selector}})
+    return env

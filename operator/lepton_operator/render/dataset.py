@@ -5,11 +5,14 @@
 * The prepare Job runs ``python -m lepton_workloads.prepare`` with the claim
   mounted read-write at :data:`DATA_MOUNT`, a ``pvc://`` source claim mounted
   read-only at :data:`SOURCE_MOUNT`, and the spec passed as environment
-  variables (the preparer's documented contract). Source credentials come from
-  the referenced Secret through ``secretKeyRef`` only: the Job spec names keys,
-  never values. The preparer's result document reaches the operator as the
-  container's termination message (``terminationMessagePath``), so the operator
-  needs no pod log or exec access.
+  variables (the preparer's documented contract). Source settings and
+  credentials come from ``common.source_env``, shared with the model stager:
+  the Job spec names the Secret's keys (``secretKeyRef``), never values. The
+  preparer's result document reaches the operator as the container's
+  termination message (``terminationMessagePath``), so the operator needs no
+  pod log or exec access. While it runs, the preparer serves its progress on
+  the container port ``progress`` (``LEPTON_PROGRESS_PORT``), which the
+  operator polls for ``status.progress``.
 
 What defines the *data* (source, modality, format, shards, splits, verify) is
 hashed (:func:`data_hash`); the hash is in the Job's name and labels, so a
@@ -31,37 +34,27 @@ from lepton_operator.api.dataset import LeptonDatasetSpec
 from lepton_operator.api.meta import LEPTON_DATASET
 from lepton_operator.render.common import (
     DEFAULT_WORKLOADS_IMAGE,
+    TERMINATION_MESSAGE_PATH,
     child_labels,
     container_resources,
+    harden,
     owner_reference,
     placement,
+    progress_endpoint,
+    progress_port,
+    source_credentials,
+    source_env,
 )
 
 PREPARE_ROLE = "prepare"
 CONTAINER = "prepare"
 DATA_MOUNT = "/data"
 SOURCE_MOUNT = "/mnt/source"
-TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 SPEC_HASH_LABEL = "lepton.ai/spec-hash"
 #: The preparer's exit code for failures a retry cannot fix (see lepton_workloads.prepare).
 EXIT_PERMANENT = 3
 HASH_LENGTH = 16
 MAX_NAME = 63  # Job names become pod label values (job-name), which are at most 63 characters
-
-#: Credentials a source may need -> the preparer's environment variable.
-CREDENTIAL_ENV: dict[str, str] = {
-    "token": "LEPTON_SOURCE_TOKEN",
-    "accessKeyId": "AWS_ACCESS_KEY_ID",
-    "secretAccessKey": "AWS_SECRET_ACCESS_KEY",
-    "sessionToken": "AWS_SESSION_TOKEN",
-}
-#: The credentials each scheme uses when ``secretRef.keys`` is unset.
-SCHEME_CREDENTIALS: dict[str, tuple[str, ...]] = {
-    "s3": ("accessKeyId", "secretAccessKey", "sessionToken"),
-    "http": ("token",),
-    "https": ("token",),
-    "pvc": (),
-}
 
 
 def data_hash(spec: LeptonDatasetSpec) -> str:
@@ -91,14 +84,8 @@ def source_claim(uri: str) -> str | None:
 
 
 def credentials(spec: LeptonDatasetSpec) -> dict[str, tuple[str, bool]]:
-    """credential -> (Secret key, optional): explicit keys are required, implicit ones optional."""
-    ref = spec.source.secret_ref
-    if ref is None:
-        return {}
-    if ref.keys:
-        return {credential: (key, False) for credential, key in ref.keys.items()}
-    scheme = urllib.parse.urlparse(spec.source.uri).scheme
-    return {credential: (credential, True) for credential in SCHEME_CREDENTIALS.get(scheme, ())}
+    """credential -> (Secret key, optional) of the dataset's source (see ``common.source_credentials``)."""
+    return source_credentials(spec.source.uri, spec.source.secret_ref)
 
 
 def claim(name: str, namespace: str, uid: str, spec: LeptonDatasetSpec) -> dict[str, Any]:
@@ -134,20 +121,13 @@ def _environment(spec: LeptonDatasetSpec, digest: str) -> list[dict[str, Any]]:
         "LEPTON_SPLIT_VALIDATION": _text(spec.splits.validation),
         "LEPTON_SPLIT_SEED": str(spec.splits.seed),
         "LEPTON_VERIFY_SHA256": spec.verify.sha256 if spec.verify else None,
-        "LEPTON_S3_ENDPOINT": spec.source.endpoint,
-        "AWS_REGION": spec.source.region,
         "LEPTON_SPEC_HASH": digest,
         "LEPTON_RESULT_PATH": TERMINATION_MESSAGE_PATH,
     }
     env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in plain.items() if value is not None]
-    ref = spec.source.secret_ref
-    for credential, (key, optional) in sorted(credentials(spec).items()):
-        variable = CREDENTIAL_ENV.get(credential, "LEPTON_SOURCE_" + credential.upper())
-        selector: dict[str, Any] = {"name": ref.name if ref else "", "key": key}
-        if optional:
-            selector["optional"] = True
-        env.append({"name": variable, "valueFrom": {"secretKeyRef": selector}})
-    return env
+    env.append(progress_endpoint(progress_port())[0])
+    source = spec.source
+    return env + source_env(source.uri, source.secret_ref, source.endpoint, source.region)
 
 
 def _text(value: float | int | None) -> str | None:
@@ -170,6 +150,7 @@ def prepare_job(name: str, namespace: str, uid: str, spec: LeptonDatasetSpec, *,
         "image": prepare.image or image,
         "command": ["python", "-m", "lepton_workloads.prepare"],
         "env": _environment(spec, digest),
+        "ports": [progress_endpoint(progress_port())[1]],
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "File",
@@ -203,6 +184,6 @@ def prepare_job(name: str, namespace: str, uid: str, spec: LeptonDatasetSpec, *,
                     }
                 ]
             },
-            "template": {"metadata": template_metadata, "spec": pod_spec},
+            "template": {"metadata": template_metadata, "spec": harden(pod_spec, prepare.security_context)},
         },
     }

@@ -20,6 +20,12 @@ Pure: spec + what the reconciler resolved (the model source, the replica count)
   protobuf). When the spec names the tensors the operator renders the whole
   config into a ConfigMap; otherwise the init container (``stage_model``) takes
   the config exported next to the model and applies the spec's settings to it.
+
+A uri source's S3 settings and credentials reach the stager through
+``common.source_env``, the preparer's environment: credentials by
+``secretKeyRef`` only. The stager writes why it failed (``<Reason>: <message>``)
+to its termination message; ``FallbackToLogsOnError`` keeps the log's last
+lines when it could not.
 """
 
 from __future__ import annotations
@@ -32,11 +38,14 @@ from typing import Any
 
 from lepton_workloads import triton_config
 
+from lepton_operator.api.common import SecretReference
 from lepton_operator.api.inference import InferenceServiceSpec, ModelSpec, TensorSpec
 from lepton_operator.render import common
 
 KIND = "InferenceService"
 ROLE = "server"
+#: The init container that stages the model (``lepton_workloads.stage_model``).
+STAGER = "stage-model"
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 MODEL_REPOSITORY = "/models"
 CONFIG_MOUNT = "/lepton/config"
@@ -64,9 +73,12 @@ class ClaimSource:
 
 @dataclass(frozen=True)
 class UriSource:
-    """The model is fetched from a URI by the init container."""
+    """The model is fetched from a URI by the init container, with these S3 settings and credentials."""
 
     uri: str
+    secret_ref: SecretReference | None = None
+    endpoint: str | None = None
+    region: str | None = None
 
 
 Source = ClaimSource | UriSource
@@ -100,7 +112,7 @@ def resolve_source(spec: InferenceServiceSpec, training_job: Mapping[str, Any] |
     if source.claim is not None:
         return ClaimSource(source.claim.name, source.claim.path.strip("/"))
     if source.uri is not None:
-        return UriSource(source.uri)
+        return UriSource(source.uri, source.secret_ref, source.endpoint, source.region)
     assert source.training_job_ref is not None  # exactly one source: an API rule
     job = source.training_job_ref.name
     if training_job is None:
@@ -208,6 +220,7 @@ def stager_args(model: ModelSpec, kind: str, source: Source, has_config: bool) -
         f"--max-batch-size={model.max_batch_size}",
         f"--instance-count={model.instance_count}",
         f"--instance-kind={kind}",
+        f"--termination-log={common.TERMINATION_MESSAGE_PATH}",
     ]
     if model.dynamic_batching is not None:
         sizes = ",".join(str(size) for size in model.dynamic_batching.preferred_batch_sizes or ())
@@ -276,17 +289,22 @@ def pod_template(name: str, spec: InferenceServiceSpec, source: Source, stager_i
     resources = common.container_resources(spec.resources, spec.gpu)
     if resources:
         container["resources"] = resources
+    stager: dict[str, Any] = {
+        "name": STAGER,
+        "image": stager_image,
+        "command": ["python", "-m", "lepton_workloads.stage_model"],
+        "args": stager_args(model, instance_kind(spec), source, text is not None),
+        "volumeMounts": stager_mounts,
+        "terminationMessagePath": common.TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if isinstance(source, UriSource):
+        env = common.source_env(source.uri, source.secret_ref, source.endpoint, source.region)
+        if env:
+            stager["env"] = env
     pod: dict[str, Any] = {
         "terminationGracePeriodSeconds": triton.exit_timeout_seconds + PRESTOP_SECONDS + 5,
-        "initContainers": [
-            {
-                "name": "stage-model",
-                "image": stager_image,
-                "command": ["python", "-m", "lepton_workloads.stage_model"],
-                "args": stager_args(model, instance_kind(spec), source, text is not None),
-                "volumeMounts": stager_mounts,
-            }
-        ],
+        "initContainers": [stager],
         "containers": [container],
         "volumes": volumes,
     }
@@ -294,7 +312,10 @@ def pod_template(name: str, spec: InferenceServiceSpec, source: Source, stager_i
     annotations = dict(SCRAPE_ANNOTATIONS)
     if text is not None:
         annotations[CONFIG_DIGEST_ANNOTATION] = hashlib.sha256(text.encode()).hexdigest()
-    return {"metadata": {"labels": common.child_labels(KIND, name, ROLE), "annotations": annotations}, "spec": pod}
+    return {
+        "metadata": {"labels": common.child_labels(KIND, name, ROLE), "annotations": annotations},
+        "spec": common.harden(pod, spec.security_context),
+    }
 
 
 def deployment(

@@ -24,7 +24,9 @@ The torchrun contract is in the environment (torchrun reads ``PET_*``):
   static rendezvous (``PET_NODE_RANK``); an elastic one (``PET_NNODES`` is
   ``min:max``) uses the c10d rendezvous hosted by worker 0.
 * ``LEPTON_DATASET_DIR``, ``LEPTON_CHECKPOINT_DIR``, ``LEPTON_OUTPUT_DIR`` and
-  ``LEPTON_CHECKPOINT_EVERY_STEPS`` tell the trainer where things are.
+  ``LEPTON_CHECKPOINT_EVERY_STEPS`` tell the trainer where things are;
+  ``LEPTON_PROGRESS_PORT`` (also the container port ``progress``) is where
+  rank 0 serves its live progress, which the operator polls on worker 0.
 
 These names are the contract: a user's ``env`` entry with one of them is left
 out (the operator's value wins), so the group can never disagree about its size.
@@ -128,6 +130,8 @@ def worker_env(job: str, namespace: str, uid: str, spec: TrainingJobSpec, index:
         "LEPTON_WORKER_INDEX": str(index),
         "LEPTON_GROUP": str(group),
     }
+    progress_env, _ = common.progress_endpoint(common.progress_port(spec.master_port))
+    contract[progress_env["name"]] = progress_env["value"]
     if spec.workers.elastic:
         contract["PET_RDZV_BACKEND"] = "c10d"
     else:
@@ -211,12 +215,13 @@ def worker_pod(job: str, namespace: str, uid: str, spec: TrainingJobSpec, index:
     """Worker ``index`` of group ``group`` (``replicas`` workers)."""
     workers = spec.workers
     pod_volumes, mounts = volumes(job, spec)
+    _, progress_port = common.progress_endpoint(common.progress_port(spec.master_port))
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image,
         **worker_command(spec),
         "env": worker_env(job, namespace, uid, spec, index, replicas, group),
-        "ports": [{"name": PORT_NAME, "containerPort": spec.master_port}],
+        "ports": [{"name": PORT_NAME, "containerPort": spec.master_port}, progress_port],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     resources = common.container_resources(workers.resources, workers.gpu)
@@ -251,7 +256,7 @@ def worker_pod(job: str, namespace: str, uid: str, spec: TrainingJobSpec, index:
             "labels": labels,
             "ownerReferences": [common.owner_reference(KIND, job, uid)],
         },
-        "spec": pod_spec,
+        "spec": common.harden(pod_spec, spec.security_context),
     }
 
 

@@ -22,6 +22,7 @@ function of (object, now) and tests need no time mocking.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +34,15 @@ READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
 VALIDATED = "Validated"
+
+
+@dataclass(frozen=True)
+class SecretProblem:
+    """Why a source's Secret cannot be used (``SecretNotFound``, ``SecretKeyMissing``), for a condition."""
+
+    reason: str
+    message: str
+
 
 #: Upper bound on a condition message we write (the schema allows 32768); long
 #: messages are cut with a marker so a status patch can never be refused for size.

@@ -20,6 +20,14 @@ the preparer's result document (schema ``lepton.ai/prepare-result/v1``, read
 from the pod's termination message) and are cleared (``null`` in the merge
 patch) whenever the dataset is not Ready, so they always describe the data the
 current spec asks for.
+
+``progress {bytesDone, bytesTotal}`` moves while the Job runs: the controller
+polls the running preparer's ``GET /progress`` (schema
+``lepton.ai/prepare-progress/v1``) and passes the last answer as ``live``. The
+live document and the final result go through one parser,
+:func:`parse_progress`. While Preparing, a pass without a new report keeps the
+progress already shown (a failed poll clears nothing); outside Preparing and
+Ready it is cleared like the numbers.
 """
 
 from __future__ import annotations
@@ -33,19 +41,13 @@ from typing import Any
 from lepton_operator.api.common import Condition
 from lepton_operator.api.dataset import LeptonDatasetStatus
 from lepton_operator.status import conditions as cond
+from lepton_operator.status.conditions import SecretProblem
 
 RESULT_SCHEMA = "lepton.ai/prepare-result/v1"
+PROGRESS_SCHEMA = "lepton.ai/prepare-progress/v1"
 PREPARED = "Prepared"
-#: Status fields that only a finished preparation sets; nulled otherwise.
+#: Status fields that only a finished preparation sets (and progress, also while Preparing); nulled otherwise.
 RESULT_FIELDS = ("sizeBytes", "records", "shards", "digest", "progress", "completionTime")
-
-
-@dataclass(frozen=True)
-class SecretProblem:
-    """Why the source's Secret cannot be used (reason is CamelCase)."""
-
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,29 @@ class PrepareResult:
     source_bytes: int = 0
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def parse_progress(document: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``{bytesDone, bytesTotal}`` of a live progress document or of a successful result, else ``None``.
+
+    A result says the whole source was fetched (``sourceBytes`` of
+    ``sourceBytes``); a live report says how far fetching has got, with
+    ``bytesTotal`` null while the source has not said its size.
+    """
+    if not isinstance(document, Mapping):
+        return None
+    schema = document.get("schema")
+    if schema == RESULT_SCHEMA and document.get("ok") is True:
+        done = document.get("sourceBytes") or 0
+        return {"bytesDone": done, "bytesTotal": done} if _count(done) else None
+    if schema != PROGRESS_SCHEMA or not _count(document.get("bytesDone")):
+        return None
+    total = document.get("bytesTotal")
+    return {"bytesDone": document["bytesDone"], "bytesTotal": total if _count(total) else None}
+
+
 def parse_result(text: str | None) -> PrepareResult | None:
     """A result document, or ``None`` when ``text`` is not one (empty, not JSON, other schema)."""
     if not text:
@@ -75,11 +100,12 @@ def parse_result(text: str | None) -> PrepareResult | None:
     if not document.get("ok"):
         return PrepareResult(False, str(document.get("reason") or "PrepareFailed"), str(document.get("message") or ""))
     numbers = [document.get(key) for key in ("records", "bytes", "shards", "sourceBytes")]
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers[:3]):
+    progress = parse_progress(document)
+    if not all(_count(n) for n in numbers[:3]) or progress is None:
         return None
     return PrepareResult(
         True, records=document["records"], bytes=document["bytes"], shards=document["shards"],
-        digest=str(document.get("digest") or ""), source_bytes=int(numbers[3] or 0),
+        digest=str(document.get("digest") or ""), source_bytes=progress["bytesDone"],
     )  # fmt: skip
 
 
@@ -90,6 +116,15 @@ def termination_message(pod: Mapping[str, Any]) -> str | None:
         if terminated and terminated.get("message"):
             return str(terminated["message"])
     return None
+
+
+def progress_pod(phase: str, pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The pod whose live progress to read: the newest running pod of a Preparing dataset's Job."""
+    if phase != "Preparing":
+        return None
+    running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"
+               and not (p.get("metadata") or {}).get("deletionTimestamp")]  # fmt: skip
+    return max(running, key=_finished, default=None)
 
 
 def _finished(pod: Mapping[str, Any]) -> str:
@@ -176,8 +211,14 @@ def dataset_status(
     existing: Mapping[str, Any] | None,
     now: datetime,
     claim_object: Mapping[str, Any] | None = None,
+    live: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The merge patch of status for a dataset whose spec is valid (``claim_object``: the PVC as read)."""
+    """The merge patch of status for a dataset whose spec is valid.
+
+    ``claim_object``: the PVC as read; ``live``: the last ``/progress``
+    document read, by the uid of the pod that served it (one of ``pods``, or
+    it is ignored).
+    """
     found = outcome(job, pods, secret, claim_object)
     ready = found.phase == "Ready"
     failed = found.phase == "Failed"
@@ -210,6 +251,13 @@ def dataset_status(
             progress={"bytes_done": result.source_bytes, "bytes_total": result.source_bytes},
             completion_time=job_status.get("completionTime"),
         )  # fmt: skip
+    elif found.phase == "Preparing":
+        kept = (existing or {}).get("progress") if (existing or {}).get("phase") == "Preparing" else None
+        uids = {str((pod.get("metadata") or {}).get("uid")) for pod in pods}
+        reports = [parse_progress(document) for uid, document in (live or {}).items() if uid in uids]
+        progress = next((report for report in reports if report is not None), None) or kept
+        if progress:
+            fields["progress"] = progress
     status = LeptonDatasetStatus.model_validate(fields).to_wire()
     for key in RESULT_FIELDS:
         status.setdefault(key, None)

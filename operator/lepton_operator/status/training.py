@@ -34,9 +34,15 @@ Rules, in order of precedence:
   (``initialSeconds * 2**(restarts - 1)``, capped at ``maxSeconds``) has passed.
   ``suspend`` bumps it too, so a resumed group never meets a pod of the old one.
 
-Progress: a trainer reports ``{"step", "epoch", "loss"}`` as JSON in its
-termination message (``/dev/termination-log``); the latest one seen on any
-worker of the job is kept in ``status.progress``. No pod needs RBAC for it.
+Progress: a trainer reports ``{"schema": "lepton.ai/training-progress/v1",
+"step", "epoch", "loss"}`` as JSON twice: live, on ``GET /progress`` of its
+rank 0 while it trains (the controller polls worker 0 and passes the last
+answer in ``Observed.live``), and at the end in its termination message
+(``/dev/termination-log``). Both go through :func:`parse_progress`; among the
+reports of the current group's workers the highest step wins, and
+``status.progress`` keeps the last one when nothing new arrives (a failed poll
+clears nothing). ``updateTime`` changes only when the values do. No pod needs
+RBAC for any of it.
 """
 
 from __future__ import annotations
@@ -70,12 +76,25 @@ DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 WORKERS_SCHEDULED = "WorkersScheduled"
 UNSCHEDULABLE = "Unschedulable"
+#: A worker's container cannot start (image, config or security context): it waits forever, so say why.
+CONTAINER_BLOCKED = "ContainerBlocked"
+_BLOCKED_WAITING = {
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "ErrImageNeverPull",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "RunContainerError",
+}
 
 # Reasons in pod conditions (DisruptionTarget) and pod status, as Kubernetes writes them.
 _NODE_LOSS_DISRUPTIONS = {"DeletionByTaintManager", "DeletionByPodGC", "TerminationByKubelet"}
 _PREEMPTIONS = {"PreemptionByScheduler", "EvictionByEvictionAPI"}
 
 FINAL: tuple[TrainingPhase, ...] = ("Succeeded", "Failed")
+
+PROGRESS_SCHEMA = "lepton.ai/training-progress/v1"
 
 EventType = Literal["Normal", "Warning"]
 
@@ -183,6 +202,17 @@ def unschedulable_message(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
+def blocked_message(pod: Mapping[str, Any]) -> str | None:
+    """Why a container of ``pod`` cannot start (the kubelet's waiting reason and message), else ``None``."""
+    status = _status(pod)
+    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in _BLOCKED_WAITING:
+            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            return f"worker {_meta(pod).get('name', '?')} {waiting['reason']}{detail}"
+    return None
+
+
 def classify(pod: Mapping[str, Any], policy: RestartPolicy) -> Failure | None:
     """Why a worker pod failed (``None`` when it has not).
 
@@ -230,25 +260,45 @@ def succeeded(pod: Mapping[str, Any]) -> bool:
     return _status(pod).get("phase") == "Succeeded"
 
 
-def progress_of(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The trainer's progress from termination messages (latest step wins)."""
+def parse_progress(report: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``{step, epoch, loss}`` of one trainer report, or ``None`` when it is not one.
+
+    ``report`` is a termination message (its last line is the JSON document;
+    a message that falls back to the logs may have more lines before it) or the
+    document ``/progress`` answered. A document of another schema, or without
+    a ``step``, is not a report; one without ``schema`` (older trainers) is.
+    """
+    document: Any = report
+    if isinstance(report, str):
+        try:
+            document = json.loads(report.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return None
+    if not isinstance(document, Mapping) or document.get("schema", PROGRESS_SCHEMA) != PROGRESS_SCHEMA:
+        return None
+    fields = {k: document[k] for k in ("step", "epoch", "loss")
+              if isinstance(document.get(k), int | float) and not isinstance(document.get(k), bool)}  # fmt: skip
+    for k in ("step", "epoch"):
+        if k in fields:
+            fields[k] = int(fields[k])
+    return fields if fields.get("step", -1) >= 0 else None
+
+
+def progress_of(
+    pods: Sequence[Mapping[str, Any]], live: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Any] | None:
+    """The trainer's progress among ``pods``: termination messages and ``live`` reports (pod uid -> document).
+
+    The highest step wins (on a tie the live report, the newer one). A live
+    report of a pod that is not in ``pods`` (an old group's) is ignored.
+    """
     best: dict[str, Any] | None = None
     for pod in pods:
-        message = (_terminated(pod) or {}).get("message")
-        if not message:
-            continue
-        try:
-            report = json.loads(str(message).strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            continue
-        if not isinstance(report, dict):
-            continue
-        fields = {k: report[k] for k in ("step", "epoch", "loss") if isinstance(report.get(k), int | float)}
-        for k in ("step", "epoch"):
-            if k in fields:
-                fields[k] = int(fields[k])
-        if "step" in fields and (best is None or fields["step"] >= best.get("step", -1)):
-            best = fields
+        uid = str(_meta(pod).get("uid") or "")
+        reports = [(_terminated(pod) or {}).get("message"), (live or {}).get(uid) if uid else None]
+        for fields in (parse_progress(report) for report in reports if report):
+            if fields is not None and (best is None or fields["step"] >= best["step"]):
+                best = fields
     return best
 
 
@@ -322,6 +372,8 @@ class Observed:
     """Where the export lands (``render.training.output_uri``)."""
     lost_nodes: Mapping[str, str] = field(default_factory=dict)
     """Nodes known lost (deleted, or NotReady past the grace period), with why."""
+    live: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """The last ``/progress`` document read from a running worker, by pod uid (see ``controllers.progress``)."""
 
 
 def assess(
@@ -329,6 +381,10 @@ def assess(
 ) -> Plan:
     """The plan of one reconcile pass; see the module docstring."""
     plan = _assess(spec, generation, existing, observed)
+    ttl = spec.run_policy.ttl_seconds_after_finished
+    if plan.phase in FINAL and ttl is not None and plan.requeue is None and not plan.delete_job:
+        # Finished in this very pass: nothing else may wake the job when its TTL is due.
+        plan.requeue = float(ttl)
     deadline = spec.run_policy.active_deadline_seconds
     started = _parse_time(plan.status.get("startTime"))
     if deadline is not None and started is not None and plan.phase not in FINAL:
@@ -353,7 +409,7 @@ def _assess(
     current = [p for p in pods if pod_group(p) == group and not terminating(p)]
     stale = [p for p in pods if pod_group(p) != group and not terminating(p)]
     going = [p for p in pods if terminating(p)]
-    builder = _Builder(spec, generation, previous, now, group, replicas, current, observed.output_uri)
+    builder = _Builder(spec, generation, previous, now, group, replicas, current, observed.output_uri, observed.live)
     plan = builder.plan
 
     if previous.phase in FINAL and previous.completion_time:
@@ -450,6 +506,10 @@ def _assess(
     if unschedulable:
         message = f"{len(unschedulable)} of {replicas} workers cannot be scheduled: {unschedulable[0]}"
         return builder.set("Pending", UNSCHEDULABLE, message)
+    blocked = [m for m in (blocked_message(p) for p in current) if m]
+    if blocked:
+        message = f"{len(blocked)} of {replicas} workers cannot start: {blocked[0]}"
+        return builder.set("Pending", CONTAINER_BLOCKED, message)
     runs = sum(1 for p in current if running(p) or succeeded(p))
     if runs >= replicas and not plan.create_workers:
         return builder.set("Running", "AllWorkersRunning", f"all {replicas} workers are running")
@@ -459,6 +519,13 @@ def _assess(
 def pod_name(pod: Mapping[str, Any]) -> str:
     """A pod's name."""
     return str(_meta(pod).get("name"))
+
+
+def progress_pod(plan: Plan, pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The pod whose live progress to read: worker 0 of a Running group (global rank 0 runs there)."""
+    if plan.phase != "Running":
+        return None
+    return next((p for p in pods if pod_group(p) == plan.group and pod_index(p) == 0 and running(p)), None)
 
 
 
@@ -484,8 +551,10 @@ class _Builder:
     """Assembles the status of a plan from a phase; one place for conditions and counts."""
 
     def __init__(self, spec: TrainingJobSpec, generation: int, previous: TrainingJobStatus, now: str,
-                 group: int, replicas: int, current: list[Mapping[str, Any]], output_uri: str | None) -> None:  # fmt: skip
+                 group: int, replicas: int, current: list[Mapping[str, Any]], output_uri: str | None,
+                 live: Mapping[str, Mapping[str, Any]]) -> None:  # fmt: skip
         self.output_uri = output_uri
+        self.live = live
         self.spec = spec
         self.generation = generation
         self.previous = previous
@@ -544,7 +613,7 @@ class _Builder:
             "failed": sum(1 for p in current if _status(p).get("phase") == "Failed"),
         }
         progress = previous.progress.to_wire() if previous.progress else None
-        reported = progress_of(current)
+        reported = progress_of(current, self.live)
         if reported is not None and {k: v for k, v in (progress or {}).items() if k != "updateTime"} != reported:
             progress = {**reported, "updateTime": self.now}
         output = self.output_uri

@@ -20,6 +20,7 @@ model, so everything written here is known to fit the CRD's status schema.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -175,6 +176,26 @@ def foundation_status(
     return _status(models, phase, generation, existing, new, when)
 
 
+def describe_error(error: BaseException) -> str:
+    """One readable line for ``error``: the API server's own message for a refused request.
+
+    An API client error carries the HTTP status and the server's ``Status`` object as a JSON
+    body (the kubernetes client's ``ApiException`` does); its ``message`` is what a user needs
+    (e.g. which Pod Security rule a pod breaks), not the raw response dump.
+    """
+    name = type(error).__name__
+    body, code = getattr(error, "body", None), getattr(error, "status", None)
+    if isinstance(body, (str, bytes)) and isinstance(code, int):
+        try:
+            server = json.loads(body)
+        except ValueError:
+            server = None
+        if isinstance(server, dict) and server.get("message"):
+            reason = f" {server['reason']}" if server.get("reason") else ""
+            return f"{name} {code}{reason}: {server['message']}"
+    return f"{name}: {error}" if str(error) else name
+
+
 def error_status(
     kind: str,
     generation: int,
@@ -189,7 +210,7 @@ def error_status(
     about the spec. ``Reconciling=True`` because a retry is scheduled.
     """
     models = KINDS[kind]
-    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    text = describe_error(error)
     retry = f"; retrying in {retry_in:.0f} s" if retry_in is not None else "; will retry"
     message = cond.truncate(f"reconcile failed: {text}", 1024 - len(retry)) + retry
     new = [

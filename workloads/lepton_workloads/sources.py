@@ -1,6 +1,10 @@
-"""Fetching a dataset source into a local directory the layouts can read.
+"""Fetching a remote source into a local directory: the one fetch path of the workloads.
 
-Accepted sources (the ``LeptonDataset`` ``spec.source.uri``):
+The dataset preparer (``LeptonDataset`` ``spec.source``) and the model stager
+(``InferenceService`` ``spec.model.source``) both read their source through
+:func:`fetch`, and both get the same environment from the operator's shared
+rendering (``render.common.source_env``): :meth:`S3Options.from_env` and
+:func:`token_from_env` read it back. Accepted sources:
 
 * ``pvc://<claim>/<path>`` - the claim is mounted read-only by the Job at
   ``source_root``; ``<path>`` under it is a directory or a single file. Read in
@@ -27,19 +31,20 @@ extra read; a download shorter than its ``Content-Length`` is an error, never a
 silently truncated dataset. A bearer token (``LEPTON_SOURCE_TOKEN``, from the
 Secret by reference) is sent as ``Authorization`` to the source host only.
 Every failure raises :class:`SourceError` with a CamelCase reason, which the
-preparer puts in its result document.
+preparer puts in its result document and the stager in its termination message.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import shutil
 import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -82,7 +87,7 @@ class _Links(HTMLParser):
             self.links.extend(value for name, value in attrs if name == "href" and value)
 
 
-def _is_archive(name: str) -> bool:
+def is_archive(name: str) -> bool:
     return name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
@@ -149,7 +154,7 @@ def _fetch_http(uri: str, staging: Path, token: str | None, progress: Progress) 
     if not uri.endswith("/"):
         name = Path(urllib.parse.urlparse(uri).path).name or "data"
         size, sha = _download(uri, staging / name, token, 0, progress)
-        if _is_archive(name):
+        if is_archive(name):
             _unpack(staging / name, staging)
         return Fetched(staging, size, sha)
     total = 0
@@ -175,6 +180,26 @@ class S3Options:
     access_key: str | None = None
     secret_key: str | None = None
     session_token: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> S3Options:
+        """The options the operator passes to a pod: ``LEPTON_S3_ENDPOINT``, ``AWS_REGION``, ``AWS_*`` keys."""
+        env = os.environ if environ is None else environ
+        return cls(
+            endpoint=_setting(env, "LEPTON_S3_ENDPOINT"), region=_setting(env, "AWS_REGION"),
+            access_key=_setting(env, "AWS_ACCESS_KEY_ID"), secret_key=_setting(env, "AWS_SECRET_ACCESS_KEY"),
+            session_token=_setting(env, "AWS_SESSION_TOKEN"),
+        )  # fmt: skip
+
+
+def _setting(environ: Mapping[str, str], name: str) -> str | None:
+    """An environment setting, unset when empty (an optional secretKeyRef with no key gives none)."""
+    return environ.get(name, "").strip() or None
+
+
+def token_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """The bearer token for http(s) sources (``LEPTON_SOURCE_TOKEN``, from the Secret by reference)."""
+    return _setting(os.environ if environ is None else environ, "LEPTON_SOURCE_TOKEN")
 
 
 def _s3_client(options: S3Options) -> Any:
@@ -246,7 +271,7 @@ def _fetch_s3(uri: str, staging: Path, options: S3Options, progress: Progress) -
         if key and not key.endswith("/"):
             name = Path(key).name
             size, sha = _s3_download(client, bucket, key, staging / name, 0, progress)
-            if _is_archive(name):
+            if is_archive(name):
                 _unpack(staging / name, staging)
             return Fetched(staging, size, sha)
         objects = [o for o in client.list_objects(bucket, prefix=key or None, recursive=True) if not o.is_dir]
@@ -301,7 +326,7 @@ def fetch(
     path = local_path(uri, source_root)
     if path is not None:
         fetched = _fetch_local(path, progress)
-        if path.is_file() and _is_archive(path.name):
+        if path.is_file() and is_archive(path.name):
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
             shutil.copy(path, staging / path.name)
@@ -313,4 +338,4 @@ def fetch(
         return _fetch_http(uri, staging, token, progress)
     if scheme == "s3":
         return _fetch_s3(uri, staging, s3 or S3Options(), progress)
-    raise SourceError("UnsupportedSource", f"{uri}: this preparer reads pvc://, file paths, http(s):// and s3://")
+    raise SourceError("UnsupportedSource", f"{uri}: the source must be pvc://, a file path, http(s):// or s3://")

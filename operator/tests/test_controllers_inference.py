@@ -1,0 +1,68 @@
+"""The InferenceService reconciler's Secret check against the in-memory ``controllers.kube`` (``fake_kube``).
+
+The real API server path (admission, the operator process, events, logs) is
+covered by e2e/tests/test_inference.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fake_kube import FakeKube, fake  # noqa: F401 - the fixture
+from lepton_operator.controllers import inference as controller
+from lepton_operator.controllers import secrets
+
+SPEC: dict[str, Any] = {
+    "model": {
+        "name": "resnet",
+        "source": {"uri": "s3://models/exports/", "endpoint": "http://minio:9000",
+                   "secretRef": {"name": "keys", "keys": {"accessKeyId": "id", "secretAccessKey": "secret"}}},
+    },
+}  # fmt: skip
+
+
+def body(status: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"metadata": {"namespace": "ns", "name": "serve", "uid": "u1", "generation": 1},
+            "spec": SPEC, "status": status or {}}  # fmt: skip
+
+
+def run(status: dict[str, Any] | None = None) -> tuple[dict[str, Any], float | None, list[tuple[str, str]]]:
+    patch: dict[str, Any] = {}
+    warnings: list[tuple[str, str]] = []
+    due = controller.reconcile_service(
+        body(status), patch, retry=0, logger=logging.getLogger("test"), warn=lambda r, m: warnings.append((r, m))
+    )
+    return patch, due, warnings
+
+
+def model_available(patch: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = next(c for c in patch["conditions"] if c["type"] == "ModelAvailable")
+    return found
+
+
+def test_uri_source_waits_for_its_secret_and_keys_then_stages_with_references(fake: FakeKube) -> None:
+    patch, due, warnings = run()
+    condition = model_available(patch)
+    assert (patch["phase"], condition["status"], condition["reason"]) == ("Pending", "False", "SecretNotFound")
+    assert condition["message"] == "Secret keys not found in namespace ns"
+    assert warnings == [("SecretNotFound", "Secret keys not found in namespace ns")] and due == secrets.RECHECK_SECONDS
+    assert not [key for key in fake.objects if key[0] == "Deployment"]
+    _, due, warnings = run(patch)  # nothing changed: the same status, no second event
+    assert warnings == [] and due == secrets.RECHECK_SECONDS
+
+    fake.objects[("Secret", "ns", "keys")] = {"metadata": {"name": "keys"}, "data": {"id": "aWQtdmFsdWU="}}
+    patch, due, warnings = run(patch)
+    assert model_available(patch)["reason"] == "SecretKeyMissing" and "secret" in model_available(patch)["message"]
+    assert warnings[0][0] == "SecretKeyMissing" and "aWQtdmFsdWU=" not in json.dumps(patch)
+
+    fake.objects[("Secret", "ns", "keys")]["data"]["secret"] = "c2VjcmV0LXZhbHVl"
+    patch, due, warnings = run(patch)
+    assert (patch["phase"], model_available(patch)["status"], due, warnings) == ("Progressing", "True", None, [])
+    deployment = fake.objects[("Deployment", "ns", "serve")]
+    [stager] = deployment["spec"]["template"]["spec"]["initContainers"]
+    env = {item["name"]: item for item in stager["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "keys", "key": "secret"}}
+    assert env["LEPTON_S3_ENDPOINT"]["value"] == "http://minio:9000"
+    assert "c2VjcmV0LXZhbHVl" not in json.dumps(deployment) and "aWQtdmFsdWU=" not in json.dumps(deployment)
