@@ -22,6 +22,7 @@ Groups, each one ``go`` invocation so compile work is shared inside the group:
 * **node** (kubelet, kube-proxy): the kubernetes recipe at the node's own version, one minor
   below the control plane (kubelet 1.36 dropped containerd 1.x, which Debian ships).
 * **coredns**: a plain ``go install`` (the real node's cluster DNS).
+* **storage**: a plain ``go install`` of local-path-provisioner (dynamic volumes on the real node).
 
 Atomic install: each group builds into a temporary directory under the cache, then every
 binary is moved into its own ``<name>-<version>/`` directory with a single ``rename``. A
@@ -287,6 +288,12 @@ def build_coredns(work: Path, out: Path) -> None:
            work, "compile coredns", {"GOBIN": str(out)})
 
 
+def build_storage(work: Path, out: Path) -> None:
+    """``go install`` local-path-provisioner (no replace directives): the real node's default StorageClass."""
+    run_go(["install", "-trimpath", "-ldflags", "-s -w", f"{versions.LOCAL_PATH_MAIN_PACKAGE}@{versions.LOCAL_PATH_VERSION}"],
+           work, "compile local-path-provisioner", {"GOBIN": str(out)})
+
+
 def build_kind(work: Path, out: Path) -> None:
     """``go install sigs.k8s.io/kind`` (only for ``LEPTON_E2E_CLUSTER=kind`` without kind on PATH)."""
     run_go(["install", "-trimpath", "-ldflags", "-s -w", f"sigs.k8s.io/kind@{versions.KIND_VERSION}"],
@@ -300,7 +307,7 @@ def build_versitygw(work: Path, out: Path) -> None:
 
 
 _BUILDERS = {"kubernetes": build_kubernetes, "etcd": build_etcd, "kwok": build_kwok, "node": build_node,
-             "coredns": build_coredns}
+             "coredns": build_coredns, "storage": build_storage}
 #: Single-binary tools built on demand, outside the cluster's groups.
 _TOOLS = {"kind": (versions.KIND_BINARY, build_kind), "versitygw": (versions.VERSITYGW_BINARY, build_versitygw)}
 
@@ -350,7 +357,7 @@ def _build_group(group: str, todo: Sequence[Binary]) -> float:
 
 
 #: Everything the local cluster runs: the control plane, kwok, and the real node's binaries.
-LOCAL_GROUPS = ("kubernetes", "etcd", "kwok", "node", "coredns")
+LOCAL_GROUPS = ("kubernetes", "etcd", "kwok", "node", "coredns", "storage")
 
 
 def ensure_built(groups: Sequence[str] = ("kubernetes", "etcd", "kwok")) -> dict[str, float]:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from localcluster import build, config, images, netns, nodeconfig, nodes, realnode, versions
+from localcluster import build, config, images, netns, nodeconfig, nodes, realnode, storage, versions
 from localcluster.handle import MODE_LOCAL, Cluster, ClusterError, api_ready, wait_ready
 from localcluster.kube import Kubectl, KubectlError, wait_until
 from localcluster.lepton import free_port
@@ -151,7 +151,7 @@ def _prepare_node() -> tuple[netns.Instance, realnode.NodeImages]:
     problems = realnode.host_problems()
     if problems:
         raise ClusterError(cannot_host(problems))
-    build.ensure_built(("node", "coredns"))
+    build.ensure_built(("node", "coredns", "storage"))
     inst = netns.instance()
     try:
         node_images = realnode.node_images()
@@ -237,6 +237,7 @@ def up(cpu_nodes: int | None, gpu_nodes: int | None, timeout: float) -> Cluster:
         build.log(f"real node {nodeconfig.NODE_NAME} Ready {time.monotonic() - start:.1f} s after start")
         nodes.ensure_nodes(k, cpu_nodes, gpu_nodes, timeout=timeout)
         realnode.install_dns(k, timeout)
+        storage.install(k, storage.volumes_dir(inst), timeout)
     except (AssertionError, KubectlError) as exc:
         raise ClusterError(f"local cluster did not become ready: {exc}\n{logs_tail()}") from None
     wait_ready(k, timeout, on_error=logs_tail())

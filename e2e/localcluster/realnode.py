@@ -56,6 +56,7 @@ PROCESSES = ("forwarder", "containerd", "kubelet", "kube-proxy")
 PAUSE_REF = "localhost/lepton/pause:1"
 BUSYBOX_REF = "localhost/lepton/busybox:1"
 COREDNS_REF = f"localhost/lepton/coredns:{versions.COREDNS_VERSION}"
+LOCAL_PATH_REF = f"localhost/lepton/local-path-provisioner:{versions.LOCAL_PATH_VERSION}"
 
 
 class NodeError(RuntimeError):
@@ -67,9 +68,10 @@ class NodeImages:
     pause: images.Image
     busybox: images.Image
     coredns: images.Image
+    local_path: images.Image
 
     def all(self) -> list[images.Image]:
-        return [self.pause, self.busybox, self.coredns]
+        return [self.pause, self.busybox, self.coredns, self.local_path]
 
 
 def base_dir(inst: netns.Instance) -> Path:
@@ -132,6 +134,11 @@ def node_images() -> NodeImages:
     def coredns(root: Path) -> None:
         shutil.copy2(coredns_bin, root / "coredns")
 
+    local_path_bin = versions.path_of("local-path-provisioner")
+
+    def local_path(root: Path) -> None:
+        shutil.copy2(local_path_bin, root / "local-path-provisioner")
+
     return NodeImages(
         pause=images.from_rootfs(PAUSE_REF, images.input_key(PAUSE_SOURCE, _gcc_version()),
                                  pause, images.ImageConfig(entrypoint=["/pause"])),
@@ -140,6 +147,8 @@ def node_images() -> NodeImages:
         coredns=images.from_rootfs(COREDNS_REF,
                                    images.input_key(coredns_bin), coredns,
                                    images.ImageConfig(entrypoint=["/coredns"])),
+        local_path=images.from_rootfs(LOCAL_PATH_REF, images.input_key(local_path_bin), local_path,
+                                      images.ImageConfig(entrypoint=["/local-path-provisioner"])),
     )
 
 

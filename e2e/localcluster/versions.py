@@ -37,6 +37,10 @@ NODE_KUBERNETES_STAGING_VERSION = "v0." + NODE_KUBERNETES_VERSION.removeprefix("
 #: Cluster DNS for the real node's pods; a plain ``go install`` builds it.
 COREDNS_VERSION = "v1.15.0"
 COREDNS_MAIN_PACKAGE = "github.com/coredns/coredns"
+#: Dynamic PersistentVolumes on the real node: the provisioner kind ships as its default
+#: StorageClass (``standard``), so claims behave as they do on kind. Plain ``go install``.
+LOCAL_PATH_VERSION = "v0.0.30"
+LOCAL_PATH_MAIN_PACKAGE = "github.com/rancher/local-path-provisioner"
 
 #: Binaries built from k8s.io/kubernetes, and their main packages.
 KUBERNETES_COMMANDS: dict[str, str] = {
@@ -62,7 +66,7 @@ class Binary:
 
     name: str
     version: str
-    group: str  # "kubernetes" | "etcd" | "kwok" | "node" | "coredns" | "kind" | "versitygw"
+    group: str  # "kubernetes" | "etcd" | "kwok" | "node" | "coredns" | "storage" | "kind" | "versitygw"
 
 
 BINARIES: tuple[Binary, ...] = (
@@ -74,6 +78,7 @@ BINARIES: tuple[Binary, ...] = (
 NODE_BINARIES: tuple[Binary, ...] = (
     *(Binary(n, NODE_KUBERNETES_VERSION, "node") for n in NODE_COMMANDS),
     Binary("coredns", COREDNS_VERSION, "coredns"),
+    Binary("local-path-provisioner", LOCAL_PATH_VERSION, "storage"),
 )
 KIND_BINARY = Binary("kind", KIND_VERSION, "kind")
 VERSITYGW_BINARY = Binary("versitygw", VERSITYGW_VERSION, "versitygw")

@@ -132,3 +132,17 @@ def test_instances_of_two_state_directories_never_share_names(tmp_path: Path) ->
     assert netns.instance(tmp_path / "a") == a
     assert a.network_argv() == ["nsenter", f"--net={a.net_file}", "--"]
     assert a.node_argv()[:3] == ["nsenter", f"--net={a.net_file}", f"--mount={a.mnt_file}"]
+
+
+def test_storage_is_a_default_class_that_binds_on_first_use_from_local_images(tmp_path: Path) -> None:
+    docs = {d["kind"]: d for d in storage.manifests("local/provisioner:1", "local/busybox:1", tmp_path / "volumes")}
+    klass = docs["StorageClass"]
+    assert klass["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true"
+    assert (klass["provisioner"], klass["volumeBindingMode"], klass["reclaimPolicy"]) == (
+        storage.PROVISIONER, "WaitForFirstConsumer", "Delete")
+    [container] = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert container["imagePullPolicy"] == "Never" and "local/busybox:1" in container["args"]
+    data = docs["ConfigMap"]["data"]
+    assert json.loads(data["config.json"])["nodePathMap"][0]["paths"] == [str(tmp_path / "volumes")]
+    assert 'mkdir -m 0777 -p "$VOL_DIR"' in data["setup"]  # non-root pods write hostPath volumes
+    assert json.loads(data["helperPod.yaml"])["spec"]["containers"][0]["imagePullPolicy"] == "Never"

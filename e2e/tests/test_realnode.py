@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import localcluster
-from localcluster import config, nodeconfig, realnode
+from localcluster import config, nodeconfig, realnode, storage
 from localcluster.kube import Kubectl, condition_true, pod_phase, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -132,34 +132,38 @@ def test_pod_reaches_a_cluster_ip_service(cluster: localcluster.Cluster, real: K
         assert "hello over a service" in proc.stdout, proc.stderr
 
 
-def test_file_written_to_a_pvc_by_one_pod_is_read_by_another(real: Kubectl, busybox: str, tmp_path: Path) -> None:
-    storage_class = f"pvc-{real.namespace}"
-    host_dir = tmp_path / "pv"
-    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": storage_class},
-          "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": storage_class,
-                   "persistentVolumeReclaimPolicy": "Delete",
-                   "hostPath": {"path": str(host_dir), "type": "DirectoryOrCreate"}}}
+def test_file_written_to_a_pvc_by_one_pod_is_read_by_another(real: Kubectl, busybox: str) -> None:
+    """A claim naming no class binds through the default one (dynamic, as kind's ``standard``) and
+    non-root pods can write it: what the dataset and checkpoint claims of the operator need."""
     claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
-             "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": storage_class,
-                      "resources": {"requests": {"storage": "1Gi"}}}}
-    real.in_namespace(None).create(pv)
-    try:
-        real.create(claim)
-        volume = {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}
-        mount = [{"name": "data", "mountPath": "/data"}]
-        writer = busybox_pod("writer", busybox, "echo written-by-writer > /data/message", **volume)
-        writer["spec"]["containers"][0]["volumeMounts"] = mount
-        real.create(writer)
-        succeeded_logs(real, "writer")
-        reader = busybox_pod("reader", busybox, "cat /data/message", **volume)
-        reader["spec"]["containers"][0]["volumeMounts"] = mount
-        real.create(reader)
-        assert succeeded_logs(real, "reader").strip() == "written-by-writer"
-        assert real.json("get", "pvc", "data")["status"]["phase"] == "Bound"
-        if real.json("get", "pod", "reader")["spec"]["nodeName"] == nodeconfig.NODE_NAME:
-            assert (host_dir / "message").read_text() == "written-by-writer\n"  # the host's filesystem
-    finally:
-        real.in_namespace(None).delete("pv", storage_class)
+             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+    real.create(claim)
+    assert real.json("get", "pvc", "data")["status"]["phase"] == "Pending"  # waits for its first pod
+    volume = {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+              "securityContext": {"runAsUser": 65532, "runAsGroup": 65532, "runAsNonRoot": True}}
+    mount = [{"name": "data", "mountPath": "/data"}]
+    writer = busybox_pod("writer", busybox, "echo written-by-writer > /data/message && id -u", **volume)
+    writer["spec"]["containers"][0]["volumeMounts"] = mount
+    real.create(writer)
+    assert succeeded_logs(real, "writer").strip() == "65532"
+    reader = busybox_pod("reader", busybox, "cat /data/message", **volume)
+    reader["spec"]["containers"][0]["volumeMounts"] = mount
+    real.create(reader)
+    assert succeeded_logs(real, "reader").strip() == "written-by-writer"
+    bound = real.json("get", "pvc", "data")
+    assert bound["status"]["phase"] == "Bound" and bound["spec"]["storageClassName"] == storage.STORAGE_CLASS
+    volume_name = bound["spec"]["volumeName"]
+    pv = real.in_namespace(None).json("get", "pv", volume_name)
+    directory = Path(pv["spec"]["hostPath"]["path"])
+    on_this_host = real.json("get", "pod", "reader")["spec"]["nodeName"] == nodeconfig.NODE_NAME
+    if on_this_host:
+        assert (directory / "message").read_text() == "written-by-writer\n"  # the host's filesystem
+    real.delete("pod", "writer", "reader", wait=True)
+    real.delete("pvc", "data")
+    wait_until(lambda: real.in_namespace(None).get_or_none("pv", volume_name) is None, TIMEOUT,
+               "the volume deleted with its claim")
+    if on_this_host:
+        wait_until(lambda: not directory.exists(), TIMEOUT, "the volume's directory removed")
 
 
 def test_kwok_namespaces_keep_plain_and_gpu_pods_on_kwok_nodes(cluster: localcluster.Cluster,
