@@ -1,7 +1,7 @@
 """The local cluster's one real node: containerd, kubelet and kube-proxy in the cluster's namespaces.
 
 kwok nodes run nothing; this node runs real containers, so the shipped images, CoreDNS, Services
-and volumes are exercised for real. Started by :mod:`localcluster.cluster` after kwokctl's
+and volumes are exercised for real. Started by :mod:`localcluster.local` after kwokctl's
 control plane (which already runs inside the namespace of :mod:`localcluster.netns`):
 
 1. :func:`host_problems` says why the machine cannot host the node (not root, no namespaces,
