@@ -8,7 +8,7 @@ import json
 import tomllib
 from pathlib import Path
 
-from localcluster import config, netns, nodeconfig
+from localcluster import config, netns, nodeconfig, storage
 
 
 def test_containerd_config_is_private_and_restricts_oom_score_adj() -> None:
