@@ -80,7 +80,7 @@ def test_incluster_operator_replicas_peer_so_that_one_acts_and_the_other_waits_t
     names = {pod["metadata"]["name"] for pod in incluster_operator.pods()}
     peers = incluster_operator.peers()
     assert set(peers) == names  # each replica announces itself under its pod name (POD_ID)
-    assert len(set(peers.values())) == 2  # distinct random priorities: never a tie that pauses both
+    assert len(set(peers.values())) == 2  # distinct priorities: never a tie that pauses both
     active = incluster_operator.active()
     [standby] = names - {active}
     # Mandatory peering starts every replica paused; only the highest priority resumes.
@@ -97,6 +97,11 @@ def test_incluster_operator_replicas_peer_so_that_one_acts_and_the_other_waits_t
     # The Deployment replaces the pod; leave two settled replicas for the next test.
     incluster_operator.kubectl("rollout", "status", "deployment/lepton-operator", "--timeout=180s", timeout=190)
     wait_until(incluster_operator.settled, TIMEOUT, "two replicas peering again")
+    # Replicas rank by start time: the younger replacement stands by and never takes the work back.
+    [replacement] = {p["metadata"]["name"] for p in incluster_operator.pods()} - {standby}
+    assert incluster_operator.active() == standby
+    assert last_peering_decision(incluster_operator.logs(replacement)) in (None, "paused")
+    assert last_peering_decision(incluster_operator.logs(standby)) == "acting"
 
 
 def test_incluster_operator_reconciles_a_gpu_training_job_onto_kwok_nodes(

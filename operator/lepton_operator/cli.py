@@ -96,7 +96,7 @@ def _add_run(commands: Any) -> None:
         type=int,
         default=None,
         help="peering priority: of the operators sharing a peering name, only the highest acts"
-        " (default: random in 1..999999, so replicas never tie)",
+        " (default: ranked by start time, below 10^16, so the oldest replica acts and none tie)",
     )
     run.add_argument(
         "--peering-name",

@@ -32,6 +32,17 @@ def test_timeouts_and_backoffs_are_bounded() -> None:
     assert settings.process.ultimate_exiting_timeout == 60
 
 
+def test_replicas_rank_by_start_time_so_the_oldest_acts_and_no_two_tie() -> None:
+    started = 1_800_000_000.0
+    older, newer = config.start_priority(started), config.start_priority(started + 0.001)
+    assert older > newer > 0  # a replacement pod never outranks the replica that acts now
+    assert config.start_priority(started + 0.001) < config.start_priority(started)  # whatever the random tail
+    same_moment = {config.start_priority(started) for _ in range(50)}
+    assert len(same_moment) > 1  # started in one millisecond, still told apart
+    assert max(same_moment) < config.AUTO_PRIORITY_MAX and config.start_priority() < config.AUTO_PRIORITY_MAX
+    assert abs(OperatorOptions().priority - config.start_priority()) < 2_000_000  # drawn at start (within 2 s)
+
+
 def test_only_warnings_and_errors_become_events() -> None:
     settings = configured(priority=7)
     assert settings.posting.enabled and settings.posting.loggers

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -28,12 +29,24 @@ HEALTH_PATH = "/healthz"
 #: an overlay swaps it together with the operator's image (manifests/overlays/local).
 WORKLOADS_IMAGE_ENV = "LEPTON_WORKLOADS_IMAGE"
 
-#: Highest priority a replica picks for itself when ``--priority`` is not given.
-#: kopf pauses *every* operator when two peers share a priority, so replicas of
-#: one Deployment must differ: each draws one from [1, AUTO_PRIORITY_MAX]. An
-#: explicit ``--priority`` above this (e.g. 1000000 on a developer's machine)
+#: Without ``--priority`` replicas rank themselves by start time: the oldest acts,
+#: a newer one (the Deployment's replacement for a lost pod, a rollout's new pods)
+#: stands by. So the work moves only when the acting replica goes, to the oldest
+#: one left, and a replacement never takes it from a standby that has just taken
+#: over (random priorities did, half the time). The rank is milliseconds before
+#: AUTO_PRIORITY_EPOCH_MS, times 1000, plus a random tail: kopf pauses *every*
+#: operator when two peers share a priority, and two replicas started in one
+#: millisecond must still differ. Every automatic priority is below
+#: AUTO_PRIORITY_MAX; an explicit ``--priority`` above it (a developer's operator)
 #: takes over from every deployed replica.
-AUTO_PRIORITY_MAX = 999_999
+AUTO_PRIORITY_EPOCH_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+AUTO_PRIORITY_MAX = 10**16
+
+
+def start_priority(now: float | None = None) -> int:
+    """The peering priority of a replica starting at ``now`` (epoch seconds): older is higher."""
+    started_ms = int((time.time() if now is None else now) * 1000)
+    return max(AUTO_PRIORITY_EPOCH_MS - started_ms, 0) * 1000 + random.randrange(1000)  # noqa: S311
 
 # API requests: a short atomic request (GET/PATCH) that takes 20 s is failing;
 # give up and let the backoffs below retry it instead of hanging a handler for
@@ -73,7 +86,7 @@ class OperatorOptions:
     """Namespaces (kopf patterns, globs allowed) to serve; empty: all namespaces."""
     metrics_port: int = DEFAULT_METRICS_PORT
     health_port: int = DEFAULT_HEALTH_PORT
-    priority: int = field(default_factory=lambda: random.randint(1, AUTO_PRIORITY_MAX))  # noqa: S311
+    priority: int = field(default_factory=start_priority)
     """Peering priority: among running replicas, the highest acts, the others stand by."""
     standalone: bool = False
     """Skip peering (development on a private cluster)."""
