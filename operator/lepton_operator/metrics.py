@@ -147,9 +147,30 @@ def record_training_workers(namespace: str, name: str, counts: Mapping[str, int]
     _TRAINING_WORKERS_BY_JOB.set((namespace, name), share)
 
 
-def record_training_restart(reason: str) -> None:
-    """Count one group restart."""
-    TRAINING_RESTARTS.labels(reason=reason).inc()
+#: Per job, the ``status.restarts.byReason`` this process has counted up to.
+_RESTARTS_COUNTED: Final[dict[tuple[str, str], dict[str, int]]] = {}
+
+
+def record_training_restarts(namespace: str, name: str, by_reason: Mapping[str, int] | None) -> None:
+    """Count a job's group restarts from its ``status.restarts.byReason`` (``None``: the job is gone).
+
+    The counter follows the status (a restart is written there before it
+    happens) instead of the pass that decided it: a status write that timed
+    out on the client but landed on the server is counted when the next pass
+    reads it back, and never twice. The first sight of a job only sets where
+    counting starts (restarts before it were made by another process, whose
+    counter had them).
+    """
+    key = (namespace, name)
+    if by_reason is None:
+        _RESTARTS_COUNTED.pop(key, None)
+        return
+    seen = _RESTARTS_COUNTED.get(key)
+    if seen is not None:
+        for reason, count in by_reason.items():
+            if count > seen.get(reason, 0):
+                TRAINING_RESTARTS.labels(reason=reason).inc(count - seen.get(reason, 0))
+    _RESTARTS_COUNTED[key] = dict(by_reason)  # lower only for a new job of the same name
 
 
 TRAINING_PROGRESS_STEP: Final = Gauge(

@@ -119,6 +119,31 @@ def test_a_restart_is_recorded_before_the_old_group_is_deleted(monkeypatch: pyte
     assert after == before + 1
 
 
+def test_a_restart_whose_status_write_timed_out_but_landed_is_counted_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    def restarts() -> float:
+        return metrics.REGISTRY.get_sample_value("lepton_training_restarts_total", {"reason": "RetryableExitCode"}) or 0
+
+    api = FakeApi([failed_pod(0, 143)])
+    landed: list[Mapping[str, Any]] = []
+
+    def slow_patch(info: Any, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        landed.append(status)  # the server applies it; the client gives up waiting
+        raise TimeoutError("read timed out")
+
+    api.install(monkeypatch)
+    monkeypatch.setattr(kube, "patch_status", slow_patch)
+    before = restarts()
+    api.job = body({}, {"phase": "Running"})
+    with pytest.raises(kopf.TemporaryError):
+        controller.reconcile_job(api.job, {}, retry=0, logger=LOGGER, warn=lambda r, m: None, post=lambda *e: None, now=NOW)
+    assert restarts() == before  # not known to have happened yet
+    api.pods = []  # the next pass reads the restart back from the server
+    for _ in range(2):
+        api.job = body({}, dict(landed[0]))
+        controller.reconcile_job(api.job, {}, retry=0, logger=LOGGER, warn=lambda r, m: None, post=lambda *e: None, now=NOW)
+        assert restarts() == before + 1
+
+
 def test_job_waits_for_its_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
     api = FakeApi()
     _, patch, _ = run(api, monkeypatch, body({"dataset": {"name": "images"}}))

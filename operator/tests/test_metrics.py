@@ -121,3 +121,19 @@ def test_training_worker_gauge_sums_jobs_and_forgets_deleted_ones() -> None:
     assert workers("ready") == base + 2
     metrics.record_training_workers("ns", "b", None)
     assert workers("ready") == base
+
+
+def test_training_restarts_count_what_status_adds_once_from_the_first_sight() -> None:
+    def resized() -> float:
+        return metrics.REGISTRY.get_sample_value("lepton_training_restarts_total", {"reason": "Resized"}) or 0.0
+
+    before = resized()
+    metrics.record_training_restarts("ns", "grown", {"Resized": 3})  # first sight: made by another process
+    assert resized() == before
+    metrics.record_training_restarts("ns", "grown", {"Resized": 5})
+    metrics.record_training_restarts("ns", "grown", {"Resized": 5})  # read again: nothing new
+    assert resized() == before + 2
+    metrics.record_training_restarts("ns", "grown", None)  # deleted
+    metrics.record_training_restarts("ns", "grown", {})  # a new job of that name
+    metrics.record_training_restarts("ns", "grown", {"Resized": 1})
+    assert resized() == before + 3

@@ -105,7 +105,7 @@ def carry_out(plan: assessing.Plan, name: str, namespace: str, uid: str, spec: T
     """
     if plan.restarted is not None:
         kube.patch_status(TRAINING_JOB, namespace, name, plan.status)
-        metrics.record_training_restart(plan.restarted)
+        metrics.record_training_restarts(namespace, name, restarts_by_reason(plan.status))
     stranded = {assessing.pod_name(p) for p in pods if (p.get("spec") or {}).get("nodeName") in lost_nodes}
     doomed = list(plan.delete_pods) + [assessing.pod_name(p) for p in pods
                                        if assessing.terminating(p) and assessing.pod_name(p) in stranded]  # fmt: skip
@@ -125,6 +125,18 @@ def carry_out(plan: assessing.Plan, name: str, namespace: str, uid: str, spec: T
                if int(worker["metadata"]["labels"][render.INDEX_LABEL]) not in existing]  # fmt: skip
     # The group's pods are created together (requests in parallel), so the gang appears at once.
     list(CREATORS.map(kube.create, missing))
+
+
+def restarts_by_reason(status: Mapping[str, Any]) -> dict[str, int]:
+    """``status.restarts.byReason`` of a TrainingJob, empty when nothing restarted."""
+    return dict(((status.get("restarts") or {}).get("byReason")) or {})
+
+
+def forget_job(namespace: str, name: str) -> None:
+    """Drop a deleted job's share of every per-job metric."""
+    metrics.record_training_workers(namespace, name, None)
+    metrics.record_training_progress(namespace, name, None)
+    metrics.record_training_restarts(namespace, name, None)
 
 
 def reconcile_job(
@@ -150,8 +162,7 @@ def reconcile_job(
     except Exception as error:
         raise kopf.TemporaryError(f"cannot read the job: {type(error).__name__}: {error}", delay=retry_delay(retry)) from error
     if fresh is None:  # deleted meanwhile
-        metrics.record_training_workers(str(metadata.get("namespace", "")), str(metadata.get("name", "")), None)
-        metrics.record_training_progress(str(metadata.get("namespace", "")), str(metadata.get("name", "")), None)
+        forget_job(str(metadata.get("namespace", "")), str(metadata.get("name", "")))
         return None
     body = fresh
     parsed = validation.parse_spec(KIND, validation.to_plain(body.get("spec")))
@@ -163,6 +174,7 @@ def reconcile_job(
     name, namespace = str(metadata.get("name", "")), str(metadata.get("namespace", ""))
     uid, generation = str(metadata.get("uid", "")), int(metadata.get("generation") or 0)
     existing = validation.to_plain(body.get("status") or {})
+    metrics.record_training_restarts(namespace, name, restarts_by_reason(existing))
     moment = now or datetime.now(UTC)
     DATASET_USERS.note(namespace, name, parsed.dataset.name if parsed.dataset else None)
     key = ObjectKey(KIND, namespace, name)
@@ -197,8 +209,11 @@ def reconcile_job(
         logger.info(f"{event.reason}: {event.message}")
         poster(event.type, event.reason, event.message)
     counts = {**plan.status.get("workers", {}), **({"schedulable": fits} if fits is not None else {})}
-    metrics.record_training_workers(namespace, name, None if plan.delete_job else counts)
-    metrics.record_training_progress(namespace, name, None if plan.delete_job else plan.status.get("progress"))
+    if plan.delete_job:
+        forget_job(namespace, name)
+    else:
+        metrics.record_training_workers(namespace, name, counts)
+        metrics.record_training_progress(namespace, name, plan.status.get("progress"))
     metrics.record_reconcile(KIND, "accepted", time.perf_counter() - started)
     if fits is not None and plan.phase in ("Running", "Starting", "Pending"):
         # Capacity freed by other pods wakes nobody: look again now and then.
@@ -339,8 +354,7 @@ def register() -> None:
     async def forget_deleted(body: kopf.Body, type: str | None, **_: Any) -> None:
         if type == "DELETED":
             metadata = body.get("metadata", {})
-            metrics.record_training_workers(str(metadata.get("namespace")), str(metadata.get("name")), None)
-            metrics.record_training_progress(str(metadata.get("namespace")), str(metadata.get("name")), None)
+            forget_job(str(metadata.get("namespace")), str(metadata.get("name")))
 
 
 register()
