@@ -352,14 +352,14 @@ def test_without_a_new_report_the_last_progress_and_its_time_are_kept() -> None:
 
 def test_termination_message_and_live_report_go_through_one_parser_and_the_highest_step_wins() -> None:
     document = {"schema": t.PROGRESS_SCHEMA, "step": 7, "epoch": 0, "loss": 1.5, "resumedFrom": 0}
-    parsed = {"step": 7, "epoch": 0, "loss": 1.5}
+    parsed = {"step": 7, "epoch": 0, "loss": 1.5, "resumedFrom": 0}
     assert t.parse_progress(document) == t.parse_progress(json.dumps(document)) == parsed
     assert t.parse_progress("torch warnings...\n" + json.dumps(document)) == parsed  # FallbackToLogsOnError
     assert t.parse_progress({"step": 7.0}) == {"step": 7}  # an older trainer: no schema
     for other in ({"schema": "lepton.ai/prepare-progress/v1", "step": 7}, {"epoch": 1}, {"step": True}, "[1]", None):
         assert t.parse_progress(other) is None
     ended = live_pod(0, "u0", phase="Succeeded", terminated={"exitCode": 0, "message": json.dumps({**document, "step": 9})})
-    assert t.progress_of([ended], {"u0": document}) == {"step": 9, "epoch": 0, "loss": 1.5}
+    assert t.progress_of([ended], {"u0": document}) == {"step": 9, "epoch": 0, "loss": 1.5, "resumedFrom": 0}
     assert t.progress_of([live_pod(0, "u0")], {"u0": {**document, "step": 12}})["step"] == 12
 
 

@@ -69,7 +69,7 @@ PROGRESS = "progress.json"
 TERMINATION_LOG = "/dev/termination-log"
 PROGRESS_SCHEMA = "lepton.ai/training-progress/v1"
 #: What the operator reads of a progress report (the rest stays in the logs and progress.json).
-REPORTED_FIELDS = ("step", "epoch", "loss")
+REPORTED_FIELDS = ("step", "epoch", "loss", "resumedFrom")
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default="train")
     parser.add_argument("--max-batch-size", type=int, default=8, help="max_batch_size in the Triton config")
     parser.add_argument("--crash-at-step", type=int, default=None,
-                        help="fault injection for tests: rank 1 (else 0) exits hard at this step")  # fmt: skip
+                        help="fault injection: rank 1 (else 0) exits with 137 at this step, in a run that did not"
+                             " resume from a checkpoint (so a restarted group goes on)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -361,7 +362,7 @@ def _train(args: argparse.Namespace, rank: int, world: int, server: progress_ser
             for index, (inputs, labels) in enumerate(batches(samples, args.batch_size)):
                 if index < skip or done:
                     continue
-                if args.crash_at_step is not None and step == args.crash_at_step and rank == crash_rank:
+                if args.crash_at_step is not None and step == args.crash_at_step and rank == crash_rank and not resumed_from:
                     print(f"rank {rank}: crashing at step {step} (fault injection)", flush=True)
                     os._exit(137)
                 optimizer.zero_grad(set_to_none=True)

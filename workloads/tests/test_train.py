@@ -75,7 +75,8 @@ def test_two_process_ddp_trains_resumes_after_a_killed_rank_and_exports(tmp_path
     assert torch.load(checkpoints / "checkpoint.pt", weights_only=True)["step"] == 20  # every 10 steps
     assert not (output / "sep").exists()
 
-    finished = torchrun(2, *common, env=env)
+    # The same command line again, as a restarted group runs it: resumed, it does not crash again.
+    finished = torchrun(2, *common, "--crash-at-step", "25", env=env)
     assert finished.returncode == 0, finished.stderr[-3000:]
     progress = json.loads((checkpoints / "progress.json").read_text())
     # 512 samples, 2 ranks, batches of 16: 16 steps an epoch, 64 in 4 epochs; resumed at 20, not 0.

@@ -279,6 +279,8 @@ class TrainingProgress(ApiModel):
     """Current epoch."""
     loss: float | None = None
     """Last reported training loss."""
+    resumed_from: int | None = Field(default=None, ge=0)
+    """The checkpoint step this group started from (0: from scratch); after a restart, where it resumed."""
     update_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     """When the trainer last reported."""
 

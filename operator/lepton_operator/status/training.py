@@ -35,7 +35,8 @@ Rules, in order of precedence:
   ``suspend`` bumps it too, so a resumed group never meets a pod of the old one.
 
 Progress: a trainer reports ``{"schema": "lepton.ai/training-progress/v1",
-"step", "epoch", "loss"}`` as JSON twice: live, on ``GET /progress`` of its
+"step", "epoch", "loss", "resumedFrom"}`` as JSON twice (``resumedFrom``: the
+checkpoint step the group started from, so a restart shows where it resumed): live, on ``GET /progress`` of its
 rank 0 while it trains (the controller polls worker 0 and passes the last
 answer in ``Observed.live``), and at the end in its termination message
 (``/dev/termination-log``). Both go through :func:`parse_progress`; among the
@@ -261,7 +262,7 @@ def succeeded(pod: Mapping[str, Any]) -> bool:
 
 
 def parse_progress(report: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """``{step, epoch, loss}`` of one trainer report, or ``None`` when it is not one.
+    """``{step, epoch, loss, resumedFrom}`` of one trainer report, or ``None`` when it is not one.
 
     ``report`` is a termination message (its last line is the JSON document;
     a message that falls back to the logs may have more lines before it) or the
@@ -276,9 +277,9 @@ def parse_progress(report: str | Mapping[str, Any] | None) -> dict[str, Any] | N
             return None
     if not isinstance(document, Mapping) or document.get("schema", PROGRESS_SCHEMA) != PROGRESS_SCHEMA:
         return None
-    fields = {k: document[k] for k in ("step", "epoch", "loss")
+    fields = {k: document[k] for k in ("step", "epoch", "loss", "resumedFrom")
               if isinstance(document.get(k), int | float) and not isinstance(document.get(k), bool)}  # fmt: skip
-    for k in ("step", "epoch"):
+    for k in ("step", "epoch", "resumedFrom"):
         if k in fields:
             fields[k] = int(fields[k])
     return fields if fields.get("step", -1) >= 0 else None
