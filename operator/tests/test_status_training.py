@@ -172,6 +172,25 @@ def test_non_retryable_exit_fails_at_once_and_keeps_failed_pods() -> None:
     assert [(e.type, e.reason) for e in plan.events] == [("Warning", "NonRetryableExitCode")]
 
 
+def test_the_first_failure_is_the_cause_and_its_peers_failing_after_it_do_not_fail_the_job() -> None:
+    job, running = spec(workers={"replicas": 2}), {"phase": "Running", "group": 0}
+
+    def exited(index: int, code: int, at: str) -> dict[str, Any]:
+        return pod(index, phase="Failed", terminated={"exitCode": code, "reason": "Error", "finishedAt": at})
+
+    # Worker 1 deleted by someone (grace 30 s, so at 03:04:00), worker 0 then loses its peer and exits 1.
+    deleted = pod(1, deleting=True)
+    deleted["metadata"]["deletionTimestamp"], deleted["metadata"]["deletionGracePeriodSeconds"] = "2026-01-02T03:04:30Z", 30
+    plan = assess(job, [exited(0, 1, "2026-01-02T03:04:01Z"), deleted], running)
+    assert plan.phase == "Restarting" and plan.restarted == "NodeLost", plan.status["message"]
+    # Killed (137) and its peer's exit 1 within one second: the retryable one is the cause.
+    plan = assess(job, [exited(0, 1, "2026-01-02T03:04:02Z"), exited(1, 137, "2026-01-02T03:04:02Z")], running)
+    assert plan.restarted == "RetryableExitCode"
+    # A real bug first, a retryable exit after it: the job fails, as the first failure says.
+    plan = assess(job, [exited(0, 1, "2026-01-02T03:04:02Z"), exited(1, 143, "2026-01-02T03:04:04Z")], running)
+    assert plan.phase == "Failed" and plan.status["reason"] == "NonRetryableExitCode"
+
+
 def test_budget_spent_fails_with_backoff_limit_exceeded() -> None:
     job = spec(restartPolicy={"backoffLimit": 2})
     status = {"phase": "Running", "group": 2, "restarts": {"total": 2, "byReason": {"RetryableExitCode": 2}}}

@@ -20,7 +20,9 @@ Rules, in order of precedence:
 * A failed worker fails its group, and so does a worker on a lost node (deleted,
   or NotReady past ``nodeLossGraceSeconds``; ``onNodeLoss: Fail`` fails the job). The failure is classified (:func:`classify`):
   a retryable exit code, OOMKilled, a lost node, a preemption, or a
-  non-retryable exit code. Each retryable reason has its own budget of
+  non-retryable exit code. The first failure is the cause (:func:`first_failure`):
+  the peers of a killed worker fail right after it, and are not held against the
+  job (Kubeflow #1579). Each retryable reason has its own budget of
   ``backoffLimit`` group restarts; the restart after the budget is spent fails
   the job instead (so exactly ``backoffLimit`` restarts happen per reason). A
   non-retryable exit fails the job at once.
@@ -102,11 +104,25 @@ EventType = Literal["Normal", "Warning"]
 
 @dataclass(frozen=True)
 class Failure:
-    """Why one worker failed, and whether that may restart the group."""
+    """Why one worker failed, whether that may restart the group, and when it happened (if known)."""
 
     reason: str
     retryable: bool
     message: str
+    at: datetime | None = None
+
+
+def first_failure(failures: Sequence[Failure]) -> Failure:
+    """The failure that brought the group down: the first one.
+
+    When one worker dies, its peers fail right after it (torchrun's workers lose their
+    connection and exit with 1, a non-retryable code): those are consequences, and taking one
+    of them for the cause would fail a job that one killed worker should only restart. So the
+    earliest failure is the cause. One seen without a time (a node NotReady, a vanished pod)
+    counts as earliest; among equally early ones (the API's times have whole seconds) a
+    retryable one wins, as a peer failing in the same second is most likely its consequence.
+    """
+    return min(failures, key=lambda f: (f.at is not None, f.at or datetime.min, not f.retryable))
 
 
 @dataclass(frozen=True)
@@ -227,22 +243,23 @@ def classify(pod: Mapping[str, Any], policy: RestartPolicy) -> Failure | None:
     cause = str(disruption.get("reason")) if disruption and disruption.get("status") == "True" else ""
     name = str(_meta(pod).get("name", "?"))
     node_loss_ok = policy.on_node_loss == "Replace"
+    disrupted = _parse_time((disruption or {}).get("lastTransitionTime")) if cause else None
     if phase == "Unknown" or status.get("reason") == "NodeLost" or (cause in _NODE_LOSS_DISRUPTIONS and terminating(pod)):
-        return Failure(NODE_LOST, node_loss_ok, f"worker {name} lost its node ({cause or status.get('reason') or phase})")
+        return Failure(NODE_LOST, node_loss_ok, f"worker {name} lost its node ({cause or status.get('reason') or phase})", disrupted)
     if phase != "Failed":
         return None
     if cause in _PREEMPTIONS or status.get("reason") in ("Evicted", "Preempting"):
-        return Failure(PREEMPTED, True, f"worker {name} was preempted ({cause or status.get('reason')})")
+        return Failure(PREEMPTED, True, f"worker {name} was preempted ({cause or status.get('reason')})", disrupted)
     if cause in _NODE_LOSS_DISRUPTIONS:
-        return Failure(NODE_LOST, node_loss_ok, f"worker {name} lost its node ({cause})")
+        return Failure(NODE_LOST, node_loss_ok, f"worker {name} lost its node ({cause})", disrupted)
     terminated = _terminated(pod) or {}
-    code = terminated.get("exitCode")
+    code, ended = terminated.get("exitCode"), _parse_time(terminated.get("finishedAt"))
     detail = f"exit code {code}" + (f", {terminated['reason']}" if terminated.get("reason") else "")
     if terminated.get("reason") == OOM_KILLED:
-        return Failure(OOM_KILLED, 137 in policy.retryable_exit_codes, f"worker {name} was OOMKilled ({detail})")
+        return Failure(OOM_KILLED, 137 in policy.retryable_exit_codes, f"worker {name} was OOMKilled ({detail})", ended)
     if isinstance(code, int) and code in policy.retryable_exit_codes:
-        return Failure(RETRYABLE_EXIT_CODE, True, f"worker {name} failed with retryable {detail}")
-    return Failure(NON_RETRYABLE_EXIT_CODE, False, f"worker {name} failed with non-retryable {detail}")
+        return Failure(RETRYABLE_EXIT_CODE, True, f"worker {name} failed with retryable {detail}", ended)
+    return Failure(NON_RETRYABLE_EXIT_CODE, False, f"worker {name} failed with non-retryable {detail}", ended)
 
 
 def lost(pod: Mapping[str, Any], policy: RestartPolicy) -> Failure:
@@ -253,8 +270,16 @@ def lost(pod: Mapping[str, Any], policy: RestartPolicy) -> Failure:
     disruption = _condition(pod, "DisruptionTarget")
     cause = str(disruption.get("reason")) if disruption and disruption.get("status") == "True" else ""
     if cause in _PREEMPTIONS:
-        return Failure(PREEMPTED, True, f"worker {pod_name(pod)} was preempted ({cause})")
-    return Failure(NODE_LOST, policy.on_node_loss == "Replace", f"worker {pod_name(pod)} was deleted ({cause or 'by someone else'})")
+        return Failure(PREEMPTED, True, f"worker {pod_name(pod)} was preempted ({cause})", deleted_at(pod))
+    return Failure(NODE_LOST, policy.on_node_loss == "Replace", f"worker {pod_name(pod)} was deleted ({cause or 'by someone else'})",
+                   deleted_at(pod))  # fmt: skip
+
+
+def deleted_at(pod: Mapping[str, Any]) -> datetime | None:
+    """When a pod was deleted: its ``deletionTimestamp`` is that moment plus the grace period."""
+    meta = _meta(pod)
+    due = _parse_time(meta.get("deletionTimestamp"))
+    return None if due is None else due - timedelta(seconds=int(meta.get("deletionGracePeriodSeconds") or 0))
 
 
 def succeeded(pod: Mapping[str, Any]) -> bool:
@@ -457,7 +482,7 @@ def _assess(
         change = "grows" if target > replicas else "shrinks"
         failures.append(Failure(RESIZED, True, f"the group {change} from {replicas} to {target} workers"))
     if failures:
-        failure = next((f for f in failures if not f.retryable), failures[0])
+        failure = first_failure(failures)
         if spec.workers.elastic and failure.retryable and failure.reason in (NODE_LOST, PREEMPTED):
             # Capacity went away: a membership change of an elastic job, not a failure.
             failure = Failure(RESIZED, True, f"{failure.message}; the group resizes to the GPUs left")
