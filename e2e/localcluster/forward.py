@@ -1,11 +1,14 @@
 """TCP forwarder from the host's loopback into the cluster's network namespace.
 
-``python forward.py NETNS_FILE PORT [PORT ...]``: listens on the host's ``127.0.0.1:PORT``, then
-enters the namespace with ``setns(2)`` and relays every connection to ``127.0.0.1:PORT`` there. A
+``python forward.py NETNS_FILE SPEC [SPEC ...]``, each ``SPEC`` either ``PORT`` or
+``PORT=HOST:TARGET``: listens on the host's ``127.0.0.1:PORT``, then enters the namespace with
+``setns(2)`` and relays every connection to ``127.0.0.1:PORT`` (or ``HOST:TARGET``) there. A
 socket keeps the namespace it was created in, so the listeners made before ``setns`` stay on
 the host while every upstream socket is made inside. This keeps the kubeconfig's
 ``https://127.0.0.1:<port>`` valid for everything on the host (pytest, kubectl, a local
-operator) although the API server lives in the namespace. Prints ``ready`` once listening and
+operator) although the API server lives in the namespace; with a Service's ClusterIP as
+``HOST`` every connection goes through kube-proxy like a pod's, so load spreads over the
+Service's ready endpoints. Prints ``ready`` once listening and
 inside. Stdlib only: it is started as a script by :mod:`localcluster.realnode` and stopped with
 SIGTERM (or swept with the namespace).
 """
@@ -35,9 +38,9 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
                 pass
 
 
-def _serve(client: socket.socket, port: int) -> None:
+def _serve(client: socket.socket, target: tuple[str, int]) -> None:
     try:
-        upstream = socket.create_connection(("127.0.0.1", port), timeout=10)
+        upstream = socket.create_connection(target, timeout=10)
     except OSError:
         client.close()
         return
@@ -50,21 +53,30 @@ def _serve(client: socket.socket, port: int) -> None:
     upstream.close()
 
 
-def _accept(listener: socket.socket, port: int) -> None:
+def _accept(listener: socket.socket, target: tuple[str, int]) -> None:
     while True:
         client, _ = listener.accept()
-        threading.Thread(target=_serve, args=(client, port), daemon=True).start()
+        threading.Thread(target=_serve, args=(client, target), daemon=True).start()
+
+
+def parse_spec(spec: str) -> tuple[int, tuple[str, int]]:
+    """``"8443"`` -> ``(8443, ("127.0.0.1", 8443))``; ``"9000=10.0.0.7:8000"`` -> ``(9000, ("10.0.0.7", 8000))``."""
+    port, _, target = spec.partition("=")
+    if not target:
+        return int(port), ("127.0.0.1", int(port))
+    host, _, target_port = target.rpartition(":")
+    return int(port), (host, int(target_port))
 
 
 def main(argv: list[str]) -> int:
-    netns, ports = argv[0], [int(p) for p in argv[1:]]
+    netns, specs = argv[0], [parse_spec(s) for s in argv[1:]]
     listeners = []
-    for port in ports:
+    for port, target in specs:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", port))
         listener.listen(256)
-        listeners.append((listener, port))
+        listeners.append((listener, target))
     fd = os.open(netns, os.O_RDONLY)
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.setns(fd, CLONE_NEWNET) != 0:

@@ -156,26 +156,35 @@ def node_images() -> NodeImages:
 # processes
 
 
-def _pid_file(inst: netns.Instance, name: str) -> Path:
+def pid_file(inst: netns.Instance, name: str) -> Path:
     return inst.state / "pids" / f"{name}.pid"
 
 
-def _spawn(inst: netns.Instance, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+def spawn(inst: netns.Instance, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start ``argv`` detached (own session), log to ``logs/<name>.log``, record its pid."""
     logs_dir(inst).mkdir(parents=True, exist_ok=True)
-    _pid_file(inst, name).parent.mkdir(parents=True, exist_ok=True)
+    pid_file(inst, name).parent.mkdir(parents=True, exist_ok=True)
     with (logs_dir(inst) / f"{name}.log").open("ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    _pid_file(inst, name).write_text(str(proc.pid))
+                                start_new_session=True, env=env)
+    pid_file(inst, name).write_text(str(proc.pid))
     return proc
+
+
+def stop_process(inst: netns.Instance, name: str) -> None:
+    """Stop a process :func:`spawn` started under ``name`` (gone already is fine)."""
+    try:
+        stop_pid(int(pid_file(inst, name).read_text()))
+    except (OSError, ValueError):
+        return
+    pid_file(inst, name).unlink(missing_ok=True)
 
 
 def pids(inst: netns.Instance) -> dict[str, int]:
     found = {}
     for name in PROCESSES:
         try:
-            found[name] = int(_pid_file(inst, name).read_text())
+            found[name] = int(pid_file(inst, name).read_text())
         except (OSError, ValueError):
             pass
     return found
@@ -213,11 +222,19 @@ def _await(proc: subprocess.Popen[bytes], inst: netns.Instance, name: str, ready
         raise NodeError(f"{exc}\n{log_tail(inst)}") from None
 
 
-def start_forwarder(inst: netns.Instance, port: int) -> None:
-    """Relay the host's 127.0.0.1:``port`` to the API server inside the namespace."""
-    proc = _spawn(inst, "forwarder", [sys.executable, str(FORWARDER), str(inst.net_file), str(port)])
-    log_file = logs_dir(inst) / "forwarder.log"
-    _await(proc, inst, "forwarder", lambda: "ready" in log_file.read_text(), "the API port forwarder", 20)
+def start_forwarder(inst: netns.Instance, port: int, target: tuple[str, int] | None = None,
+                    name: str = "forwarder") -> subprocess.Popen[bytes]:  # fmt: skip
+    """Relay the host's 127.0.0.1:``port`` to ``target`` inside the namespace (default: the same port there).
+
+    The API server's forwarder is ``name="forwarder"``; others (a Service's ClusterIP for a
+    test's client) take a name of their own, so their logs and pid files stay apart.
+    """
+    spec = str(port) if target is None else f"{port}={target[0]}:{target[1]}"
+    log_file = logs_dir(inst) / f"{name}.log"
+    log_file.unlink(missing_ok=True)
+    proc = spawn(inst, name, [sys.executable, str(FORWARDER), str(inst.net_file), spec])
+    _await(proc, inst, name, lambda: "ready" in log_file.read_text(), f"the port forwarder {name}", 20)
+    return proc
 
 
 def ctr_argv(inst: netns.Instance) -> list[str]:
@@ -282,11 +299,11 @@ def start(inst: netns.Instance, pki: Path, api_port: int, node_images: NodeImage
         nodeconfig.kube_proxy_config(kubeconfig=proxy_kubeconfig)))
 
     containerd_root(inst).mkdir(parents=True, exist_ok=True)
-    containerd = _spawn(inst, "containerd", [*inst.node_argv(), "containerd", "--config", str(containerd_toml)])
+    containerd = spawn(inst, "containerd", [*inst.node_argv(), "containerd", "--config", str(containerd_toml)])
     _await(containerd, inst, "containerd", lambda: _ctr(inst, "version").returncode == 0, "containerd's socket", 30)
     if _remove_containers(inst):  # a run that was killed left pods behind: start CRI afresh
         stop_pid(containerd.pid)
-        containerd = _spawn(inst, "containerd", [*inst.node_argv(), "containerd", "--config", str(containerd_toml)])
+        containerd = spawn(inst, "containerd", [*inst.node_argv(), "containerd", "--config", str(containerd_toml)])
         _await(containerd, inst, "containerd", lambda: _ctr(inst, "version").returncode == 0, "containerd", 30)
     imported = images.import_images(node_images.all(), ctr_argv(inst))
     if imported:
@@ -294,12 +311,12 @@ def start(inst: netns.Instance, pki: Path, api_port: int, node_images: NodeImage
 
     netns.make_cgroups(inst)
     labels = ",".join(f"{k}={v}" for k, v in nodeconfig.NODE_LABELS.items())
-    kubelet = _spawn(inst, "kubelet", [
+    kubelet = spawn(inst, "kubelet", [
         *inst.node_argv(), str(versions.path_of("kubelet")), "--config", str(kubelet_yaml),
         "--kubeconfig", str(kubelet_kubeconfig), "--root-dir", str(base / "kubelet"),
         "--hostname-override", nodeconfig.NODE_NAME, "--node-ip", nodeconfig.NODE_IP,
         "--node-labels", labels, "--v", "1"])
-    proxy = _spawn(inst, "kube-proxy", [*inst.network_argv(), str(versions.path_of("kube-proxy")),
+    proxy = spawn(inst, "kube-proxy", [*inst.network_argv(), str(versions.path_of("kube-proxy")),
                                         "--config", str(proxy_yaml), "--v", "1"])
     _await(kubelet, inst, "kubelet", lambda: _http_ok_in(inst, "http://127.0.0.1:10248/healthz"), "kubelet /healthz")
     _await(proxy, inst, "kube-proxy", lambda: _http_ok_in(inst, "http://127.0.0.1:10256/healthz"),

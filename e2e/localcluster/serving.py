@@ -79,6 +79,16 @@ class Prometheus:
 
 
 @dataclass
+class Target:
+    """Where requests go: one simulator process, or a Service (through a forwarder to its ClusterIP)."""
+
+    name: str
+    address: str  # host:port of Triton's HTTP endpoint
+    in_flight: int = 0
+    served: int = 0
+
+
+@dataclass
 class Endpoint:
     """One simulator process: a Ready replica's data plane."""
 
@@ -86,56 +96,72 @@ class Endpoint:
     process: subprocess.Popen[bytes]
     http_port: int
     metrics_port: int
-    in_flight: int = 0
-    served: int = 0
+
+    def __post_init__(self) -> None:
+        self.target = Target(self.pod, f"127.0.0.1:{self.http_port}")
+
+
+def infer(address: str, model: str, tensor: Any, timeout: float = 120.0) -> Any:
+    """One ``tritonclient.http`` inference on a new connection; the first output as a numpy array.
+
+    A new client per request (as a fleet of clients would): each connection is balanced anew, so
+    a replica leaving the endpoints gets no new requests.
+    """
+    import tritonclient.http as triton_http  # noqa: PLC0415 - only clients need it
+
+    client = triton_http.InferenceServerClient(address, network_timeout=timeout, connection_timeout=timeout)
+    try:
+        given = triton_http.InferInput("INPUT__0", list(tensor.shape), "FP32")
+        given.set_data_from_numpy(tensor)
+        result = client.infer(model, [given])
+        return result.as_numpy(result.get_response()["outputs"][0]["name"])
+    finally:
+        client.close()
 
 
 @dataclass
 class Load:
-    """Open-loop requests at ``rate`` per second over the current endpoints (round robin)."""
+    """Open-loop requests at ``rate`` per second over the current targets (round robin)."""
 
     model: str
     make_input: Callable[[], Any]
-    endpoints: list[Endpoint] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
     rate: float = 0.0
     succeeded: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _next: int = 0
 
-    def _pick(self) -> Endpoint | None:
+    def _pick(self) -> Target | None:
         with self.lock:
-            if not self.endpoints:
+            if not self.targets:
                 return None
-            endpoint = self.endpoints[self._next % len(self.endpoints)]
+            target = self.targets[self._next % len(self.targets)]
             self._next += 1
-            endpoint.in_flight += 1
-            return endpoint
+            target.in_flight += 1
+            return target
 
-    def _one(self, endpoint: Endpoint) -> None:
-        import tritonclient.http as triton_http  # noqa: PLC0415 - only the load needs the client
-
+    def _one(self, target: Target) -> None:
+        started = time.monotonic()
         try:
-            client = triton_http.InferenceServerClient(f"127.0.0.1:{endpoint.http_port}", network_timeout=120)
-            tensor = self.make_input()
-            given = triton_http.InferInput("INPUT__0", list(tensor.shape), "FP32")
-            given.set_data_from_numpy(tensor)
-            client.infer(self.model, [given])
+            infer(target.address, self.model, self.make_input())
             with self.lock:
                 self.succeeded += 1
-                endpoint.served += 1
+                target.served += 1
+                self.latencies.append(time.monotonic() - started)
         except Exception as error:
             with self.lock:
                 self.failed += 1
-                self.errors.append(f"{endpoint.pod}: {type(error).__name__}: {error}")
+                self.errors.append(f"{target.name}: {type(error).__name__}: {error}")
         finally:
             with self.lock:
-                endpoint.in_flight -= 1
+                target.in_flight -= 1
 
     def run(self) -> None:
-        """Send until :meth:`stop`; with no endpoint a request is counted as failed (nothing serves)."""
+        """Send until :meth:`stop`; with no target a request is counted as failed (nothing serves)."""
         next_at = time.monotonic()
         while not self._stop.is_set():
             if self.rate <= 0:
@@ -143,17 +169,59 @@ class Load:
                 next_at = time.monotonic()
                 continue
             next_at += 1.0 / self.rate
-            endpoint = self._pick()
-            if endpoint is None:
+            target = self._pick()
+            if target is None:
                 with self.lock:
                     self.failed += 1
                     self.errors.append("no ready endpoint")
             else:
-                threading.Thread(target=self._one, args=(endpoint,), daemon=True).start()
+                threading.Thread(target=self._one, args=(target,), daemon=True).start()
             time.sleep(max(0.0, next_at - time.monotonic()))
 
     def stop(self) -> None:
         self._stop.set()
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    """What :func:`closed_loop` measured."""
+
+    latencies: list[float]
+    failed: int
+    seconds: float
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / self.seconds
+
+
+def closed_loop(address: str, model: str, make_input: Callable[[], Any], concurrency: int, seconds: float) -> LoopResult:
+    """``concurrency`` clients, each sending its next request when the last one answered, for ``seconds``."""
+    lock, latencies, failed = threading.Lock(), [], [0]
+    end = time.monotonic() + seconds
+
+    def client() -> None:
+        while time.monotonic() < end:
+            started = time.monotonic()
+            try:
+                infer(address, model, make_input())
+                with lock:
+                    latencies.append(time.monotonic() - started)
+            except Exception:  # noqa: BLE001 - counted, the loop goes on
+                with lock:
+                    failed[0] += 1
+
+    began = time.monotonic()
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return LoopResult(latencies, failed[0], time.monotonic() - began)
 
 
 class Replicas:
@@ -192,7 +260,7 @@ class Replicas:
 
     def _publish(self) -> None:
         with self.load.lock:
-            self.load.endpoints = [e for e in self.running.values() if e.pod in self.ready_at]
+            self.load.targets = [e.target for e in self.running.values() if e.pod in self.ready_at]
         self.prometheus.set_targets([
             {"targets": [f"127.0.0.1:{e.metrics_port}"],
              "labels": {"namespace": self.namespace, "service": self.service, "pod": e.pod}}
@@ -203,7 +271,7 @@ class Replicas:
         """Scale-down as Kubernetes + Triton do it: out of the endpoints, drain, then stop."""
         self.ready_at.pop(endpoint.pod, None)
         self._publish()
-        wait_until(lambda: endpoint.in_flight == 0, 30, f"{endpoint.pod} to finish its requests")
+        wait_until(lambda: endpoint.target.in_flight == 0, 30, f"{endpoint.pod} to finish its requests")
         endpoint.process.terminate()
         endpoint.process.wait(10)
 

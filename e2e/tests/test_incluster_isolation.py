@@ -7,9 +7,11 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from kopf._cogs.structs.references import match_namespace
 
 from conftest import _namespace_name
-from incluster_fixtures import NAMESPACE_PREFIX, kustomization
+from incluster_fixtures import NAMESPACE_PREFIX
+from localcluster import incluster
 from localcluster.images import Image
 from operator_fixtures import namespace_patterns
 
@@ -17,25 +19,27 @@ NAMES = ["test_incluster_operator_reconciles_a_gpu_training_job_onto_kwok_nodes"
          "test_ic", "test_[param-1]"]  # fmt: skip
 
 
-def test_host_operator_globs_never_match_an_incluster_namespace() -> None:
+def test_host_operator_globs_never_match_a_namespace_the_incluster_operator_serves() -> None:
     items = [SimpleNamespace(name=name, fixturenames=("lepton_operator", "namespace")) for name in NAMES]
     patterns = namespace_patterns(cast(list[pytest.Item], items))
     assert patterns
+    served = incluster.SERVED_NAMESPACES  # kopf's own matcher decides, as in the operator
     for name in NAMES:
-        incluster = NAMESPACE_PREFIX + _namespace_name(name)
-        assert len(incluster) <= 63
-        assert not any(fnmatchcase(incluster, pattern) for pattern in patterns), incluster
-        assert fnmatchcase(incluster, f"{NAMESPACE_PREFIX}*")  # what the in-cluster operator serves
-        assert not fnmatchcase(_namespace_name(name), f"{NAMESPACE_PREFIX}*")  # a host test's namespace
+        host, ours = _namespace_name(name), NAMESPACE_PREFIX + _namespace_name(name)
+        assert len(ours) <= 63
+        assert any(fnmatchcase(host, pattern) for pattern in patterns) and not match_namespace(host, served)
+        assert match_namespace(ours, served) and not any(fnmatchcase(ours, pattern) for pattern in patterns)
+    for other in ("lepton-demo", "kube-system", "team-a"):
+        assert match_namespace(other, served)  # the demo and users' namespaces
 
 
-def test_the_incluster_install_pins_the_build_tags_and_its_own_namespaces(tmp_path: Any) -> None:
+def test_the_incluster_install_pins_the_build_tags_and_leaves_the_test_namespaces_out(tmp_path: Any) -> None:
     import yaml  # noqa: PLC0415
 
     built = {"operator": Image("localhost/lepton-operator:k1", tmp_path / "o.tar"),
              "workloads": Image("localhost/lepton-workloads:k2", tmp_path / "w.tar")}  # fmt: skip
-    document = yaml.safe_load(kustomization(built, tmp_path))
+    document = yaml.safe_load(incluster.kustomization(built, tmp_path))
     assert document["images"] == [{"name": "localhost/lepton-operator", "newTag": "k1"}]
     patches = " ".join(patch["patch"] for patch in document["patches"])
-    assert f"--namespace={NAMESPACE_PREFIX}*" in patches and "localhost/lepton-workloads:k2" in patches
+    assert "--namespace=!test*" in patches and "localhost/lepton-workloads:k2" in patches
     assert (tmp_path / document["resources"][0] / "kustomization.yaml").is_file()

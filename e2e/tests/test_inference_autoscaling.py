@@ -88,7 +88,7 @@ def test_operator_inference_scales_up_and_down_on_a_load_step(
     for thread in threads[:1]:
         thread.start()
     try:
-        wait_until(lambda: load.endpoints, 90, "the first replica serving")
+        wait_until(lambda: load.targets, 90, "the first replica serving")
         load.rate = 3.0  # 0.3 requests in the server: one replica is enough
         threads[1].start()
         wait_until(lambda: promql(prometheus, f'nv_inference_request_success{{service="auto",namespace="{namespace}"}}'),
@@ -100,7 +100,7 @@ def test_operator_inference_scales_up_and_down_on_a_load_step(
         step = time.monotonic()
         wait_until(lambda: replicas_of(kubectl) > 1, 60, "a scale-up decision")
         decided = time.monotonic() - step
-        wait_until(lambda: len(load.endpoints) == 4, 120, "four replicas serving")
+        wait_until(lambda: len(load.targets) == 4, 120, "four replicas serving")
         serving = time.monotonic() - step
         print(f"\nstep -> decision {decided:.1f} s, step -> 4 replicas serving {serving:.1f} s")
         assert decided <= DECISION_TARGET_SECONDS
@@ -109,7 +109,7 @@ def test_operator_inference_scales_up_and_down_on_a_load_step(
         load.rate = 2.0
         down, failed_before_down = time.monotonic(), load.failed
         wait_until(lambda: replicas_of(kubectl) == 1, 120, "scale-down to one replica")
-        wait_until(lambda: len(load.endpoints) == 1, 60, "three replicas retired")
+        wait_until(lambda: len(load.targets) == 1, 60, "three replicas retired")
         print(f"low load -> back to one replica {time.monotonic() - down:.1f} s")
         kept = [p for p in kubectl.get("pods", None, "-l", selector) if not p["metadata"].get("deletionTimestamp")]
         annotations = kept[0]["metadata"].get("annotations", {})

@@ -36,7 +36,7 @@ def test_kubectl_get_lepton_lists_all_three_kinds_with_their_columns(kubectl: Ku
         row = next(line for line in table.splitlines() if line.startswith(name))
         assert row.split()[2] in ("True", "False"), row  # READY comes from the operator's condition
     wide = kubectl("get", "lds", "-o", "wide")
-    assert "MODALITY" in wide and "https://data.example.com/lepton/quickstart/images/" in wide
+    assert "MODALITY" in wide and "http://quickstart-data:8080/records/" in wide
 
 
 def test_kubectl_explain_shows_field_descriptions(kubectl: Kubectl) -> None:

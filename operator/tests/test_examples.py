@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from lepton_operator.api import InferenceService, LeptonDataset, TrainingJob
+from restricted_policy import violations
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
 MODELS: dict[str, Any] = {"LeptonDataset": LeptonDataset, "TrainingJob": TrainingJob, "InferenceService": InferenceService}
@@ -36,9 +37,26 @@ def test_examples_cover_all_three_kinds() -> None:
     assert {doc["kind"] for _, doc in documents()} >= set(MODELS)
 
 
+#: What else the examples carry: Secrets and the quickstart's sample-data server.
+PLAIN = {"Secret": "v1", "Service": "v1", "Deployment": "apps/v1"}
+
+
 @pytest.mark.parametrize(("where", "document"), documents(), ids=[where for where, _ in documents()])
 def test_example_is_valid(where: str, document: dict[str, Any]) -> None:
     if document["kind"] in MODELS:
         MODELS[document["kind"]].model_validate(document)
     else:
-        assert document["apiVersion"] == "v1"
+        assert PLAIN[document["kind"]] == document["apiVersion"]
+    if document["kind"] == "Deployment":  # admitted where Pod Security enforces restricted, like Lepton's own pods
+        assert violations(document["spec"]["template"]["spec"]) == []
+
+
+def test_the_quickstart_is_one_chain_of_references() -> None:
+    quickstart = {doc["kind"]: doc for doc in yaml.safe_load_all((EXAMPLES / "quickstart.yaml").read_text())}
+    data, service = quickstart["Deployment"], quickstart["Service"]
+    assert service["spec"]["selector"].items() <= data["spec"]["template"]["metadata"]["labels"].items()
+    port = service["spec"]["ports"][0]["port"]
+    assert quickstart["LeptonDataset"]["spec"]["source"]["uri"] == f"http://{service['metadata']['name']}:{port}/records/"
+    assert quickstart["TrainingJob"]["spec"]["dataset"]["name"] == quickstart["LeptonDataset"]["metadata"]["name"]
+    source = quickstart["InferenceService"]["spec"]["model"]["source"]
+    assert source["trainingJobRef"]["name"] == quickstart["TrainingJob"]["metadata"]["name"]

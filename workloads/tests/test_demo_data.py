@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import tarfile
 import threading
 import wave
 from collections.abc import Iterator
@@ -54,3 +56,31 @@ def test_the_same_seed_gives_the_same_bytes(tmp_path: Path) -> None:
     assert len(files) == 24
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
     assert (tmp_path / "a" / "00000.png").read_bytes() != (tmp_path / "c" / "00000.png").read_bytes()
+
+
+def test_the_archive_holds_the_records_and_its_corrupted_copy_differs_only_in_checksum(tmp_path: Path) -> None:
+    labels, digest = demo_data.write_dataset(tmp_path / "a", 9, seed=1)
+    again, same = demo_data.write_dataset(tmp_path / "b", 9, seed=1)
+    assert labels == again and digest == same  # deterministic: a test can compute the checksum
+    archives = tmp_path / "a" / demo_data.ARCHIVES
+    good, bad = (archives / demo_data.ARCHIVE).read_bytes(), (archives / demo_data.CORRUPTED).read_bytes()
+    assert hashlib.sha256(good).hexdigest() == digest and (archives / f"{demo_data.ARCHIVE}.sha256").read_text().startswith(digest)
+    assert len(bad) == len(good) and hashlib.sha256(bad).hexdigest() != digest
+    with tarfile.open(archives / demo_data.ARCHIVE) as tar:
+        assert sorted(tar.getnames()) == sorted(p.name for p in (tmp_path / "a" / demo_data.RECORDS).iterdir())
+
+
+def test_a_corrupted_download_fails_the_checksum_and_the_good_one_prepares(tmp_path: Path) -> None:
+    _, digest = demo_data.write_dataset(tmp_path / "served", 12, seed=2)
+    httpd = demo_data.server(tmp_path / "served", free_port(), "127.0.0.1")
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}/{demo_data.ARCHIVES}/"
+    try:
+        code, result, _ = run_preparer(tmp_path / "bad", LEPTON_SOURCE_URI=base + demo_data.CORRUPTED,
+                                       LEPTON_MODALITY="multimodal", LEPTON_VERIFY_SHA256=digest, LEPTON_SPEC_HASH="x")  # fmt: skip
+        assert code != 0 and result["reason"] == "ChecksumMismatch", result
+        code, result, _ = run_preparer(tmp_path / "good", LEPTON_SOURCE_URI=base + demo_data.ARCHIVE,
+                                       LEPTON_MODALITY="multimodal", LEPTON_VERIFY_SHA256=digest, LEPTON_SPEC_HASH="x")  # fmt: skip
+        assert code == 0 and result["records"] == 12, result
+    finally:
+        httpd.shutdown()

@@ -77,7 +77,7 @@ def test_trainer_rank_zero_serves_its_reports_and_other_ranks_do_not(monkeypatch
     assert served is not None and served.port == port
     try:
         served.publish(train.progress_document({"step": 7, "epoch": 1, "loss": 0.5, "resumedFrom": 0}))
-        assert progress(served) == {"schema": train.PROGRESS_SCHEMA, "step": 7, "epoch": 1, "loss": 0.5}
+        assert progress(served) == {"schema": train.PROGRESS_SCHEMA, "step": 7, "epoch": 1, "loss": 0.5, "resumedFrom": 0}
     finally:
         served.close()
 
