@@ -166,3 +166,13 @@ def test_workers_declare_the_progress_port_and_tell_the_trainer_about_it() -> No
     assert env_of(clash)["LEPTON_PROGRESS_PORT"] == "9401"
     user = spec(env=[{"name": "LEPTON_PROGRESS_PORT", "value": "1"}])
     assert env_of(render.worker_pod("bert", "ml", "uid-1", user, 0, 2, group=0))["LEPTON_PROGRESS_PORT"] == "9400"
+
+
+def test_the_checkpoint_claim_takes_its_access_modes_and_class_from_the_spec() -> None:
+    default = render.checkpoint_claim("bert", "ml", "u", spec(checkpoint={"size": "1Gi"}))
+    assert default is not None and default["spec"]["accessModes"] == ["ReadWriteMany"]  # workers on several nodes
+    assert "storageClassName" not in default["spec"]  # the cluster's default class
+    chosen = spec(checkpoint={"size": "1Gi", "accessModes": ["ReadWriteOnce"], "storageClassName": "local"})
+    claim = render.checkpoint_claim("bert", "ml", "u", chosen)
+    assert claim is not None and claim["spec"] == {"accessModes": ["ReadWriteOnce"], "storageClassName": "local",
+                                                   "resources": {"requests": {"storage": "1Gi"}}}  # fmt: skip

@@ -103,6 +103,20 @@ def test_a_worker_whose_container_cannot_start_says_why_instead_of_starting_fore
     assert assess(spec(workers={"replicas": 2}), [pod(0), creating]).phase == "Starting"
 
 
+def test_workers_waiting_for_an_unbound_claim_say_which_and_why() -> None:
+    job = spec(workers={"replicas": 2}, checkpoint={"size": "1Gi"})
+    waiting = [pod(i, phase="Pending", ready=False, node=None) for i in (0, 1)]
+    claim = {"metadata": {"name": "job-checkpoint"}, "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "standard"},
+             "status": {"phase": "Pending"}}  # fmt: skip
+    plan = assess(job, waiting, {"phase": "Starting", "group": 0}, claims=[claim])
+    assert plan.phase == "Pending" and plan.status["reason"] == "ClaimPending"
+    assert conditions(plan)["WorkersScheduled"] == ("False", "ClaimPending")
+    message = next(c["message"] for c in plan.status["conditions"] if c["type"] == "Ready")
+    assert "job-checkpoint" in message and "ReadWriteMany" in message and "standard" in message
+    bound = {**claim, "status": {"phase": "Bound"}}
+    assert assess(job, waiting, {"phase": "Starting", "group": 0}, claims=[bound]).status["reason"] != "ClaimPending"
+
+
 def test_missing_worker_is_created_without_touching_the_others() -> None:
     plan = assess(spec(workers={"replicas": 2}), [pod(0, phase="Pending", ready=False, node=None)])
     assert plan.create_workers and plan.delete_pods == []

@@ -249,6 +249,9 @@ class EnvVar(ApiModel):
     """Variable value."""
 
 
+AccessMode = Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]
+AccessModes = Annotated[list[AccessMode], Field(min_length=1, max_length=4)]
+StorageClassName = Annotated[str, StringConstraints(max_length=253)]
 NodeSelector = Annotated[dict[str, Annotated[str, StringConstraints(max_length=63)]], Field(max_length=32)]
 Tolerations = Annotated[list[Toleration], Field(max_length=32)]
 EnvVars = Annotated[list[EnvVar], Field(max_length=128)]

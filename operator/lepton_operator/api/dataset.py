@@ -16,6 +16,7 @@ from pydantic import Field, StringConstraints
 
 from lepton_operator.api.common import (
     S3_SETTINGS_RULE,
+    AccessModes,
     ApiModel,
     Conditions,
     NodeSelector,
@@ -27,6 +28,7 @@ from lepton_operator.api.common import (
     S3Endpoint,
     S3Region,
     SecretReference,
+    StorageClassName,
     Tolerations,
 )
 from lepton_operator.api.quantity import Quantity
@@ -101,17 +103,14 @@ class VerifySpec(ApiModel):
     """Expected sha256 of the source object (single-file sources); preparation fails on mismatch."""
 
 
-AccessMode = Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]
-
-
 class StorageSpec(ApiModel):
     """The PersistentVolumeClaim that holds the prepared shards."""
 
     size: Quantity = "10Gi"
     """Claim size; may grow later, never shrink."""
-    storage_class_name: Annotated[str, StringConstraints(max_length=253)] | None = None
+    storage_class_name: StorageClassName | None = None
     """Storage class of the claim; the cluster default when unset. Fixed after creation."""
-    access_modes: Annotated[list[AccessMode], Field(min_length=1, max_length=4)] = ["ReadWriteOnce"]
+    access_modes: AccessModes = ["ReadWriteOnce"]
     """Access modes of the claim; ReadWriteMany lets jobs on several nodes share it."""
 
     __rules__ = (

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from lepton_operator.api.common import (
+    AccessModes,
     ApiModel,
     Args,
     Conditions,
@@ -27,6 +28,7 @@ from lepton_operator.api.common import (
     Resource,
     ResourceRequirements,
     Rule,
+    StorageClassName,
     Tolerations,
 )
 from lepton_operator.api.quantity import Quantity
@@ -153,6 +155,11 @@ class CheckpointSpec(ApiModel):
     """An existing PVC for checkpoints."""
     size: Quantity | None = None
     """Size of a PVC the operator creates for checkpoints (deleted with the job)."""
+    storage_class_name: StorageClassName | None = None
+    """Storage class of the PVC the operator creates; the cluster default when unset."""
+    access_modes: AccessModes = ["ReadWriteMany"]
+    """Access modes of the PVC the operator creates. Every worker mounts it, so workers on several
+    nodes need ReadWriteMany; on a one-node cluster (kind) ReadWriteOnce is enough."""
     path: AbsolutePath = "/checkpoints"
     """Mount path in the workers (LEPTON_CHECKPOINT_DIR)."""
     every_steps: int = Field(default=100, ge=1)

@@ -127,6 +127,16 @@ def carry_out(plan: assessing.Plan, name: str, namespace: str, uid: str, spec: T
     list(CREATORS.map(kube.create, missing))
 
 
+def claims_waited_on(namespace: str, name: str, spec: TrainingJobSpec, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The claims the workers mount, read only while a worker waits for a node (a claim may hold it)."""
+    if not any(not (p.get("spec") or {}).get("nodeName") and not assessing.terminating(p) for p in pods):
+        return []
+    names = {render.checkpoint_claim_name(name, spec), render.output_claim_name(name, spec),
+             spec.dataset.name if spec.dataset else None}  # fmt: skip
+    found = (kube.get("v1", "PersistentVolumeClaim", namespace, claim) for claim in sorted(n for n in names if n))
+    return [claim for claim in found if claim is not None]
+
+
 def restarts_by_reason(status: Mapping[str, Any]) -> dict[str, int]:
     """``status.restarts.byReason`` of a TrainingJob, empty when nothing restarted."""
     return dict(((status.get("restarts") or {}).get("byReason")) or {})
@@ -189,7 +199,7 @@ def reconcile_job(
         lost_nodes, recheck = NODES.lost(pods, grace, moment)
         observed = assessing.Observed(pods=pods, now=moment, dataset_ready=ready, dataset_message=why,
                                       output_uri=render.output_uri(name, parsed), lost_nodes=lost_nodes, capacity=fits,
-                                      live=PROGRESS.live(key))  # fmt: skip
+                                      live=PROGRESS.live(key), claims=claims_waited_on(namespace, name, parsed, pods))  # fmt: skip
         plan = assessing.assess(parsed, generation, existing, observed)
         carry_out(plan, name, namespace, uid, parsed, pods, lost_nodes)
         reporter = assessing.progress_pod(plan, pods)

@@ -27,7 +27,7 @@ environment ``lepton_workloads.sources`` reads, with every credential a
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lepton_operator.api.common import GPUSpec, PodSecurity, ResourceRequirements, SecretReference, Toleration
@@ -88,6 +88,14 @@ def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def claim_spec_of(size: str, access_modes: Sequence[str], storage_class: str | None) -> dict[str, Any]:
+    """The spec of a PersistentVolumeClaim the operator creates (no class: the cluster's default)."""
+    spec: dict[str, Any] = {"accessModes": list(access_modes), "resources": {"requests": {"storage": size}}}
+    if storage_class is not None:
+        spec["storageClassName"] = storage_class
+    return spec
 
 
 def container_resources(resources: ResourceRequirements | None, gpu: GPUSpec | None) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from lepton_operator.render.common import (
     DEFAULT_WORKLOADS_IMAGE,
     TERMINATION_MESSAGE_PATH,
     child_labels,
+    claim_spec_of,
     container_resources,
     harden,
     owner_reference,
@@ -90,12 +91,7 @@ def credentials(spec: LeptonDatasetSpec) -> dict[str, tuple[str, bool]]:
 
 def claim(name: str, namespace: str, uid: str, spec: LeptonDatasetSpec) -> dict[str, Any]:
     """The PersistentVolumeClaim holding the prepared shards."""
-    claim_spec: dict[str, Any] = {
-        "accessModes": list(spec.storage.access_modes),
-        "resources": {"requests": {"storage": str(spec.storage.size)}},
-    }
-    if spec.storage.storage_class_name is not None:
-        claim_spec["storageClassName"] = spec.storage.storage_class_name
+    claim_spec = claim_spec_of(str(spec.storage.size), spec.storage.access_modes, spec.storage.storage_class_name)
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",

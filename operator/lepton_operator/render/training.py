@@ -269,8 +269,8 @@ def worker_group(job: str, namespace: str, uid: str, spec: TrainingJobSpec, repl
 def checkpoint_claim(job: str, namespace: str, uid: str, spec: TrainingJobSpec) -> dict[str, Any] | None:
     """The checkpoint PVC the operator creates (``checkpoint.size``), or ``None``.
 
-    ReadWriteMany: every worker mounts it, on different nodes. It is owned by
-    the job, so it goes when the job is deleted.
+    Every worker mounts it, on different nodes (ReadWriteMany by default). It
+    is owned by the job, so it goes when the job is deleted.
     """
     if spec.checkpoint is None or spec.checkpoint.size is None:
         return None
@@ -283,8 +283,6 @@ def checkpoint_claim(job: str, namespace: str, uid: str, spec: TrainingJobSpec) 
             "labels": common.child_labels(KIND, job, CHECKPOINT_ROLE),
             "ownerReferences": [common.owner_reference(KIND, job, uid)],
         },
-        "spec": {
-            "accessModes": ["ReadWriteMany"],
-            "resources": {"requests": {"storage": str(spec.checkpoint.size)}},
-        },
+        "spec": common.claim_spec_of(str(spec.checkpoint.size), spec.checkpoint.access_modes,
+                                     spec.checkpoint.storage_class_name),  # fmt: skip
     }

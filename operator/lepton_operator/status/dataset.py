@@ -40,6 +40,7 @@ from typing import Any
 
 from lepton_operator.api.common import Condition
 from lepton_operator.api.dataset import LeptonDatasetStatus
+from lepton_operator.status import claims
 from lepton_operator.status import conditions as cond
 from lepton_operator.status.conditions import SecretProblem
 
@@ -192,13 +193,9 @@ def outcome(
         return Outcome("Failed", reason, f"Job {name} failed: {failed.get('message') or reason}")
     if attempt is not None:
         return Outcome("Preparing", "Retrying", f"an attempt failed ({attempt.reason}: {attempt.message}); retrying")
-    claim_phase = ((claim or {}).get("status") or {}).get("phase")
-    if claim is not None and claim_phase != "Bound":
-        claim_name = (claim.get("metadata") or {}).get("name", "")
-        storage_class = (claim.get("spec") or {}).get("storageClassName") or "the default class"
-        return Outcome("Preparing", "ClaimPending",
-                       f"claim {claim_name} is {claim_phase or 'Pending'}: no volume of {storage_class} bound yet; "
-                       f"Job {name} waits for it")  # fmt: skip
+    waiting = claims.unbound(claim)
+    if waiting is not None:
+        return Outcome("Preparing", claims.CLAIM_PENDING, f"{waiting}; Job {name} waits for it")
     return Outcome("Preparing", "Preparing", f"Job {name} is preparing the data")
 
 

@@ -65,6 +65,7 @@ from lepton_operator.api.training import (
     TrainingJobStatus,
     TrainingPhase,
 )
+from lepton_operator.status import claims
 from lepton_operator.status import conditions as cond
 
 # Failure reasons (restart budgets are kept per reason).
@@ -400,6 +401,8 @@ class Observed:
     """Nodes known lost (deleted, or NotReady past the grace period), with why."""
     live: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """The last ``/progress`` document read from a running worker, by pod uid (see ``controllers.progress``)."""
+    claims: Sequence[Mapping[str, Any]] = ()
+    """The claims the workers mount, as read while some worker has no node yet (else empty)."""
 
 
 def assess(
@@ -528,6 +531,9 @@ def _assess(
         if not current:
             return builder.set("Starting", "WorkersCreated", f"creating {replicas} workers (group {group})")
 
+    waiting = [m for m in (claims.unbound(c) for c in observed.claims) if m]
+    if waiting and any(not (p.get("spec") or {}).get("nodeName") for p in current):
+        return builder.set("Pending", claims.CLAIM_PENDING, f"the workers wait for a volume: {waiting[0]}")
     unschedulable = [m for m in (unschedulable_message(p) for p in current) if m]
     if unschedulable:
         message = f"{len(unschedulable)} of {replicas} workers cannot be scheduled: {unschedulable[0]}"
@@ -619,6 +625,8 @@ class _Builder:
         scheduled = bool(current) and all((p.get("spec") or {}).get("nodeName") for p in current)
         if unschedulable:
             scheduling = cond.make(WORKERS_SCHEDULED, False, UNSCHEDULABLE, message, gen)
+        elif reason == claims.CLAIM_PENDING:
+            scheduling = cond.make(WORKERS_SCHEDULED, False, reason, message, gen)
         elif scheduled:
             scheduling = cond.make(WORKERS_SCHEDULED, True, "AllWorkersScheduled", "every worker has a node", gen)
         else:
