@@ -97,11 +97,16 @@ def target_file(directory: Path, job: str) -> Path:
 
 
 def prometheus_config(directory: Path) -> dict[str, Any]:
-    """One scrape job per target file, both re-read every second."""
+    """One scrape job per target file, both re-read every second.
+
+    The operator's job honours its series' own labels, as the shipped ServiceMonitor does: its
+    ``namespace`` is the described object's, not the operator pod's.
+    """
     return {
         "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "evaluation_interval": f"{SCRAPE_SECONDS}s"},
         "scrape_configs": [
-            {"job_name": job, "file_sd_configs": [{"files": [str(target_file(directory, job))], "refresh_interval": "1s"}]}
+            {"job_name": job, "honor_labels": job == "lepton-operator",
+             "file_sd_configs": [{"files": [str(target_file(directory, job))], "refresh_interval": "1s"}]}
             for job in JOBS
         ],
     }  # fmt: skip
@@ -193,15 +198,16 @@ def ensure(cluster: Cluster, kubectl: Kubectl, timeout: float = 90.0) -> Monitor
     inst = netns.instance()
     directory = workdir(inst)
     kubectl.apply(service_manifests(), "--server-side", "--force-conflicts")
-    state = _state_file(directory)
-    if _alive(inst) and state.exists():
+    state, config = _state_file(directory), directory / "prometheus.yml"
+    wanted = json.dumps(prometheus_config(directory))  # JSON is YAML
+    if _alive(inst) and state.exists() and config.exists() and config.read_text() == wanted:
         found = Monitoring(json.loads(state.read_text())["url"])
         if http_ok(found.url + "/-/ready"):
             return found
     stop(inst)
     directory.mkdir(parents=True, exist_ok=True)
     write_targets(directory, {job: [] for job in JOBS})
-    (directory / "prometheus.yml").write_text(json.dumps(prometheus_config(directory)))  # JSON is YAML
+    config.write_text(wanted)
     realnode.spawn(inst, "prometheus", [
         *inst.network_argv(), binary, f"--config.file={directory / 'prometheus.yml'}",
         f"--storage.tsdb.path={directory / 'data'}", "--storage.tsdb.retention.time=1d",

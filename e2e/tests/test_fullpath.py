@@ -21,6 +21,7 @@ checksum mismatch fails a dataset with a reason until its spec points at the rig
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 import threading
 import time
@@ -64,7 +65,8 @@ def run(cluster: Cluster, cluster_kubectl: Kubectl, built_images: dict[str, Imag
     finally:
         print(f"\nfull path module: {time.monotonic() - started:.0f} s")
         path.stop()
-        cluster_kubectl.delete("namespace", path.namespace)
+        if not os.environ.get("LEPTON_E2E_KEEP"):  # kept with the cluster, to look at after a failure
+            cluster_kubectl.delete("namespace", path.namespace)
 
 
 def example(kind: str) -> dict[str, Any]:
@@ -104,12 +106,13 @@ def test_the_quickstart_prepares_trains_across_pods_serves_and_autoscales(
     resumed = run.training_reaches(lambda s: s.get("group", 0) > checkpointed["group"] and s.get("phase") == "Running"
                                    and (s.get("progress") or {}).get("resumedFrom", 0) > 0, 300,
                                    "the new group running, resumed from a checkpoint")  # fmt: skip
-    assert resumed["restarts"]["total"] == 1, resumed["restarts"]
+    assert resumed["restarts"]["byReason"] == {"NodeLost": 1}, resumed["restarts"]  # "deleted by someone else"
+    # Status trails the trainer by a poll, so the checkpoint it resumed from is at least the last one seen.
     assert resumed["progress"]["resumedFrom"] % CHECKPOINT_EVERY == 0
-    assert resumed["progress"]["resumedFrom"] <= checkpointed["progress"]["step"]
+    assert resumed["progress"]["resumedFrom"] >= checkpointed["progress"]["step"] // CHECKPOINT_EVERY * CHECKPOINT_EVERY
     done = run.training_reaches(lambda s: s.get("phase") == "Succeeded", 600, "the job to succeed")
     assert done["progress"]["resumedFrom"] == resumed["progress"]["resumedFrom"]
-    assert done["progress"]["step"] > checkpointed["progress"]["step"] > moved["progress"]["step"] - 1
+    assert done["progress"]["step"] > checkpointed["progress"]["step"] >= moved["progress"]["step"]
     exported = run.export()
     config = triton_config.from_protobuf(triton_config.parse(exported["config.pbtxt"].decode()))
     assert config.format == "pytorch_libtorch" and config.inputs[0].dims == (1, demo_data.SIZE, demo_data.SIZE)
@@ -121,11 +124,11 @@ def test_the_quickstart_prepares_trains_across_pods_serves_and_autoscales(
     assert server["spec"]["nodeName"] == run.cluster.real_node
     assert server["spec"]["initContainers"][0]["name"] == "stage-model"
     model = torch.jit.load(io.BytesIO(exported["model.pt"]))
-    labels, images = sample_images(30, seed=99)  # records the model has not seen
+    labels, images = sample_images(15, seed=99)  # records the model has not seen (a batch within maxBatchSize)
     answer = run.infer(images)
     with torch.no_grad():
         expected = model(torch.from_numpy(images)).numpy()
-    assert answer.shape == expected.shape == (30, len(demo_data.CLASSES))
+    assert answer.shape == expected.shape == (15, len(demo_data.CLASSES))
     assert np.allclose(answer, expected, atol=1e-4)  # the served model is the exported one
     names = manifest.extra["labels"]
     accuracy = np.mean([names[i] == label for i, label in zip(answer.argmax(axis=1), labels, strict=True)])
@@ -177,7 +180,7 @@ def test_a_worker_exiting_with_a_retryable_code_restarts_its_group_on_real_pods(
     job["metadata"] = {"name": "crashy"}
     job["spec"]["image"] = run.images["workloads"].ref
     job["spec"]["entrypoint"]["args"] = ["--model", "cnn", "--epochs", "2", "--batch-size", "16", "--crash-at-step", "20"]
-    job["spec"]["checkpoint"] = {"size": "256Mi", "everySteps": 10}
+    job["spec"]["checkpoint"] = {**job["spec"]["checkpoint"], "size": "256Mi", "everySteps": 10}
     job["spec"]["restartPolicy"] = {"backoff": {"initialSeconds": 1}}
     run.kubectl.apply(job, "--server-side")
 
@@ -186,7 +189,7 @@ def test_a_worker_exiting_with_a_retryable_code_restarts_its_group_on_real_pods(
         return status if status.get("phase") in ("Succeeded", "Failed") else None
 
     status = run.wait(finished, 600, "the crashing job to finish")
-    assert status["phase"] == "Succeeded", status
+    assert status["phase"] == "Succeeded", (status.get("reason"), [c["message"] for c in status["conditions"] if c["type"] == "Ready"])
     assert status["restarts"]["byReason"] == {"RetryableExitCode": 1}, status["restarts"]
     assert status["progress"]["resumedFrom"] == 20  # the checkpoint at the crash, not 0
     events = [e for e in run.kubectl.get("events", None, "--field-selector", "involvedObject.name=crashy")

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 import restricted_policy
 
@@ -82,7 +88,7 @@ def test_user_env_cannot_override_the_contract() -> None:
 def test_entrypoint_runs_under_torchrun_and_command_is_the_users() -> None:
     job = spec(entrypoint={"module": "lepton_workloads.train", "args": ["--epochs", "2"]})
     container = render.worker_pod("bert", "ml", "u", job, 0, 1, 0)["spec"]["containers"][0]
-    assert container["command"] == ["torchrun", "-m", "lepton_workloads.train", "--epochs", "2"]
+    assert container["command"] == ["python", "-c", render.TORCHRUN, "-m", "lepton_workloads.train", "--epochs", "2"]
     assert "args" not in container
     job = spec(command=["python", "train.py"], args=["--lr", "0.1"])
     container = render.worker_pod("bert", "ml", "u", job, 0, 1, 0)["spec"]["containers"][0]
@@ -176,3 +182,14 @@ def test_the_checkpoint_claim_takes_its_access_modes_and_class_from_the_spec() -
     claim = render.checkpoint_claim("bert", "ml", "u", chosen)
     assert claim is not None and claim["spec"] == {"accessModes": ["ReadWriteOnce"], "storageClassName": "local",
                                                    "resources": {"requests": {"storage": "1Gi"}}}  # fmt: skip
+
+
+@pytest.mark.parametrize(("ending", "code"), [("pass", 0), ("sys.exit(3)", 3), ("os._exit(137)", 137),
+                                              ("os.kill(os.getpid(), signal.SIGKILL)", 137)])  # fmt: skip
+def test_the_rendered_torchrun_exits_with_its_failed_workers_code(tmp_path: Path, ending: str, code: int) -> None:
+    """torchrun alone exits 1 for all of these; the rendered launcher gives the operator the worker's code."""
+    (tmp_path / "worker.py").write_text(f"import os, signal, sys\n{ending}\n")
+    command = render.worker_command(spec(entrypoint={"module": "worker"}))["command"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "PET_STANDALONE": "1", "PET_NPROC_PER_NODE": "1"}
+    done = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == code, done.stderr[-2000:]

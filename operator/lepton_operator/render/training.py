@@ -28,6 +28,9 @@ The torchrun contract is in the environment (torchrun reads ``PET_*``):
   ``LEPTON_PROGRESS_PORT`` (also the container port ``progress``) is where
   rank 0 serves its live progress, which the operator polls on worker 0.
 
+An ``entrypoint`` runs under torchrun (:data:`TORCHRUN`), launched so that a failed worker's own
+exit code becomes the container's, which is what failures are classified by.
+
 These names are the contract: a user's ``env`` entry with one of them is left
 out (the operator's value wins), so the group can never disagree about its size.
 """
@@ -153,10 +156,27 @@ def worker_env(job: str, namespace: str, uid: str, spec: TrainingJobSpec, index:
     return env
 
 
+#: torchrun, run so that the first failed worker process's exit code is the container's. torchrun
+#: itself exits with 1 whatever ended its worker (an exit code, SIGKILL from the OOM killer), and
+#: the operator classifies failures by the container's exit code: a retryable 137 would read as a
+#: non-retryable 1. A signal becomes 128 + its number, as a shell reports it. torchrun's own
+#: ``main`` does everything else (its error files and logs), so any image with torch runs it.
+TORCHRUN = (
+    "import sys\n"
+    "from torch.distributed.elastic.multiprocessing.errors import ChildFailedError\n"
+    "from torch.distributed.run import main\n"
+    "try:\n"
+    "    main(sys.argv[1:])\n"
+    "except ChildFailedError as error:\n"
+    "    code = error.get_first_failure()[1].exitcode\n"
+    "    sys.exit(128 - code if code < 0 else code or 1)\n"
+)
+
+
 def worker_command(spec: TrainingJobSpec) -> dict[str, list[str]]:
     """``command``/``args`` of the worker container: torchrun for an entrypoint, else the user's."""
     if spec.entrypoint is not None:
-        return {"command": ["torchrun", "-m", spec.entrypoint.module, *(spec.entrypoint.args or [])]}
+        return {"command": ["python", "-c", TORCHRUN, "-m", spec.entrypoint.module, *(spec.entrypoint.args or [])]}
     rendered: dict[str, list[str]] = {}
     if spec.command is not None:
         rendered["command"] = list(spec.command)
