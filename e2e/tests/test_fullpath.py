@@ -176,6 +176,8 @@ def test_the_quickstart_prepares_trains_across_pods_serves_and_autoscales(
 
 def test_a_worker_exiting_with_a_retryable_code_restarts_its_group_on_real_pods(run: Quickstart) -> None:
     run.dataset_ready()
+    # The node has room for one 2-worker group at a time: let the quickstart's own job finish first.
+    run.training_reaches(lambda s: s.get("phase") == "Succeeded", 600, "the quickstart's job to finish")
     job = example("TrainingJob")
     job["metadata"] = {"name": "crashy"}
     job["spec"]["image"] = run.images["workloads"].ref

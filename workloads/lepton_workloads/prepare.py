@@ -228,12 +228,7 @@ def prepare(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
                        started)  # fmt: skip
     staging = output / STAGING_DIR
     fetched = fetch(args.source, staging, source_root=args.source_root, token=token_from_env(),
-                    progress=reporter.bytes, s3=S3Options.from_env())  # fmt: skip
-    if args.sha256:
-        if fetched.sha256 is None:
-            raise PrepareError("ChecksumNotApplicable", "verify.sha256 applies to a single-object source, not a directory")
-        if fetched.sha256 != args.sha256.lower():
-            raise PrepareError("ChecksumMismatch", f"source sha256 is {fetched.sha256}, expected {args.sha256.lower()}")
+                    progress=reporter.bytes, s3=S3Options.from_env(), sha256=args.sha256 or None)  # fmt: skip
     items = records(args.modality, fetched.root)
     if not items:
         raise PrepareError("EmptyDataset", f"no {args.modality} records found in {args.source}")

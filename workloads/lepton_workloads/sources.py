@@ -139,24 +139,50 @@ def _index_links(url: str, token: str | None) -> list[str]:
     return sorted(set(links))
 
 
+def safe_members(tar: tarfile.TarFile, into: Path) -> list[tarfile.TarInfo]:
+    """The members of ``tar`` that ``extractall`` may write: files and directories inside ``into``.
+
+    What tarfile's ``"data"`` filter enforces, for the Pythons that lack it (Debian bookworm's
+    3.11.2): no absolute or escaping paths, no links or devices; anything else is refused
+    with the member's name, never skipped in silence.
+    """
+    root = into.resolve()
+    members = tar.getmembers()
+    for member in members:
+        target = (root / member.name).resolve()
+        if not (member.isfile() or member.isdir()) or (target != root and root not in target.parents):
+            raise SourceError("InvalidData", f"{member.name}: an archive member that is not a file or folder inside it")
+    return members
+
+
 def _unpack(archive: Path, into: Path) -> None:
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(into, filter="data")
+            tar.extractall(into, members=safe_members(tar, into))
     except (tarfile.TarError, EOFError, OSError) as error:
         raise SourceError("InvalidData", f"{archive.name}: not a readable tar archive: {error}") from error
     archive.unlink()
 
 
-def _fetch_http(uri: str, staging: Path, token: str | None, progress: Progress) -> Fetched:
+def _settle(staging: Path, name: str, size: int, sha: str, expected: str | None) -> Fetched:
+    """A single object, downloaded into ``staging``: checked against ``expected``, then unpacked.
+
+    The checksum comes first, so an archive that is not the one asked for is never unpacked.
+    """
+    if expected is not None and sha != expected.lower():
+        raise SourceError("ChecksumMismatch", f"source sha256 is {sha}, expected {expected.lower()}")
+    if is_archive(name):
+        _unpack(staging / name, staging)
+    return Fetched(staging, size, sha)
+
+
+def _fetch_http(uri: str, staging: Path, token: str | None, progress: Progress, sha256: str | None) -> Fetched:
     shutil.rmtree(staging, ignore_errors=True)  # a retried pod starts the download over, cleanly
     staging.mkdir(parents=True)
     if not uri.endswith("/"):
         name = Path(urllib.parse.urlparse(uri).path).name or "data"
         size, sha = _download(uri, staging / name, token, 0, progress)
-        if is_archive(name):
-            _unpack(staging / name, staging)
-        return Fetched(staging, size, sha)
+        return _settle(staging, name, size, sha, sha256)
     total = 0
     pending = [uri]
     while pending:
@@ -261,7 +287,7 @@ def _s3_download(client: Any, bucket: str, key: str, target: Path, done: int, pr
     return size, digest.hexdigest()
 
 
-def _fetch_s3(uri: str, staging: Path, options: S3Options, progress: Progress) -> Fetched:
+def _fetch_s3(uri: str, staging: Path, options: S3Options, progress: Progress, sha256: str | None) -> Fetched:
     parsed = urllib.parse.urlparse(uri)
     bucket, key = parsed.netloc, urllib.parse.unquote(parsed.path).lstrip("/")
     shutil.rmtree(staging, ignore_errors=True)
@@ -271,9 +297,7 @@ def _fetch_s3(uri: str, staging: Path, options: S3Options, progress: Progress) -
         if key and not key.endswith("/"):
             name = Path(key).name
             size, sha = _s3_download(client, bucket, key, staging / name, 0, progress)
-            if is_archive(name):
-                _unpack(staging / name, staging)
-            return Fetched(staging, size, sha)
+            return _settle(staging, name, size, sha, sha256)
         objects = [o for o in client.list_objects(bucket, prefix=key or None, recursive=True) if not o.is_dir]
         total_expected = sum(int(o.size or 0) for o in objects)
         total = 0
@@ -321,21 +345,31 @@ def fetch(
     token: str | None,
     progress: Progress,
     s3: S3Options | None = None,
+    sha256: str | None = None,
 ) -> Fetched:
-    """Make ``uri`` readable as local files; see the module docstring for what is accepted."""
+    """Make ``uri`` readable as local files; see the module docstring for what is accepted.
+
+    ``sha256``: what a single-object source must hash to, checked before it is unpacked
+    (``ChecksumMismatch``); a directory source cannot have one (``ChecksumNotApplicable``).
+    """
     path = local_path(uri, source_root)
+    directory = path.is_dir() if path is not None else uri.endswith("/")
+    if sha256 is not None and directory:
+        raise SourceError("ChecksumNotApplicable", "verify.sha256 applies to a single-object source, not a directory")
     if path is not None:
         fetched = _fetch_local(path, progress)
-        if path.is_file() and is_archive(path.name):
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-            shutil.copy(path, staging / path.name)
-            _unpack(staging / path.name, staging)
-            return Fetched(staging, fetched.bytes, fetched.sha256)
-        return fetched
+        if fetched.sha256 is None:  # a directory, read in place
+            return fetched
+        if not is_archive(path.name):  # a single file, read in place
+            _settle(path.parent, path.name, fetched.bytes, fetched.sha256, sha256)
+            return fetched
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        shutil.copy(path, staging / path.name)
+        return _settle(staging, path.name, fetched.bytes, fetched.sha256, sha256)
     scheme = urllib.parse.urlparse(uri).scheme
     if scheme in ("http", "https"):
-        return _fetch_http(uri, staging, token, progress)
+        return _fetch_http(uri, staging, token, progress, sha256)
     if scheme == "s3":
-        return _fetch_s3(uri, staging, s3 or S3Options(), progress)
+        return _fetch_s3(uri, staging, s3 or S3Options(), progress, sha256)
     raise SourceError("UnsupportedSource", f"{uri}: the source must be pvc://, a file path, http(s):// or s3://")

@@ -10,6 +10,7 @@ for a connection cut mid-download.
 from __future__ import annotations
 
 import hashlib
+import io
 import http.server
 import json
 import subprocess
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from lepton_workloads import prepare, shards
+from lepton_workloads import prepare, shards, sources
 from localcluster.lepton import free_port
 from sample_data import make_audio, make_images, make_text, run_preparer, wait_until_serving
 
@@ -216,3 +217,44 @@ def test_tabular_parquet_keeps_column_types_and_a_corrupt_file_is_invalid_data(t
     code, result, _ = run_preparer(tmp_path, **{**env, "LEPTON_SPEC_HASH": "p2"})
     assert (code, result["reason"]) == (prepare.EXIT_PERMANENT, "InvalidData")
     assert "rows.parquet" in result["message"]
+
+
+def test_a_checksum_is_checked_before_the_archive_is_unpacked(tmp_path: Path) -> None:
+    archive = tmp_path / "data.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(__file__, arcname="a.txt")
+    staging = tmp_path / "staging"
+    with pytest.raises(sources.SourceError) as raised:
+        sources.fetch(str(archive), staging, source_root=tmp_path, token=None, progress=lambda d, t: None, sha256="0" * 64)
+    assert raised.value.reason == "ChecksumMismatch"
+    assert not (staging / "a.txt").exists()  # never unpacked
+    with pytest.raises(sources.SourceError) as raised:
+        sources.fetch(str(tmp_path), staging, source_root=tmp_path, token=None, progress=lambda d, t: None, sha256="0" * 64)
+    assert raised.value.reason == "ChecksumNotApplicable"
+
+
+def test_archives_unpack_without_tarfile_filters_and_refuse_members_outside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian bookworm's Python 3.11.2 has no ``filter=``: the unpacking must not need it."""
+    original = tarfile.TarFile.extractall
+
+    def without_filters(self: tarfile.TarFile, path: Any = ".", members: Any = None, *, numeric_owner: bool = False,
+                        **extra: Any) -> None:  # fmt: skip
+        assert not extra, f"extractall got {sorted(extra)}, which Python 3.11.2 refuses"
+        original(self, path, members, numeric_owner=numeric_owner)
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", without_filters)
+    good = tmp_path / "good.tar"
+    with tarfile.open(good, "w") as tar:
+        tar.add(__file__, arcname="dir/a.txt")
+    fetched = sources.fetch(str(good), tmp_path / "s1", source_root=tmp_path, token=None, progress=lambda d, t: None)
+    assert (fetched.root / "dir" / "a.txt").read_bytes() == Path(__file__).read_bytes()
+    for name, kind in (("../escape.txt", tarfile.REGTYPE), ("/abs.txt", tarfile.REGTYPE), ("link", tarfile.SYMTYPE)):
+        bad = tmp_path / "bad.tar"
+        with tarfile.open(bad, "w") as tar:
+            member = tarfile.TarInfo(name)
+            member.type, member.linkname = kind, "/etc/passwd"
+            tar.addfile(member, io.BytesIO(b""))
+        with pytest.raises(sources.SourceError) as raised:
+            sources.fetch(str(bad), tmp_path / "s2", source_root=tmp_path, token=None, progress=lambda d, t: None)
+        assert raised.value.reason == "InvalidData" and name in str(raised.value)
+    assert not (tmp_path / "escape.txt").exists()
