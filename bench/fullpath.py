@@ -108,7 +108,7 @@ def ddp(run: Quickstart, workdir: Path) -> dict[str, Any]:
     # The same trainer as plain processes here, on a copy of the same shards.
     dataset = run.status("leptondatasets", DATASET)
     manifest = json.loads(run.read_claim(dataset["claimName"], ["manifest.json"])["manifest.json"])
-    files = run.read_claim(dataset["claimName"], ["manifest.json", *[s["file"] for s in manifest["shards"]]])
+    files = run.read_claim(dataset["claimName"], ["manifest.json", *[s["name"] for s in manifest["shards"]]])
     data = workdir / "data"
     for path, content in files.items():
         (data / path).parent.mkdir(parents=True, exist_ok=True)
