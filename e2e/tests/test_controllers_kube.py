@@ -67,3 +67,19 @@ def test_merge_patch_and_events(namespace: str, kubectl: Kubectl) -> None:
     kube.post_event(created, "Normal", "Tested", "an event from kube.post_event", "lepton-test")
     events = kubectl.json("get", "events", "--field-selector", "involvedObject.name=patched")["items"]
     assert [(e["reason"], e["type"], e["source"]["component"]) for e in events] == [("Tested", "Normal", "lepton-test")]
+
+
+def test_plain_listing_with_a_field_selector_and_removing_scheduling_gates(namespace: str, kubectl: Kubectl) -> None:
+    """What gang admission needs: every unfinished pod as plain JSON, and a gate lifted by the API server's rules."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gated", "namespace": namespace},
+           "spec": {"schedulingGates": [{"name": "lepton.ai/gang"}], "nodeSelector": {"lepton.ai/test": "no-such-node"},
+                    "containers": [{"name": "c", "image": "localhost/nothing:1"}]}}  # fmt: skip
+    assert kube.create(pod)
+    listed = [p for p in kube.list_plain("v1", "Pod", "status.phase!=Succeeded,status.phase!=Failed")
+              if p["metadata"]["namespace"] == namespace]  # fmt: skip
+    assert [p["metadata"]["name"] for p in listed] == ["gated"] and isinstance(listed[0]["spec"], dict)
+    assert listed[0]["spec"]["schedulingGates"] == [{"name": "lepton.ai/gang"}]
+    assert any(n["metadata"]["name"] for n in kube.list_plain("v1", "Node"))
+    assert kube.remove_scheduling_gates(namespace, "gated")
+    assert "schedulingGates" not in kubectl.get("pod", "gated")["spec"]
+    assert not kube.remove_scheduling_gates(namespace, "gone")

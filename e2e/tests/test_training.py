@@ -110,7 +110,52 @@ def test_training_job_larger_than_any_node_says_why_it_waits(
     assert status["reason"] == "Unschedulable"
     scheduled = {c["type"]: c for c in status["conditions"]}["WorkersScheduled"]
     assert scheduled["status"] == "False" and "Insufficient nvidia.com/gpu" in scheduled["message"], scheduled
+    assert "cannot fit even on empty nodes" in scheduled["message"]  # waiting would not help: gang admission says so
+    assert all(p["spec"].get("schedulingGates") for p in workers(kubectl, "huge"))  # and keeps them off the scheduler
     wait_until(lambda: events(kubectl, "huge", "Pending"), TIMEOUT, "a Pending warning event")
+
+
+def test_training_two_jobs_that_fit_alone_but_not_together_run_one_after_the_other_never_half_bound(
+    lepton_operator: RunningOperator, kubectl: Kubectl
+) -> None:
+    """Gang admission: 2 + 2 workers of 4 GPUs on three 4-GPU nodes, created together.
+
+    Without it the second job gets one worker bound and waits forever for the
+    second while holding a node (Kubeflow #1617); with it, the group that
+    does not fit whole keeps its scheduling gates and starts whole once the
+    first job is done.
+    """
+    product = f"TEST-GPU-{uuid.uuid4().hex[:6]}"  # only this test's nodes carry it
+    added = [nodes.add_gpu_node(kubectl, gpus=4, product=product) for _ in range(3)]
+    try:
+        spec = {"workers": {"replicas": 2, "gpu": {"count": 4, "product": product}}}
+        kubectl.apply({"apiVersion": "v1", "kind": "List", "items": [job("gang-a", **spec), job("gang-b", **spec)]}, "--server-side")
+
+        def one_runs_one_waits() -> tuple[str, str, dict[str, Any]] | None:
+            states = {name: status_of(kubectl, name) for name in ("gang-a", "gang-b")}
+            phases = {name: (s.get("phase"), s.get("reason")) for name, s in states.items()}
+            for first, second in (("gang-a", "gang-b"), ("gang-b", "gang-a")):
+                if phases[first][0] == "Running" and phases[second] == ("Pending", "WaitingForCapacity"):
+                    return first, second, states[second]
+            return None
+
+        first, second, waiting = wait_until(one_runs_one_waits, TIMEOUT, "one job Running, the other waiting whole")
+        scheduled = {c["type"]: c for c in waiting["conditions"]}["WorkersScheduled"]
+        assert scheduled["status"] == "False" and "2 workers of nvidia.com/gpu 4 each, 1 fit now" in scheduled["message"]
+        held = workers(kubectl, second)
+        assert len(held) == 2 and not any(p["spec"].get("nodeName") for p in held)
+        assert all(p["spec"]["schedulingGates"] == [{"name": "lepton.ai/gang"}] for p in held)
+        wait_until(lambda: events(kubectl, second, "Pending"), TIMEOUT, "a Pending warning event")
+
+        finish_workers(kubectl, first, 0, json.dumps({"step": 1}))
+        wait_phase(kubectl, first, "Succeeded")
+        status = wait_phase(kubectl, second, "Running")
+        assert status["workers"]["ready"] == 2
+        placed = workers(kubectl, second)
+        assert all(p["spec"]["nodeName"] in added and not p["spec"].get("schedulingGates") for p in placed)
+    finally:
+        for name in added:
+            nodes.delete_node(kubectl, name, wait=False)
 
 
 def test_training_retryable_failure_restarts_the_group_which_then_succeeds(

@@ -13,7 +13,7 @@ import kopf
 import pytest
 
 from lepton_operator import metrics
-from lepton_operator.controllers import kube
+from lepton_operator.controllers import admission, kube
 from lepton_operator.api.training import TrainingJobSpec
 from lepton_operator.controllers import training as controller
 from lepton_operator.controllers.progress import ProgressPoller
@@ -25,6 +25,11 @@ NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 LOGGER = logging.getLogger("test")
 
 
+def cpu_node(name: str, cpus: int) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": {"allocatable": {"cpu": str(cpus), "memory": "64Gi", "pods": "110"},
+                                                   "conditions": [{"type": "Ready", "status": "True"}]}}  # fmt: skip
+
+
 class FakeApi:
     """Records every write; serves pods and datasets from dicts."""
 
@@ -33,8 +38,14 @@ class FakeApi:
         self.datasets: dict[str, dict[str, Any]] = {}
         self.calls: list[tuple[str, str]] = []
         self.job: dict[str, Any] | None = None
+        self.nodes = [cpu_node("n", 64)]
+        self.others: list[dict[str, Any]] = []
+        """Pods of other jobs, as the admission's cluster-wide listing sees them."""
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(controller, "ADMISSION", admission.GangAdmission(lambda: (self.nodes, self.pods + self.others)))
+        monkeypatch.setattr(kube, "remove_scheduling_gates", self.remove_scheduling_gates)
+        monkeypatch.setattr(kube, "as_admitted", self.as_admitted)
         monkeypatch.setattr(kube, "list_labelled", self.list_labelled)
         monkeypatch.setattr(kube, "apply", self.apply)
         monkeypatch.setattr(kube, "create", self.create)
@@ -46,12 +57,22 @@ class FakeApi:
         assert (kind, selector) == ("Pod", "lepton.ai/role=worker,lepton.ai/trainingjob=job")
         return self.pods
 
+    def as_admitted(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """What the namespace's admission adds: here, a LimitRange's default cpu request."""
+        containers = [{**c, "resources": {"requests": {"cpu": "1"}, **c.get("resources", {})}} for c in manifest["spec"]["containers"]]
+        return {**manifest, "spec": {**manifest["spec"], "containers": containers}}
+
+    def remove_scheduling_gates(self, namespace: str, name: str) -> bool:
+        self.calls.append(("ungate", f"Pod/{name}"))
+        return True
+
     def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         self.calls.append(("apply", f"{manifest['kind']}/{manifest['metadata']['name']}"))
         return dict(manifest)
 
     def create(self, manifest: Mapping[str, Any]) -> bool:
-        self.calls.append(("create", f"{manifest['kind']}/{manifest['metadata']['name']}"))
+        gated = " (gated)" if manifest.get("spec", {}).get("schedulingGates") else ""
+        self.calls.append(("create", f"{manifest['kind']}/{manifest['metadata']['name']}{gated}"))
         return True
 
     def delete(self, api_version: str, kind: str, namespace: str | None, name: str, propagation: str = "",
@@ -99,6 +120,35 @@ def test_new_job_gets_claim_service_and_every_worker(monkeypatch: pytest.MonkeyP
     assert patch["phase"] == "Starting" and due is None
     assert events == [("Normal", "Starting", "creating 2 workers (group 0)")]
     assert metrics.REGISTRY.get_sample_value("lepton_training_workers", {"state": "desired"}) is not None
+
+
+def test_a_group_that_does_not_fit_whole_waits_gated_and_goes_to_the_scheduler_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two 2-worker jobs on a node with room for 3 workers: the second waits whole, never half-bound.
+
+    The job asks for no cpu; the namespace's admission gives each worker 1 (``FakeApi.as_admitted``).
+    """
+    spec = {"workers": {"replicas": 2}}
+    api = FakeApi()
+    api.nodes = [cpu_node("n", 3)]
+    api.others = [{"metadata": {"name": f"other-{i}", "namespace": "ml"}, "spec": {"nodeName": "n", "containers": [
+        {"resources": {"requests": {"cpu": "1"}}}]}, "status": {"phase": "Running"}} for i in range(2)]  # fmt: skip
+    due, patch, events = run(api, monkeypatch, body(spec))
+    assert sorted(api.calls[1:]) == [("create", "Pod/job-worker-0-g0 (gated)"), ("create", "Pod/job-worker-1-g0 (gated)")]
+    message = "waiting for room for the whole group: 2 workers of cpu 1 each, 1 fit now"
+    assert (patch["phase"], patch["reason"]) == ("Pending", "WaitingForCapacity") and due == admission.RECHECK_SECONDS
+    scheduled = next(c for c in patch["conditions"] if c["type"] == "WorkersScheduled")
+    assert (scheduled["status"], scheduled["reason"], scheduled["message"]) == ("False", "WaitingForCapacity", message)
+    assert events == [("Warning", "Pending", message)]
+    assert controller.ADMISSION.waiting() == [("TrainingJob", "ml", "job")]
+    # The gated pods exist now; the other job's pods finish and the next pass lets the whole group go.
+    api.pods = [render.gated(p) for p in render.worker_group("job", "ml", "uid-1", TrainingJobSpec.model_validate(body(spec)["spec"]), 2, 0)]
+    assert controller.groups_waiting_for({**api.others[0], "status": {"phase": "Succeeded"}}) == [("TrainingJob", "ml", "job")]
+    api.others, api.calls = [], []
+    controller.ADMISSION = admission.GangAdmission(lambda: (api.nodes, api.pods))
+    api.job = body(spec, {**patch})
+    controller.reconcile_job(api.job, {}, retry=0, logger=LOGGER, warn=lambda r, m: None, post=lambda *e: None, now=NOW)
+    assert sorted(api.calls) == [("ungate", "Pod/job-worker-0-g0"), ("ungate", "Pod/job-worker-1-g0")]
+    assert controller.ADMISSION.waiting() == []
 
 
 def failed_pod(index: int, code: int) -> dict[str, Any]:

@@ -193,3 +193,12 @@ def test_the_rendered_torchrun_exits_with_its_failed_workers_code(tmp_path: Path
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "PET_STANDALONE": "1", "PET_NPROC_PER_NODE": "1"}
     done = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == code, done.stderr[-2000:]
+
+
+def test_a_gated_worker_is_the_same_pod_held_by_the_gang_gate() -> None:
+    job = TrainingJobSpec.model_validate({"image": "trainer:1", "workers": {"replicas": 2}})
+    pod = render.worker_pod("job", "ml", "uid-1", job, 1, 2, 0)
+    held = render.gated(pod)
+    assert held["spec"]["schedulingGates"] == [{"name": "lepton.ai/gang"}]
+    assert {**held["spec"], "schedulingGates": None} == {**pod["spec"], "schedulingGates": None}
+    assert "schedulingGates" not in pod["spec"] and held["metadata"] == pod["metadata"]

@@ -88,6 +88,20 @@ def test_a_gang_that_cannot_be_scheduled_says_why() -> None:
     assert [(e.type, e.reason) for e in plan.events] == [("Warning", "Pending")]
 
 
+def test_a_group_held_by_gang_admission_is_pending_with_how_much_fits_and_still_creates_its_pods() -> None:
+    held = t.capacity.Held("WaitingForCapacity", "waiting for room for the whole group: 4 workers of nvidia.com/gpu 8 each, 2 fit now")
+    job = spec(workers={"replicas": 4, "gpu": {"count": 8}})
+    plan = assess(job, [], held=held)
+    assert plan.create_workers and plan.phase == "Pending" and plan.status["reason"] == "WaitingForCapacity"
+    assert conditions(plan)["WorkersScheduled"] == ("False", "WaitingForCapacity")
+    assert conditions(plan)["Reconciling"] == ("True", "WaitingForCapacity")
+    assert [(e.type, e.reason, e.message) for e in plan.events] == [("Warning", "Pending", held.message)]
+    gated = [pod(i, phase="Pending", ready=False, node=None) for i in range(4)]
+    plan = assess(job, gated, plan.status, held=held)
+    assert not plan.create_workers and plan.status["reason"] == "WaitingForCapacity" and plan.events == []
+    assert assess(job, gated, plan.status).phase == "Starting"  # admitted: the pods go to the scheduler
+
+
 def test_a_worker_whose_container_cannot_start_says_why_instead_of_starting_forever() -> None:
     message = 'container has runAsNonRoot and image will run as root (pod: "job-worker-1-g0", container: worker)'
     blocked = pod(1, phase="Pending", ready=False)

@@ -11,6 +11,7 @@ selectors, the one way children are found.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Mapping
@@ -93,6 +94,24 @@ def create(manifest: Mapping[str, Any]) -> bool:
     return True
 
 
+def as_admitted(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """``manifest`` as the API server would store it (a dry-run create): with what admission adds.
+
+    Mutating admission changes what a pod asks for (a LimitRange's default
+    requests, a namespace's default tolerations or node selector), so
+    decisions about where it fits are made on this, not on the manifest.
+    """
+    created = _resource(manifest["apiVersion"], manifest["kind"]).create(
+        body=dict(manifest),
+        namespace=manifest["metadata"].get("namespace"),
+        dry_run="All",
+        field_manager=FIELD_MANAGER,
+        _request_timeout=REQUEST_TIMEOUT,
+    )
+    admitted: dict[str, Any] = created.to_dict()
+    return admitted
+
+
 def delete(
     api_version: str,
     kind: str,
@@ -139,6 +158,24 @@ def list_labelled(api_version: str, kind: str, namespace: str | None, selector: 
     )
     items: list[dict[str, Any]] = listed.to_dict().get("items", [])
     return items
+
+
+def list_plain(api_version: str, kind: str, field_selector: str = "") -> list[dict[str, Any]]:
+    """Every object of ``kind`` in the cluster as plain JSON (no model objects: cheap for thousands of pods)."""
+    response = _resource(api_version, kind).get(
+        field_selector=field_selector or None, serialize=False, _request_timeout=REQUEST_TIMEOUT
+    )
+    items: list[dict[str, Any]] = json.loads(response.data).get("items") or []
+    return items
+
+
+def remove_scheduling_gates(namespace: str, name: str) -> bool:
+    """Let the scheduler place a gated pod (JSON-merge-patch ``spec.schedulingGates`` away); ``False`` if it is gone."""
+    try:
+        patch("v1", "Pod", namespace, name, {"spec": {"schedulingGates": None}})
+    except NotFoundError:
+        return False
+    return True
 
 
 def patch_status(info: ResourceInfo, namespace: str, name: str, status: Mapping[str, Any]) -> None:

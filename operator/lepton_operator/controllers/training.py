@@ -23,9 +23,10 @@ report wakes the loop, and the next pass merges it into ``status.progress``.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping, MutableMapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -36,7 +37,8 @@ from pydantic import ValidationError
 from lepton_operator import metrics
 from lepton_operator.api.meta import API_VERSION, GROUP, LEPTON_DATASET, TRAINING_JOB, VERSION
 from lepton_operator.api.training import TrainingJobSpec
-from lepton_operator.controllers import kube, loop, reconcile
+from lepton_operator.controllers import admission, kube, loop, reconcile
+from lepton_operator.controllers.admission import ADMISSION
 from lepton_operator.controllers.config import retry_delay
 from lepton_operator.controllers.progress import PROGRESS, target_of
 from lepton_operator.controllers.reconcile import Logger, Warn
@@ -80,29 +82,29 @@ def dataset_readiness(namespace: str, spec: TrainingJobSpec) -> tuple[bool, str]
     return True, ""
 
 
-def elastic_capacity(namespace: str, spec: TrainingJobSpec, own: list[dict[str, Any]]) -> int | None:
-    """Workers of an elastic GPU job the cluster can host now, counting the GPUs it holds as its own.
+def elastic_capacity(key: ObjectKey, spec: TrainingJobSpec, group: list[dict[str, Any]]) -> int | None:
+    """Workers of an elastic GPU job the cluster can host now, counting what the job holds as its own.
 
-    Lists every node and pod: done only for elastic jobs, whose size depends on it.
+    ``group`` is the job's next group as rendered (its demand); the listing is
+    the admission's, so sizing and admission see the same cluster.
     """
     workers = spec.workers
     if not workers.elastic or workers.gpu is None:
         return None
-    nodes = kube.list_labelled("v1", "Node", None, "")
-    pods = kube.list_labelled("v1", "Pod", None, "")
-    ignore = {f"{namespace}/{assessing.pod_name(p)}" for p in own}
-    selector = common.node_selector(workers.node_selector, workers.gpu)
-    tolerations = common.tolerations(workers.tolerations, workers.gpu)
-    return capacity.workers_that_fit(nodes, pods, workers.gpu.count, selector, tolerations, ignore)
+    cluster = ADMISSION.cluster()
+    ignore = cluster.pods_labelled(key.namespace, render.worker_selector(key.name))
+    demand = capacity.Demand.of(group[0])
+    return cluster.room_for(demand, workers.max_replicas or workers.replicas, ADMISSION.reserved(key), ignore)
 
 
-def carry_out(plan: assessing.Plan, name: str, namespace: str, uid: str, spec: TrainingJobSpec,
-              pods: list[dict[str, Any]], lost_nodes: Mapping[str, str]) -> None:  # fmt: skip
-    """Do what ``plan`` asks, in the crash-safe order of the module docstring.
+def carry_out(plan: assessing.Plan, key: ObjectKey, uid: str, spec: TrainingJobSpec,
+              pods: list[dict[str, Any]], lost_nodes: Mapping[str, str]) -> capacity.Held | None:  # fmt: skip
+    """Do what ``plan`` asks, in the crash-safe order of the module docstring; why the group waits, if it does.
 
     Pods on a lost node are deleted with no grace period: no kubelet is left
     to confirm a graceful deletion, and the next group waits for them to go.
     """
+    name, namespace = key.name, key.namespace
     if plan.restarted is not None:
         kube.patch_status(TRAINING_JOB, namespace, name, plan.status)
         metrics.record_training_restarts(namespace, name, restarts_by_reason(plan.status))
@@ -113,18 +115,36 @@ def carry_out(plan: assessing.Plan, name: str, namespace: str, uid: str, spec: T
         kube.delete("v1", "Pod", namespace, pod, grace_period_seconds=0 if pod in stranded else None)
     if plan.delete_job:
         kube.delete(API_VERSION, KIND, namespace, name)
-        return
+        return None
+    if plan.phase in ("Succeeded", "Failed", "Suspended"):
+        ADMISSION.forget(key)  # a reservation of a running group stays until a listing shows its pods
+    if plan.phase not in ("Pending", "Starting"):
+        return None
+    if plan.create_workers:
+        claim = render.checkpoint_claim(name, namespace, uid, spec)
+        if claim is not None:
+            kube.apply(claim)
+        kube.apply(render.headless_service(name, namespace, uid, spec))
+    group = [p for p in pods if assessing.pod_group(p) == plan.group and not assessing.terminating(p)]
+    waiting = [p for p in group if admission.gated(p) and assessing.pod_name(p) not in plan.delete_pods]
+    existing = {assessing.pod_index(p) for p in group}
+    rendered = render.worker_group(name, namespace, uid, spec, plan.replicas, plan.group)
+    missing = [worker for worker in rendered if int(worker["metadata"]["labels"][render.INDEX_LABEL]) not in existing]
     if not plan.create_workers:
-        return
-    claim = render.checkpoint_claim(name, namespace, uid, spec)
-    if claim is not None:
-        kube.apply(claim)
-    kube.apply(render.headless_service(name, namespace, uid, spec))
-    existing = {assessing.pod_index(p) for p in pods if assessing.pod_group(p) == plan.group}
-    missing = [worker for worker in render.worker_group(name, namespace, uid, spec, plan.replicas, plan.group)
-               if int(worker["metadata"]["labels"][render.INDEX_LABEL]) not in existing]  # fmt: skip
-    # The group's pods are created together (requests in parallel), so the gang appears at once.
+        missing = []
+    if not missing and not waiting:
+        return None
+    # What a worker asks for as admitted (see kube.as_admitted): a gated one's own spec, or a dry run.
+    sample = waiting[0] if waiting else kube.as_admitted(missing[0])
+    held = ADMISSION.admit(key, capacity.Demand.of(sample), len(missing) + len(waiting), render.worker_selector(name))
+    # The group's pods are written together (requests in parallel), so the gang appears at once.
+    if held is not None:
+        list(CREATORS.map(kube.create, [render.gated(worker) for worker in missing]))
+        return held
     list(CREATORS.map(kube.create, missing))
+    list(CREATORS.map(lambda p: kube.remove_scheduling_gates(namespace, assessing.pod_name(p)), waiting))
+    ADMISSION.written(key)
+    return None
 
 
 def claims_waited_on(namespace: str, name: str, spec: TrainingJobSpec, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -143,7 +163,8 @@ def restarts_by_reason(status: Mapping[str, Any]) -> dict[str, int]:
 
 
 def forget_job(namespace: str, name: str) -> None:
-    """Drop a deleted job's share of every per-job metric."""
+    """Drop a deleted job's share of every per-job metric and of the admission's ledger."""
+    ADMISSION.forget(ObjectKey(KIND, namespace, name))
     metrics.record_training_workers(namespace, name, None)
     metrics.record_training_progress(namespace, name, None)
     metrics.record_training_restarts(namespace, name, None)
@@ -193,15 +214,17 @@ def reconcile_job(
         selector = common.label_selector(render.worker_selector(name))
         pods = kube.list_labelled("v1", "Pod", namespace, selector)
         NODES.note_pods(key, pods)
-        NODES.note_elastic(key, parsed.workers.elastic)
-        fits = elastic_capacity(namespace, parsed, pods)
+        fits = elastic_capacity(key, parsed, render.worker_group(name, namespace, uid, parsed, 1, 0))
         grace = float(parsed.restart_policy.node_loss_grace_seconds)
         lost_nodes, recheck = NODES.lost(pods, grace, moment)
         observed = assessing.Observed(pods=pods, now=moment, dataset_ready=ready, dataset_message=why,
                                       output_uri=render.output_uri(name, parsed), lost_nodes=lost_nodes, capacity=fits,
                                       live=PROGRESS.live(key), claims=claims_waited_on(namespace, name, parsed, pods))  # fmt: skip
         plan = assessing.assess(parsed, generation, existing, observed)
-        carry_out(plan, name, namespace, uid, parsed, pods, lost_nodes)
+        held = carry_out(plan, key, uid, parsed, pods, lost_nodes)
+        if held is not None:  # the same pass, with the admission's answer (no more writes)
+            plan = assessing.assess(parsed, generation, existing, dataclasses.replace(observed, held=held))
+        NODES.note_elastic(key, parsed.workers.elastic or held is not None)
         reporter = assessing.progress_pod(plan, pods)
         PROGRESS.watch(key, None if reporter is None else target_of(reporter))
     except Exception as error:
@@ -228,6 +251,8 @@ def reconcile_job(
     if fits is not None and plan.phase in ("Running", "Starting", "Pending"):
         # Capacity freed by other pods wakes nobody: look again now and then.
         recheck = ELASTIC_RECHECK_SECONDS if recheck is None else min(recheck, ELASTIC_RECHECK_SECONDS)
+    if held is not None:
+        recheck = admission.RECHECK_SECONDS if recheck is None else min(recheck, admission.RECHECK_SECONDS)
     if recheck is not None:
         return recheck if plan.requeue is None else min(plan.requeue, recheck)
     return plan.requeue
@@ -303,11 +328,13 @@ class NodeWatch:
         ready = next((c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None)
         capacity = (
             bool(ready and ready.get("status") == "True") and not deleted,
-            ((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE),
+            tuple(sorted(((node.get("status") or {}).get("allocatable") or {}).items())),
             (node.get("spec") or {}).get("unschedulable"),
         )
         with self._lock:
             resized = self._capacity.get(name) != capacity
+            if resized:  # the admission's listing is out of date: the next decision lists again
+                ADMISSION.invalidate()
             if deleted:
                 self._capacity.pop(name, None)
             else:
@@ -349,10 +376,21 @@ class NodeWatch:
 NODES = NodeWatch()
 
 
+def groups_waiting_for(pod: Mapping[str, Any]) -> list[ObjectKey]:
+    """Jobs whose group waits for room, when a worker of any job gives its room back (finished or going)."""
+    finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+    waiting = ADMISSION.waiting() if finished or assessing.terminating(pod) else []
+    if waiting:
+        ADMISSION.invalidate()
+    return waiting
+
+
 def register() -> None:
     """Register the loop, its wake-ups and the metric clean-up with kopf."""
     loop.register(TRAINING_JOB, reconcile_job, on_stop=PROGRESS.forget)
     loop.wake_owner_on(TRAINING_JOB, "", "v1", "pods")
+    loop.wake_on("", "v1", "pods", groups_waiting_for, labels={common.owner_label(KIND): kopf.PRESENT},
+                 handler_id="wake-trainingjob-gangs")  # fmt: skip
     loop.wake_on(GROUP, VERSION, LEPTON_DATASET.plural, DATASET_USERS.jobs_of, handler_id="wake-trainingjob-dataset")
 
     @kopf.on.event("", "v1", "nodes", id="training-nodes")

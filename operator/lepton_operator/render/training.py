@@ -37,6 +37,7 @@ out (the operator's value wins), so the group can never disagree about its size.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from lepton_operator.api.meta import TRAINING_JOB
@@ -54,6 +55,8 @@ PORT_NAME = "rendezvous"
 DATASET_VOLUME = "dataset"
 CHECKPOINT_VOLUME = "checkpoint"
 OUTPUT_VOLUME = "output"
+#: Keeps a worker away from the scheduler while its group waits for room (``controllers.admission``).
+GANG_GATE = "lepton.ai/gang"
 #: Sub-directories of a claim shared by checkpoints and the export.
 CHECKPOINT_SUBPATH = "checkpoints"
 OUTPUT_SUBPATH = "output"
@@ -284,6 +287,11 @@ def worker_group(job: str, namespace: str, uid: str, spec: TrainingJobSpec, repl
                  group: int) -> list[dict[str, Any]]:  # fmt: skip
     """Every worker pod of one group, in index order."""
     return [worker_pod(job, namespace, uid, spec, index, replicas, group) for index in range(replicas)]
+
+
+def gated(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """``pod`` held back from the scheduler by the gang gate until its whole group is admitted."""
+    return {**pod, "spec": {**pod["spec"], "schedulingGates": [{"name": GANG_GATE}]}}
 
 
 def checkpoint_claim(job: str, namespace: str, uid: str, spec: TrainingJobSpec) -> dict[str, Any] | None:

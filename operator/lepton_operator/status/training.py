@@ -17,6 +17,10 @@ Rules, in order of precedence:
 * A group is all or nothing: Running only when every worker of the current
   group runs. Workers the scheduler cannot place make the job Pending with the
   scheduler's own reason (``0/4 nodes are available: Insufficient nvidia.com/gpu``).
+  A group that gang admission holds back (``Observed.held``: not all of it fits
+  at once, so its pods keep their scheduling gate) is Pending with reason
+  WaitingForCapacity and says how many workers fit now, or Unschedulable with
+  the short resource when it would not fit even on empty nodes.
 * A failed worker fails its group, and so does a worker on a lost node (deleted,
   or NotReady past ``nodeLossGraceSeconds``; ``onNodeLoss: Fail`` fails the job). The failure is classified (:func:`classify`):
   a retryable exit code, OOMKilled, a lost node, a preemption, or a
@@ -65,7 +69,8 @@ from lepton_operator.api.training import (
     TrainingJobStatus,
     TrainingPhase,
 )
-from lepton_operator.status import claims
+from lepton_operator.status import capacity, claims
+from lepton_operator.status.capacity import Held
 from lepton_operator.status import conditions as cond
 
 # Failure reasons (restart budgets are kept per reason).
@@ -79,7 +84,8 @@ BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 WORKERS_SCHEDULED = "WorkersScheduled"
-UNSCHEDULABLE = "Unschedulable"
+UNSCHEDULABLE = capacity.UNSCHEDULABLE
+WAITING_FOR_CAPACITY = capacity.WAITING_FOR_CAPACITY
 #: A worker's container cannot start (image, config or security context): it waits forever, so say why.
 CONTAINER_BLOCKED = "ContainerBlocked"
 _BLOCKED_WAITING = {
@@ -403,6 +409,8 @@ class Observed:
     """The last ``/progress`` document read from a running worker, by pod uid (see ``controllers.progress``)."""
     claims: Sequence[Mapping[str, Any]] = ()
     """The claims the workers mount, as read while some worker has no node yet (else empty)."""
+    held: Held | None = None
+    """Why the group is not admitted to the scheduler yet (gang admission), or ``None``."""
 
 
 def assess(
@@ -528,8 +536,10 @@ def _assess(
     indices = {pod_index(p) for p in current}
     if len(indices & set(range(replicas))) < replicas:
         plan.create_workers = True
-        if not current:
-            return builder.set("Starting", "WorkersCreated", f"creating {replicas} workers (group {group})")
+    if observed.held is not None:
+        return builder.set("Pending", observed.held.reason, observed.held.message)
+    if plan.create_workers and not current:
+        return builder.set("Starting", "WorkersCreated", f"creating {replicas} workers (group {group})")
 
     waiting = [m for m in (claims.unbound(c) for c in observed.claims) if m]
     if waiting and any(not (p.get("spec") or {}).get("nodeName") for p in current):
@@ -616,7 +626,7 @@ class _Builder:
     def set(self, phase: TrainingPhase, reason: str, message: str) -> Plan:
         previous = self.previous
         if phase != previous.phase and not self.plan.events:
-            kind: EventType = "Warning" if phase in ("Failed",) or reason == UNSCHEDULABLE else "Normal"
+            kind: EventType = "Warning" if phase in ("Failed",) or reason in (UNSCHEDULABLE, WAITING_FOR_CAPACITY) else "Normal"
             self.plan.events.append(Event(kind, phase, message))
         gen = self.generation
         start_time = previous.start_time or (self.now if phase == "Running" else None)
@@ -625,7 +635,7 @@ class _Builder:
         scheduled = bool(current) and all((p.get("spec") or {}).get("nodeName") for p in current)
         if unschedulable:
             scheduling = cond.make(WORKERS_SCHEDULED, False, UNSCHEDULABLE, message, gen)
-        elif reason == claims.CLAIM_PENDING:
+        elif reason in (claims.CLAIM_PENDING, WAITING_FOR_CAPACITY, UNSCHEDULABLE):
             scheduling = cond.make(WORKERS_SCHEDULED, False, reason, message, gen)
         elif scheduled:
             scheduling = cond.make(WORKERS_SCHEDULED, True, "AllWorkersScheduled", "every worker has a node", gen)
