@@ -79,7 +79,11 @@ def test_plain_listing_with_a_field_selector_and_removing_scheduling_gates(names
               if p["metadata"]["namespace"] == namespace]  # fmt: skip
     assert [p["metadata"]["name"] for p in listed] == ["gated"] and isinstance(listed[0]["spec"], dict)
     assert listed[0]["spec"]["schedulingGates"] == [{"name": "lepton.ai/gang"}]
-    assert any(n["metadata"]["name"] for n in kube.list_plain("v1", "Node"))
+    everywhere = kubectl.in_namespace(None).get("nodes")
+    assert len(everywhere) > 2  # so that pages of 2 take several requests
+    assert sorted(n["metadata"]["name"] for n in kube.list_plain("v1", "Node", page=2)) == sorted(
+        n["metadata"]["name"] for n in everywhere
+    )
     assert kube.remove_scheduling_gates(namespace, "gated")
     assert "schedulingGates" not in kubectl.get("pod", "gated")["spec"]
     assert not kube.remove_scheduling_gates(namespace, "gone")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,13 +43,13 @@ from lepton_operator.status import capacity
 RECHECK_SECONDS = 5.0
 #: Pods that take room: not finished (the API server filters; thousands of finished pods are not read).
 UNFINISHED = "status.phase!=Succeeded,status.phase!=Failed"
-#: Returns the cluster's nodes and unfinished pods, as plain JSON.
-Lister = Callable[[], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
+#: Returns the cluster's nodes and unfinished pods, as plain JSON (pods may come lazily, page by page).
+Lister = Callable[[], tuple[list[dict[str, Any]], Iterable[dict[str, Any]]]]
 
 
-def list_cluster() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def list_cluster() -> tuple[list[dict[str, Any]], Iterable[dict[str, Any]]]:
     """Nodes and unfinished pods, cluster-wide, from the API server."""
-    return kube.list_plain("v1", "Node"), kube.list_plain("v1", "Pod", UNFINISHED)
+    return list(kube.list_plain("v1", "Node")), kube.list_plain("v1", "Pod", UNFINISHED)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -160,13 +160,24 @@ def list_labelled(api_version: str, kind: str, namespace: str | None, selector: 
     return items
 
 
-def list_plain(api_version: str, kind: str, field_selector: str = "") -> list[dict[str, Any]]:
-    """Every object of ``kind`` in the cluster as plain JSON (no model objects: cheap for thousands of pods)."""
-    response = _resource(api_version, kind).get(
-        field_selector=field_selector or None, serialize=False, _request_timeout=REQUEST_TIMEOUT
-    )
-    items: list[dict[str, Any]] = json.loads(response.data).get("items") or []
-    return items
+def list_plain(api_version: str, kind: str, field_selector: str = "", page: int = 250) -> Iterator[dict[str, Any]]:
+    """Every object of ``kind`` in the cluster as plain JSON, a page at a time.
+
+    Plain dicts, not model objects, and pages of ``page`` objects: a caller that
+    folds them into a summary (``status.capacity.Cluster``) never holds
+    thousands of pods at once.
+    """
+    token: str | None = None
+    while True:
+        response = _resource(api_version, kind).get(
+            field_selector=field_selector or None, limit=page, _continue=token, serialize=False,
+            _request_timeout=REQUEST_TIMEOUT,
+        )  # fmt: skip
+        document = json.loads(response.data)
+        yield from document.get("items") or []
+        token = (document.get("metadata") or {}).get("continue")
+        if not token:
+            return
 
 
 def remove_scheduling_gates(namespace: str, name: str) -> bool:

@@ -167,7 +167,7 @@ def in_flight(pod: Mapping[str, Any]) -> bool:
 class Cluster:
     """Free resources per node and the demand in flight, from one listing (see the module docstring)."""
 
-    def __init__(self, nodes: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(self, nodes: Sequence[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]) -> None:
         self.nodes = {str((n.get("metadata") or {}).get("name", "")): n for n in nodes}
         self._allocatable = {name: _vector((n.get("status") or {}).get("allocatable") or {}) for name, n in self.nodes.items()}
         self._bound: dict[str, tuple[str, Resources]] = {}
