@@ -202,3 +202,15 @@ def test_a_gated_worker_is_the_same_pod_held_by_the_gang_gate() -> None:
     assert held["spec"]["schedulingGates"] == [{"name": "lepton.ai/gang"}]
     assert {**held["spec"], "schedulingGates": None} == {**pod["spec"], "schedulingGates": None}
     assert "schedulingGates" not in pod["spec"] and held["metadata"] == pod["metadata"]
+
+
+def test_each_worker_process_gets_the_threads_its_cpu_allows_unless_the_user_says_otherwise() -> None:
+    def threads(workers: dict[str, Any], env: list[dict[str, str]] | None = None) -> str | None:
+        job = TrainingJobSpec.model_validate({"image": "trainer:1", "workers": workers, **({"env": env} if env else {})})
+        found = {v["name"]: v["value"] for v in render.worker_env("job", "ml", "uid", job, 0, 1, 0)}
+        return found.get("OMP_NUM_THREADS")
+
+    assert threads({"replicas": 2, "resources": {"requests": {"cpu": "500m"}}}) == "1"
+    assert threads({"replicas": 2, "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "8"}}, "nprocPerNode": 2}) == "4"
+    assert threads({"replicas": 2}) is None  # no cpu given: PyTorch decides
+    assert threads({"replicas": 2, "resources": {"requests": {"cpu": "4"}}}, [{"name": "OMP_NUM_THREADS", "value": "3"}]) == "3"

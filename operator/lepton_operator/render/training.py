@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lepton_operator.api.meta import TRAINING_JOB
+from lepton_operator.api.quantity import parse_quantity
 from lepton_operator.api.training import WORKER_GROUP_LABEL, WORKER_INDEX_LABEL, TrainingJobSpec
 from lepton_operator.render import common
 
@@ -55,6 +56,8 @@ PORT_NAME = "rendezvous"
 DATASET_VOLUME = "dataset"
 CHECKPOINT_VOLUME = "checkpoint"
 OUTPUT_VOLUME = "output"
+#: PyTorch's (and OpenMP's) thread count, set from the worker's cpu (:func:`threads_per_process`).
+THREADS_ENV = "OMP_NUM_THREADS"
 #: Keeps a worker away from the scheduler while its group waits for room (``controllers.admission``).
 GANG_GATE = "lepton.ai/gang"
 #: Sub-directories of a claim shared by checkpoints and the export.
@@ -156,7 +159,29 @@ def worker_env(job: str, namespace: str, uid: str, spec: TrainingJobSpec, index:
         if var.name not in seen:
             seen.add(var.name)
             env.append({"name": var.name, "value": var.value})
+    threads = threads_per_process(spec)
+    if threads is not None and THREADS_ENV not in seen:
+        env.append({"name": THREADS_ENV, "value": str(threads)})
     return env
+
+
+def threads_per_process(spec: TrainingJobSpec) -> int | None:
+    """CPU threads each worker process may use: the worker's cpu (limit, else request) over its processes.
+
+    PyTorch sizes its thread pools by the *node's* cores, not the container's
+    share, and torchrun sets ``OMP_NUM_THREADS=1`` only for several processes per
+    node. Two one-process workers on a 2-core node then run 2 x 2 compute
+    threads beside gloo's, and DDP across pods ran at a third of one pod's speed
+    (``bench/fullpath.py``). ``None`` (leave it to PyTorch) when no cpu is given;
+    a user's own ``OMP_NUM_THREADS`` wins.
+    """
+    resources = spec.workers.resources
+    if resources is None:
+        return None
+    cpu = (resources.limits or {}).get("cpu") or (resources.requests or {}).get("cpu")
+    if cpu is None:
+        return None
+    return max(1, int(parse_quantity(cpu) // spec.workers.processes_per_node))
 
 
 #: torchrun, run so that the first failed worker process's exit code is the container's. torchrun
