@@ -16,6 +16,12 @@ from lepton_operator.controllers import kube
 Key = tuple[str, str, str]
 
 
+def cpu_node(name: str, cpus: int) -> dict[str, Any]:
+    """A Ready node with ``cpus`` cores (and room for 110 pods), as a cluster listing shows it."""
+    return {"metadata": {"name": name}, "status": {"allocatable": {"cpu": str(cpus), "memory": "64Gi", "pods": "110"},
+                                                   "conditions": [{"type": "Ready", "status": "True"}]}}  # fmt: skip
+
+
 class FakeKube:
     def __init__(self) -> None:
         self.objects: dict[Key, dict[str, Any]] = {}

@@ -5,16 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from lepton_operator.controllers.admission import GangAdmission, gated
+from fake_kube import cpu_node
 from lepton_operator.controllers.wakeups import ObjectKey
 from lepton_operator.status import capacity
 
 WORKER = capacity.Demand.of({"spec": {"containers": [{"resources": {"requests": {"cpu": "1"}}}]}})
 A, B, C = (ObjectKey("TrainingJob", "ml", name) for name in "abc")
-
-
-def cpu_node(name: str, cpus: int) -> dict[str, Any]:
-    return {"metadata": {"name": name}, "status": {"allocatable": {"cpu": str(cpus), "pods": "110"},
-                                                   "conditions": [{"type": "Ready", "status": "True"}]}}  # fmt: skip
 
 
 def bound(name: str, node: str) -> dict[str, Any]:

@@ -17,17 +17,13 @@ from lepton_operator.controllers import admission, kube
 from lepton_operator.api.training import TrainingJobSpec
 from lepton_operator.controllers import training as controller
 from lepton_operator.controllers.progress import ProgressPoller
+from fake_kube import cpu_node
 from lepton_operator.controllers.wakeups import ObjectKey, Wakeups
 from lepton_operator.render import training as render
 from lepton_workloads import progress_server
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 LOGGER = logging.getLogger("test")
-
-
-def cpu_node(name: str, cpus: int) -> dict[str, Any]:
-    return {"metadata": {"name": name}, "status": {"allocatable": {"cpu": str(cpus), "memory": "64Gi", "pods": "110"},
-                                                   "conditions": [{"type": "Ready", "status": "True"}]}}  # fmt: skip
 
 
 class FakeApi:

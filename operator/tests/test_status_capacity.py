@@ -39,7 +39,6 @@ def test_requests_count_limits_for_missing_requests_init_containers_and_overhead
             "overhead": {"memory": "64Mi"}}  # fmt: skip
     assert capacity.pod_requests({"spec": spec}) == (2000, (1 << 30) + (64 << 20), 1, 2)
     assert capacity.describe(capacity.pod_requests({"spec": spec})) == "cpu 2, memory 1088Mi, nvidia.com/gpu 2"
-    assert capacity.pod_gpus({"spec": spec}) == 2
 
 
 def test_free_resources_subtract_unfinished_bound_pods_except_ignored_ones() -> None:

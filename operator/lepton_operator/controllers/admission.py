@@ -89,15 +89,20 @@ class GangAdmission:
         with self._lock:
             self._listed_at = float("-inf")
 
-    def cluster(self) -> capacity.Cluster:
-        """The current listing (for elastic sizing: one listing serves both decisions)."""
-        with self._lock:
-            return self._current()
+    def _others(self, job: ObjectKey | None) -> list[tuple[capacity.Demand, int]]:
+        """Groups other than ``job`` admitted after the current listing was taken (lock held)."""
+        return [(r.demand, r.count) for key, r in self._ledger.items() if key != job]
 
     def reserved(self, excluding: ObjectKey | None = None) -> list[tuple[capacity.Demand, int]]:
         """What other groups were admitted after the current listing was taken."""
         with self._lock:
-            return [(r.demand, r.count) for key, r in self._ledger.items() if key != excluding]
+            return self._others(excluding)
+
+    def room_for(self, job: ObjectKey, demand: capacity.Demand, limit: int, own: Mapping[str, str]) -> int:
+        """How many workers of ``demand`` (at most ``limit``) ``job`` could have now (elastic sizing); reserves nothing."""
+        with self._lock:
+            cluster = self._current()
+            return cluster.room_for(demand, limit, self._others(job), cluster.pods_labelled(job.namespace, own))
 
     def admit(self, job: ObjectKey, demand: capacity.Demand, count: int, own: Mapping[str, str]) -> capacity.Held | None:
         """Admit ``count`` workers of ``demand`` for ``job`` if they all fit (``None``, and they are reserved), else why not.
@@ -107,8 +112,7 @@ class GangAdmission:
         """
         with self._lock:
             cluster = self._current()
-            reserved = [(r.demand, r.count) for key, r in self._ledger.items() if key != job]
-            held = cluster.held(demand, count, reserved, ignore=cluster.pods_labelled(job.namespace, own))
+            held = cluster.held(demand, count, self._others(job), cluster.pods_labelled(job.namespace, own))
             if held is not None:
                 self._waiting.add(job)
                 self._ledger.pop(job, None)

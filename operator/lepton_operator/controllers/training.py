@@ -82,19 +82,17 @@ def dataset_readiness(namespace: str, spec: TrainingJobSpec) -> tuple[bool, str]
     return True, ""
 
 
-def elastic_capacity(key: ObjectKey, spec: TrainingJobSpec, group: list[dict[str, Any]]) -> int | None:
+def elastic_capacity(key: ObjectKey, uid: str, spec: TrainingJobSpec) -> int | None:
     """Workers of an elastic GPU job the cluster can host now, counting what the job holds as its own.
 
-    ``group`` is the job's next group as rendered (its demand); the listing is
-    the admission's, so sizing and admission see the same cluster.
+    Asked of the admission's listing, so sizing and admission see the same cluster.
     """
     workers = spec.workers
     if not workers.elastic or workers.gpu is None:
         return None
-    cluster = ADMISSION.cluster()
-    ignore = cluster.pods_labelled(key.namespace, render.worker_selector(key.name))
-    demand = capacity.Demand.of(group[0])
-    return cluster.room_for(demand, workers.max_replicas or workers.replicas, ADMISSION.reserved(key), ignore)
+    worker = render.worker_pod(key.name, key.namespace, uid, spec, 0, 1, 0)
+    limit = workers.max_replicas or workers.replicas
+    return ADMISSION.room_for(key, capacity.Demand.of(worker), limit, render.worker_selector(key.name))
 
 
 def carry_out(plan: assessing.Plan, key: ObjectKey, uid: str, spec: TrainingJobSpec,
@@ -128,10 +126,8 @@ def carry_out(plan: assessing.Plan, key: ObjectKey, uid: str, spec: TrainingJobS
     group = [p for p in pods if assessing.pod_group(p) == plan.group and not assessing.terminating(p)]
     waiting = [p for p in group if admission.gated(p) and assessing.pod_name(p) not in plan.delete_pods]
     existing = {assessing.pod_index(p) for p in group}
-    rendered = render.worker_group(name, namespace, uid, spec, plan.replicas, plan.group)
+    rendered = render.worker_group(name, namespace, uid, spec, plan.replicas, plan.group) if plan.create_workers else []
     missing = [worker for worker in rendered if int(worker["metadata"]["labels"][render.INDEX_LABEL]) not in existing]
-    if not plan.create_workers:
-        missing = []
     if not missing and not waiting:
         return None
     # What a worker asks for as admitted (see kube.as_admitted): a gated one's own spec, or a dry run.
@@ -214,7 +210,7 @@ def reconcile_job(
         selector = common.label_selector(render.worker_selector(name))
         pods = kube.list_labelled("v1", "Pod", namespace, selector)
         NODES.note_pods(key, pods)
-        fits = elastic_capacity(key, parsed, render.worker_group(name, namespace, uid, parsed, 1, 0))
+        fits = elastic_capacity(key, uid, parsed)
         grace = float(parsed.restart_policy.node_loss_grace_seconds)
         lost_nodes, recheck = NODES.lost(pods, grace, moment)
         observed = assessing.Observed(pods=pods, now=moment, dataset_ready=ready, dataset_message=why,
@@ -326,19 +322,19 @@ class NodeWatch:
         """Record a node event; returns the jobs to wake."""
         name = str((node.get("metadata") or {}).get("name", ""))
         ready = next((c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None)
-        capacity = (
+        shape = (
             bool(ready and ready.get("status") == "True") and not deleted,
             tuple(sorted(((node.get("status") or {}).get("allocatable") or {}).items())),
             (node.get("spec") or {}).get("unschedulable"),
         )
         with self._lock:
-            resized = self._capacity.get(name) != capacity
+            resized = self._capacity.get(name) != shape
             if resized:  # the admission's listing is out of date: the next decision lists again
                 ADMISSION.invalidate()
             if deleted:
                 self._capacity.pop(name, None)
             else:
-                self._capacity[name] = capacity
+                self._capacity[name] = shape
             woken = set(self._users.get(name, ())) | (self._elastic if resized else set())
             for old, when in list(self._gone.items()):
                 if now - when > self.FORGET_AFTER:

@@ -71,11 +71,6 @@ def pod_requests(pod: Mapping[str, Any]) -> Resources:
     return tuple(total)
 
 
-def pod_gpus(pod: Mapping[str, Any]) -> int:
-    """GPUs a pod holds."""
-    return pod_requests(pod)[_GPU]
-
-
 def describe(requests: Resources) -> str:
     """``cpu 500m, memory 1Gi, nvidia.com/gpu 1`` (what a message shows of one worker)."""
     shown = []
