@@ -18,7 +18,7 @@ from fake_kube import FakeKube, fake  # noqa: F401 - the fixture
 from lepton_operator import metrics
 from lepton_operator.api.dataset import LeptonDatasetSpec
 from lepton_operator.controllers import dataset as controller
-from lepton_operator.controllers import kube
+from lepton_operator.controllers import kube, secrets
 from lepton_operator.controllers.progress import ProgressPoller
 from lepton_operator.controllers.wakeups import ObjectKey, Wakeups
 from lepton_operator.render import dataset as render
@@ -44,7 +44,7 @@ def run(obj: dict[str, Any]) -> tuple[dict[str, Any], float | None, list[tuple[s
 
 def test_missing_secret_then_missing_key_then_job(fake: FakeKube) -> None:
     patch, due, warnings = run(body(SPEC))
-    assert patch["phase"] == "Pending" and due == controller.SECRET_RECHECK_SECONDS
+    assert patch["phase"] == "Pending" and due == secrets.FIRST_RECHECK_SECONDS
     assert warnings[0][0] == "SecretNotFound"
     assert ("PersistentVolumeClaim", "ns", "d") in fake.objects
     assert not [k for k in fake.objects if k[0] == "Job"]

@@ -47,10 +47,10 @@ def test_uri_source_waits_for_its_secret_and_keys_then_stages_with_references(fa
     condition = model_available(patch)
     assert (patch["phase"], condition["status"], condition["reason"]) == ("Pending", "False", "SecretNotFound")
     assert condition["message"] == "Secret keys not found in namespace ns"
-    assert warnings == [("SecretNotFound", "Secret keys not found in namespace ns")] and due == secrets.RECHECK_SECONDS
+    assert warnings == [("SecretNotFound", "Secret keys not found in namespace ns")] and due == secrets.FIRST_RECHECK_SECONDS
     assert not [key for key in fake.objects if key[0] == "Deployment"]
     _, due, warnings = run(patch)  # nothing changed: the same status, no second event
-    assert warnings == [] and due == secrets.RECHECK_SECONDS
+    assert warnings == [] and due == secrets.FIRST_RECHECK_SECONDS
 
     fake.objects[("Secret", "ns", "keys")] = {"metadata": {"name": "keys"}, "data": {"id": "aWQtdmFsdWU="}}
     patch, due, warnings = run(patch)

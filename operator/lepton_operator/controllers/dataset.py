@@ -14,7 +14,7 @@ so two preparers never write the same claim at once. Job events wake the loop
 progress poller (``progress``) to read the running pod's ``/progress``; a
 changed report wakes the loop, and the next pass shows it in
 ``status.progress``. A missing Secret (``secrets.secret_problem``, shared with
-InferenceService) is re-checked every :data:`SECRET_RECHECK_SECONDS`.
+InferenceService) is re-checked soon, then less often (``secrets.recheck_seconds``).
 
 Deletion needs no finalizer: the claim and Jobs carry owner references, so the
 garbage collector removes them, and nothing blocks when they are already gone.
@@ -43,9 +43,9 @@ from lepton_operator.render import dataset as render
 from lepton_operator.render.common import label_selector, selector_labels
 from lepton_operator.status import dataset as dataset_status
 from lepton_operator.status import validation
+from lepton_operator.status.conditions import VALIDATED
 
 KIND = LEPTON_DATASET.kind
-SECRET_RECHECK_SECONDS = secrets.RECHECK_SECONDS
 #: While an outdated Job is going away, look again this soon.
 STALE_JOB_RECHECK_SECONDS = 2.0
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
@@ -161,7 +161,7 @@ def reconcile_dataset(
     if stale:
         return STALE_JOB_RECHECK_SECONDS
     if problem is not None:
-        return SECRET_RECHECK_SECONDS
+        return secrets.recheck_seconds(new, VALIDATED, moment)
     return None
 
 

@@ -12,7 +12,7 @@ A uri source with a ``secretRef`` is staged only once its Secret exists with
 the required keys (``secrets.secret_problem``, the dataset's check): until
 then ``ModelAvailable`` is False with ``SecretNotFound`` or
 ``SecretKeyMissing``, a Warning event says so once, nothing is applied, and
-the Secret is looked up again every ``secrets.RECHECK_SECONDS``.
+the Secret is looked up again soon, then less often (``secrets.recheck_seconds``).
 
 Replicas: without ``spec.autoscaling`` the Deployment gets ``spec.replicas``,
 which ``kubectl scale`` and an external HPA/KEDA set through the ``/scale``
@@ -45,7 +45,7 @@ from lepton_operator.render import common
 from lepton_operator.render import inference as render
 from lepton_operator.status import validation
 from lepton_operator.status.conditions import SecretProblem
-from lepton_operator.status.inference import Unavailable, service_status
+from lepton_operator.status.inference import MODEL_AVAILABLE, Unavailable, service_status
 
 KIND = INFERENCE_SERVICE.kind
 
@@ -161,7 +161,7 @@ def reconcile_service(
         if problem is not None:
             warn(problem.reason, problem.message)
     metrics.record_reconcile(KIND, "accepted", time.perf_counter() - started)
-    return secrets.RECHECK_SECONDS if problem is not None else None
+    return None if problem is None else secrets.recheck_seconds(new, MODEL_AVAILABLE, now)
 
 
 def stopped(key: ObjectKey) -> None:

@@ -6,18 +6,32 @@ key is missing would sit in ``CreateContainerConfigError`` with the reason in
 its own events only. The controllers check first, and report the reason on
 their object instead. Only the Secret's key names are read into anything;
 its values never leave this function (nothing here logs or returns them).
+
+A missing Secret is polled, not watched: watching would need cluster-wide
+list/watch on Secrets, which an operator should not ask for. The poll starts
+fast and slows down (:func:`recheck_seconds`): a user who creates the Secret
+right after the object (the common case: one ``kubectl apply`` of both, in any
+order) is served within a second or two, and an object that waits for hours
+costs one GET every :data:`RECHECK_SECONDS`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
 
 from lepton_operator.api.common import SecretReference
 from lepton_operator.controllers import kube
 from lepton_operator.render.common import source_credentials
 from lepton_operator.status.conditions import SecretProblem
 
-#: A missing Secret is looked up again this often (watching every Secret would need
-#: cluster-wide list/watch on Secrets, which an operator should not ask for).
+#: A Secret missing for a while is looked up again this often.
 RECHECK_SECONDS = 15.0
+#: A Secret that has just been found missing is looked up again this soon.
+FIRST_RECHECK_SECONDS = 1.0
+#: The delay grows as a fraction of the time waited so far (one lookup per ~4 s waited, then capped).
+RECHECK_FRACTION = 0.25
 
 
 def secret_problem(namespace: str, uri: str, ref: SecretReference | None) -> SecretProblem | None:
@@ -33,3 +47,19 @@ def secret_problem(namespace: str, uri: str, ref: SecretReference | None) -> Sec
     if missing:
         return SecretProblem("SecretKeyMissing", f"Secret {ref.name} has no key {', '.join(missing)}")
     return None
+
+
+def recheck_seconds(status: Mapping[str, Any], condition: str, now: datetime) -> float:
+    """Seconds until a missing Secret is looked up again, given the status that reports it.
+
+    The wait started at the ``lastTransitionTime`` of ``condition`` (the one
+    that reports the problem: it moves only when the condition's status
+    changes, so SecretNotFound -> SecretKeyMissing keeps the start of the wait);
+    unknown or unparsable counts as "just now". Pure: the caller passes ``now``.
+    """
+    since = next((c.get("lastTransitionTime") for c in status.get("conditions") or [] if c.get("type") == condition), None)
+    try:
+        waited = max((now - datetime.fromisoformat(str(since).replace("Z", "+00:00"))).total_seconds(), 0.0)
+    except (ValueError, TypeError):  # unparsable, or without a zone
+        waited = 0.0
+    return min(RECHECK_SECONDS, max(FIRST_RECHECK_SECONDS, waited * RECHECK_FRACTION))
