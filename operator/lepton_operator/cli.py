@@ -116,8 +116,8 @@ def _add_run(commands: Any) -> None:
     run.add_argument(
         "--autoscale-interval",
         type=float,
-        default=5.0,
-        help="seconds between two autoscaling rounds over all InferenceServices (default: 5)",
+        default=2.0,
+        help="seconds between two autoscaling rounds over all InferenceServices (default: 2)",
     )
     run.add_argument(
         "--progress-interval",

@@ -1,8 +1,8 @@
 """The built-in autoscaler: one loop over every autoscaled InferenceService.
 
 Not one timer per object: a single asyncio task runs a round every
-``interval`` seconds (5 s by default, a third of HPA's 15 s), and a round steps
-every tracked service in worker threads. A step reads the service's
+``interval`` seconds (2 s by default, as Knative's KPA ticks; HPA's loop is
+15 s), and a round steps every tracked service in worker threads. A step reads the service's
 Deployment (replicas, ready), reads its signal, activity and demand from
 Prometheus (``scaling.signals``), asks the pure policy (``scaling.policy``) and
 acts on the decision: before a scale-down, each pod's deletion cost is set to

@@ -94,7 +94,7 @@ class OperatorOptions:
     verbose: bool = False
     prometheus_url: str | None = None
     """Prometheus the autoscaler queries for services that name none in spec.autoscaling."""
-    autoscale_interval: float = 5.0
+    autoscale_interval: float = 2.0
     """Seconds between two rounds of the autoscaler over every autoscaled service."""
     progress_interval: float = 10.0
     """Seconds between two reads of a running workload's live progress (``controllers.progress``)."""
