@@ -27,11 +27,12 @@ class Doubler(torch.nn.Module):
         return x * 2.0 + 1.0
 
 
-@pytest.fixture(params=["torchscript", "onnx"])
-def repository(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
-    """``double`` exported as the trainer exports (every test runs on TorchScript and on ONNX)."""
-    export.write(Doubler(), (4,), tmp_path, "double", max_batch_size=8, export_format=request.param)
-    return tmp_path
+@pytest.fixture(scope="module", params=["torchscript", "onnx"])
+def repository(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """``double`` exported as the trainer exports (every test runs on TorchScript and on ONNX); read only."""
+    root = tmp_path_factory.mktemp(request.param)
+    export.write(Doubler(), (4,), root, "double", max_batch_size=8, export_format=request.param)
+    return root
 
 
 @pytest.fixture
