@@ -191,11 +191,12 @@ def test_pvc_uri_parsing() -> None:
             inference.parse_pvc_uri(bad)
 
 
-def job(phase: str | None, uri: str | None = None) -> dict[str, Any]:
+def job(phase: str | None, uri: str | None = None, export_format: str | None = None) -> dict[str, Any]:
     status: dict[str, Any] = {"phase": phase} if phase else {}
     if uri:
         status["output"] = {"uri": uri}
-    return {"metadata": {"name": "train"}, "status": status}
+    output = {"format": export_format} if export_format else {}
+    return {"metadata": {"name": "train"}, "spec": {"image": "t", "output": output}, "status": status}
 
 
 def test_training_job_source_waits_until_the_job_succeeded() -> None:
@@ -215,6 +216,19 @@ def test_training_job_source_waits_until_the_job_succeeded() -> None:
         inference.resolve_source(parsed, job("Succeeded", "s3://x/y"))
     assert raised.value.reason == "UnsupportedModelUri"
     assert inference.resolve_source(parsed, job("Succeeded", "pvc://ckpt/export")) == ClaimSource("ckpt", "export")
+
+
+def test_a_training_job_exporting_another_format_than_the_service_serves_stalls_it() -> None:
+    onnx = spec(model={**BASE["model"], "source": {"trainingJobRef": {"name": "train"}}, "format": "onnxruntime"})
+    assert inference.resolve_source(onnx, job("Succeeded", "pvc://ckpt/export", "onnx")) == ClaimSource("ckpt", "export")
+    for exported in (None, "torchscript"):  # the job's default format is torchscript
+        with pytest.raises(inference.SourceUnavailable, match="exports torchscript, which Triton serves as pytorch_libtorch;"
+                                                              " model.format is onnxruntime") as raised:  # fmt: skip
+            inference.resolve_source(onnx, job("Running", None, exported))
+        assert (raised.value.reason, raised.value.stalled) == ("ModelFormatMismatch", True)
+    libtorch = spec(model={**BASE["model"], "source": {"trainingJobRef": {"name": "train"}}})
+    with pytest.raises(inference.SourceUnavailable, match="exports onnx, which Triton serves as onnxruntime"):
+        inference.resolve_source(libtorch, job("Succeeded", "pvc://ckpt/export", "onnx"))
 
 
 def test_claim_and_uri_sources_resolve_without_a_job() -> None:

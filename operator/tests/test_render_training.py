@@ -6,13 +6,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
 import restricted_policy
 
-from lepton_operator.api.training import TrainingJobSpec
+from lepton_operator.api.training import SERVED_AS, ExportFormat, TrainingJobSpec
 from lepton_operator.render import training as render
 
 
@@ -144,6 +144,17 @@ def test_output_without_a_claim_is_scratch_space() -> None:
     volumes = render.worker_pod("bert", "ml", "u", job, 0, 1, 0)["spec"]["volumes"]
     assert volumes == [{"name": "output", "emptyDir": {}}]
     assert render.output_uri("bert", job) is None
+
+
+def test_the_output_format_reaches_the_trainer_which_exports_what_the_operator_serves_it_as() -> None:
+    from lepton_workloads import export  # noqa: PLC0415 - torch and onnx, for this test only
+
+    assert env_of(render.worker_pod("bert", "ml", "u", spec(output={}), 0, 1, 0))["LEPTON_OUTPUT_FORMAT"] == "torchscript"
+    for export_format in get_args(ExportFormat):
+        pod = render.worker_pod("bert", "ml", "u", spec(output={"format": export_format}), 0, 1, 0)
+        assert env_of(pod)["LEPTON_OUTPUT_FORMAT"] == export_format
+    # The two sides share only the env contract: the same formats, served by the same Triton backends.
+    assert export.FORMATS == SERVED_AS
 
 
 def test_longest_job_name_keeps_hostnames_within_63_characters() -> None:

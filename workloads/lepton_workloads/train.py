@@ -35,9 +35,10 @@ sample.
   (:func:`progress_document`, schema ``lepton.ai/training-progress/v1``), which
   the operator shows as ``status.progress`` without the pod needing any RBAC.
 * Export: rank 0 writes a Triton model repository entry under the output
-  directory: ``<name>/1/model.pt`` (TorchScript) and ``<name>/config.pbtxt``
-  (:mod:`lepton_workloads.triton_config`). ONNX export needs the ``onnx``
-  package, which this image does not ship; TorchScript is what it exports.
+  directory, in the job's ``spec.output.format`` (``LEPTON_OUTPUT_FORMAT``,
+  ``--output-format``): ``<name>/1/model.pt`` (TorchScript) or
+  ``<name>/1/model.onnx`` (ONNX), and ``<name>/config.pbtxt``
+  (:mod:`lepton_workloads.export`), while the other ranks wait at a barrier.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from torch import nn
 from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 
-from lepton_workloads import progress_server, shards, triton_config
+from lepton_workloads import export, progress_server, shards
 
 CHECKPOINT = "checkpoint.pt"
 PROGRESS = "progress.json"
@@ -100,11 +101,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--split", default="train")
+    parser.add_argument("--output-format", choices=sorted(export.FORMATS), default=env("LEPTON_OUTPUT_FORMAT", "torchscript"))
     parser.add_argument("--max-batch-size", type=int, default=8, help="max_batch_size in the Triton config")
     parser.add_argument("--crash-at-step", type=int, default=None,
                         help="fault injection: rank 1 (else 0) exits with 137 at this step, in a run that did not"
                              " resume from a checkpoint (so a restarted group goes on)")  # fmt: skip
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.output_format not in export.FORMATS:  # argparse checks choices of given flags, not of defaults
+        parser.error(f"LEPTON_OUTPUT_FORMAT {args.output_format!r} is not one of {sorted(export.FORMATS)}")
+    return args
 
 
 # ---------------------------------------------------------------------------
@@ -288,30 +293,6 @@ def serve_progress(rank: int) -> progress_server.ProgressServer | None:
     return progress_server.start() if rank == 0 else None
 
 
-def export(model: nn.Module, shape: Sequence[int], classes: int, output_dir: Path, name: str,
-           max_batch_size: int) -> Path:  # fmt: skip
-    """TorchScript + ``config.pbtxt`` under ``output_dir/name``; returns the model directory."""
-    model = model.cpu().eval()
-    example = torch.zeros(1, *shape)
-    with torch.no_grad():
-        traced = torch.jit.trace(model, example)  # type: ignore[no-untyped-call]
-    config = triton_config.ModelConfig(
-        name=name,
-        format="pytorch_libtorch",
-        inputs=(triton_config.Tensor("INPUT__0", "TYPE_FP32", tuple(shape)),),
-        outputs=(triton_config.Tensor("OUTPUT__0", "TYPE_FP32", (classes,)),),
-        max_batch_size=max_batch_size,
-    )
-    text = triton_config.render(config)
-    version = output_dir / name / "1"
-    version.mkdir(parents=True, exist_ok=True)
-    temporary = version / ".model.pt.tmp"
-    traced.save(str(temporary))
-    os.replace(temporary, version / triton_config.model_file("pytorch_libtorch"))
-    (output_dir / name / "config.pbtxt").write_text(text)
-    return output_dir / name
-
-
 # ---------------------------------------------------------------------------
 # the run
 
@@ -386,7 +367,7 @@ def _train(args: argparse.Namespace, rank: int, world: int, server: progress_ser
         if checkpoint_dir is not None:
             save_checkpoint(checkpoint_dir, model, optimizer, Position(step, args.epochs, 0))
         if args.output_dir:
-            export(model, shape, classes, Path(args.output_dir), args.model_name, args.max_batch_size)
+            export.write(model, shape, Path(args.output_dir), args.model_name, args.max_batch_size, args.output_format)
             progress["output"] = str(Path(args.output_dir) / args.model_name)
         report(progress, checkpoint_dir)
         write_termination_message(progress)

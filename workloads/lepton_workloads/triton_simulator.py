@@ -1,4 +1,4 @@
-"""A Triton stand-in for tests: Triton's HTTP v2 endpoints and metric names, on a real TorchScript model.
+"""A Triton stand-in for tests: Triton's HTTP v2 endpoints and metric names, on a real TorchScript or ONNX model.
 
 Triton itself cannot run on the test machines, so the autoscaling e2e runs
 this simulator, one process per Ready replica. It is *not* Triton. It serves
@@ -9,8 +9,13 @@ use:
   ``GET /v2/models/<m>`` (metadata);
 - ``POST /v2/models/<m>/infer`` with JSON tensors or the binary-data extension
   (``Inference-Header-Content-Length``); answers JSON tensors. The inputs run
-  through the model repository's ``<m>/1/model.pt`` with torch, in the input
-  order of ``<m>/config.pbtxt`` (read with ``triton_config``).
+  through the model repository's model file, by the platform of
+  ``<m>/config.pbtxt`` (read with ``triton_config``; :data:`RUNNERS`):
+  ``pytorch_libtorch`` loads ``<m>/1/model.pt`` with torch and passes the
+  inputs in the config's order; ``onnxruntime_onnx`` runs ``<m>/1/model.onnx``
+  in ONNX Runtime (CPU, one thread) by tensor name, after checking the config
+  against the graph as Triton's onnxruntime backend does (a mismatch is an
+  error at load).
 
 Scheduling follows Triton's: ``--concurrency`` model instances execute at a
 time, the rest wait in the queue; each execution takes at least
@@ -42,15 +47,17 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime
 import torch
 
-from lepton_workloads import triton_config
+from lepton_workloads import export, triton_config
 
 VERSION = "1"
 #: Triton data type -> numpy dtype name, for the types a TorchScript model sees.
@@ -102,15 +109,56 @@ class Stats:
         return "\n".join(lines) + "\n"
 
 
+Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+"""One execution: input tensors by name -> output tensors by name."""
+
+
+def torchscript_runner(path: Path, config: triton_config.ModelConfig) -> Run:
+    module = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
+    module.eval()
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            result = module(*(torch.from_numpy(inputs[t.name]) for t in config.inputs))
+        results = result if isinstance(result, tuple | list) else (result,)
+        return {t.name: r.numpy() for t, r in zip(config.outputs, results, strict=True)}
+
+    return run
+
+
+def onnx_runner(path: Path, config: triton_config.ModelConfig) -> Run:
+    problems = export.config_mismatches(config, onnx.load(str(path)))
+    if problems:
+        raise ValueError(f"{path.name} does not match config.pbtxt: {'; '.join(problems)}")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [t.name for t in config.outputs]
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = session.run(names, {t.name: inputs[t.name] for t in config.inputs})
+        return dict(zip(names, results, strict=True))
+
+    return run
+
+
+#: Model format (``triton_config.FORMATS``) -> how its model file is loaded and run.
+RUNNERS: dict[str, Callable[[Path, triton_config.ModelConfig], Run]] = {
+    "pytorch_libtorch": torchscript_runner,
+    "onnxruntime": onnx_runner,
+}
+
+
 class Model:
-    """One TorchScript model served with ``concurrency`` instances."""
+    """One TorchScript or ONNX model served with ``concurrency`` instances."""
 
     def __init__(self, repository: Path, name: str, service_time: float, concurrency: int) -> None:
         directory = repository / name
         self.name = name
         self.config = triton_config.from_protobuf(triton_config.parse((directory / "config.pbtxt").read_text()))
-        self.module = torch.jit.load(str(directory / VERSION / triton_config.model_file(self.config.format)))  # type: ignore[no-untyped-call]
-        self.module.eval()
+        if self.config.format not in RUNNERS:
+            raise ValueError(f"{name}: the simulator runs {sorted(RUNNERS)} models, not {self.config.format!r}")
+        self.run = RUNNERS[self.config.format](directory / VERSION / triton_config.model_file(self.config.format), self.config)
         self.service_time = service_time
         self.slots = threading.Semaphore(concurrency)
         self.stats = Stats()
@@ -120,7 +168,7 @@ class Model:
             batch = [-1] if self.config.max_batch_size > 0 else []
             return [{"name": t.name, "datatype": wire_type(t.data_type), "shape": [*batch, *t.dims]} for t in items]
 
-        return {"name": self.name, "versions": [VERSION], "platform": self.config.format,
+        return {"name": self.name, "versions": [VERSION], "platform": triton_config.FORMATS[self.config.format][0],
                 "inputs": tensors(self.config.inputs), "outputs": tensors(self.config.outputs)}  # fmt: skip
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -135,10 +183,7 @@ class Model:
             started = time.perf_counter()
             with self.stats.lock:
                 self.stats.pending -= 1
-            with torch.no_grad():
-                result = self.module(*(torch.from_numpy(inputs[t.name]) for t in self.config.inputs))
-            results = result if isinstance(result, tuple | list) else (result,)
-            outputs = {t.name: r.numpy() for t, r in zip(self.config.outputs, results, strict=True)}
+            outputs = self.run(inputs)
             remaining = self.service_time - (time.perf_counter() - started)
             if remaining > 0:
                 time.sleep(remaining)

@@ -81,14 +81,14 @@ def run_preparer(tmp_path: Path, **env: str) -> tuple[int, dict[str, Any], Path]
 def export_model(output_dir: Path, name: str) -> Path:
     """A real TorchScript model (4 inputs, 2 outputs) exported as a TrainingJob exports it; its directory.
 
-    ``<output_dir>/<name>/1/model.pt`` and ``<output_dir>/<name>/config.pbtxt``, written by ``train.export``.
+    ``<output_dir>/<name>/1/model.pt`` and ``<output_dir>/<name>/config.pbtxt``, written by ``export.write``.
     """
     import torch
 
-    from lepton_workloads import train
+    from lepton_workloads import export
 
     torch.manual_seed(0)
-    return train.export(torch.nn.Linear(4, 2), (4,), 2, output_dir, name, max_batch_size=4)
+    return export.write(torch.nn.Linear(4, 2), (4,), output_dir, name, max_batch_size=4)
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import onnxruntime
 import pytest
 import torch
 
+from lepton_workloads import export as export_module
 from lepton_workloads import stage_model, triton_config
+from lepton_workloads.triton_simulator import Model
 from sample_data import export_model, run_stager
 
 EXPORTED = triton_config.ModelConfig(
@@ -35,9 +39,9 @@ def export(directory: Path) -> Path:
     return directory
 
 
-def args(source: str, repository: Path, *extra: str) -> list[str]:
+def args(source: str, repository: Path, *extra: str, model_format: str = "pytorch_libtorch") -> list[str]:
     return [
-        f"--source={source}", f"--model-repository={repository}", "--name=served", "--format=pytorch_libtorch",
+        f"--source={source}", f"--model-repository={repository}", "--name=served", f"--format={model_format}",
         "--max-batch-size=16", "--instance-count=2", "--instance-kind=KIND_CPU", *extra,
     ]  # fmt: skip
 
@@ -73,6 +77,29 @@ def test_nested_export_layout_is_found(tmp_path: Path) -> None:
     export(tmp_path / "export" / "model" / "1")
     assert stage_model.main(args(str(tmp_path / "export"), tmp_path / "models")) == 0
     assert (tmp_path / "models" / "served" / "1" / "model.pt").is_file()
+
+
+def test_an_onnx_export_is_staged_and_served_as_the_trainer_wrote_it(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    exported = export_module.write(torch.nn.Linear(4, 2), (4,), tmp_path / "export", "resnet", 4, "onnx")
+    repository = tmp_path / "models"
+    assert stage_model.main(args(str(tmp_path / "export"), repository, "--dynamic-batching", model_format="onnxruntime")) == 0
+    staged = repository / "served" / "1" / "model.onnx"
+    assert staged.read_bytes() == (exported / "1" / "model.onnx").read_bytes()
+    config = staged_config(repository)
+    assert (config.format, config.max_batch_size, config.dynamic_batching) == ("onnxruntime", 16, True)
+    assert 'platform: "onnxruntime_onnx"' in (repository / "served" / "config.pbtxt").read_text()
+    served = Model(repository, "served", service_time=0, concurrency=1)  # checks the config against the graph
+    batch = np.arange(12, dtype=np.float32).reshape(3, 4)
+    (expected,) = onnxruntime.InferenceSession(str(staged)).run(None, {"INPUT__0": batch})
+    assert np.array_equal(served.infer({"INPUT__0": batch})["OUTPUT__0"], expected)
+
+
+def test_an_export_in_another_format_than_the_services_is_not_found(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    export_module.write(torch.nn.Linear(4, 2), (4,), tmp_path / "export", "resnet", 4, "onnx")
+    assert stage_model.main(args(str(tmp_path / "export"), tmp_path / "models", model_format="pytorch_libtorch")) == 1
+    assert f"ModelNotFound: no model.pt under {tmp_path / 'export'}" in capsys.readouterr().err
 
 
 @pytest.fixture

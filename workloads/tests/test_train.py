@@ -2,7 +2,8 @@
 
 A rank is killed mid-run (the trainer's fault injection), the run is started again and must
 resume from the last checkpoint; the export must load with torch and its config.pbtxt parse
-with Triton's schema. While a run trains, rank 0's ``/progress`` must show the step advancing.
+with Triton's schema, and an ONNX export must compute in ONNX Runtime what the trained torch
+model does. While a run trains, rank 0's ``/progress`` must show the step advancing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 
@@ -102,6 +104,45 @@ def test_single_process_cnn_on_images_exports_a_traced_model(tmp_path: Path) -> 
     model = torch.jit.load(str(output / "img" / "1" / "model.pt"))
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 2)
     assert triton_config.parse((output / "img" / "config.pbtxt").read_text()).input[0].dims == [1, 8, 8]
+
+
+def test_two_process_ddp_exports_onnx_that_onnx_runtime_runs_like_the_trained_torch_model(tmp_path: Path) -> None:
+    """The operator's contract: ``LEPTON_OUTPUT_FORMAT=onnx`` (spec.output.format) picks the export."""
+    data, checkpoints, output = tmp_path / "data", tmp_path / "ckpt", tmp_path / "out"
+    make_dataset(data, (8,), 128, 2)
+    env = {"LEPTON_DATASET_DIR": str(data), "LEPTON_CHECKPOINT_DIR": str(checkpoints), "LEPTON_OUTPUT_DIR": str(output),
+           "LEPTON_OUTPUT_FORMAT": "onnx"}  # fmt: skip
+    result = torchrun(2, "--epochs", "2", "--batch-size", "16", "--model-name", "sep", "--max-batch-size", "16", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(path.name for path in (output / "sep" / "1").iterdir()) == ["model.onnx"]
+
+    # The trained weights (the final checkpoint) in the torch model, against the ONNX graph in ONNX Runtime.
+    state = torch.load(checkpoints / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 8  # 128 samples, 2 ranks, batches of 16, 2 epochs
+    model = train.build_model("mlp", (8,), 64, 2).eval()
+    model.load_state_dict(state["model"])
+    session = onnxruntime.InferenceSession(str(output / "sep" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    inputs = np.random.default_rng(1).normal(size=(5, 8)).astype(np.float32)
+    (logits,) = session.run(["OUTPUT__0"], {"INPUT__0": inputs})
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, model(torch.from_numpy(inputs)).numpy(), rtol=1e-4, atol=1e-5)
+
+    text = (output / "sep" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in text
+    config = triton_config.from_protobuf(triton_config.parse(text))
+    assert (config.name, config.format, config.max_batch_size) == ("sep", "onnxruntime", 16)
+    assert [(t.name, t.data_type, t.dims) for t in (*config.inputs, *config.outputs)] == [
+        ("INPUT__0", "TYPE_FP32", (8,)), ("OUTPUT__0", "TYPE_FP32", (2,))]  # fmt: skip
+    assert [i.name for i in session.get_inputs()] == ["INPUT__0"] and session.get_inputs()[0].shape[1:] == [8]
+
+
+def test_an_unknown_output_format_fails_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEPTON_OUTPUT_FORMAT", "savedmodel")
+    with pytest.raises(SystemExit):
+        train.parse_args([])
+    monkeypatch.setenv("LEPTON_OUTPUT_FORMAT", "onnx")
+    assert train.parse_args([]).output_format == "onnx"
+    assert train.parse_args(["--output-format", "torchscript"]).output_format == "torchscript"
 
 
 def test_rank_zero_serves_its_step_live_while_two_processes_train(tmp_path: Path) -> None:

@@ -1,4 +1,7 @@
-"""The Triton stand-in, driven by tritonclient.http: health, model readiness, infer, Triton's metrics."""
+"""The Triton stand-in, driven by tritonclient.http: health, model readiness, infer, Triton's metrics.
+
+Each test runs on a TorchScript and on an ONNX export of the same model.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import pytest
 import torch
 import tritonclient.http as triton_http
 
-from lepton_workloads import triton_config
+from lepton_workloads import export, triton_config
 from lepton_workloads.triton_simulator import Model, serve
 
 
@@ -24,17 +27,12 @@ class Doubler(torch.nn.Module):
         return x * 2.0 + 1.0
 
 
-@pytest.fixture
-def repository(tmp_path: Path) -> Path:
-    (tmp_path / "double" / "1").mkdir(parents=True)
-    torch.jit.script(Doubler()).save(str(tmp_path / "double" / "1" / "model.pt"))
-    config = triton_config.ModelConfig(
-        name="double", format="pytorch_libtorch", max_batch_size=8,
-        inputs=(triton_config.Tensor("INPUT__0", "TYPE_FP32", (4,)),),
-        outputs=(triton_config.Tensor("OUTPUT__0", "TYPE_FP32", (4,)),),
-    )  # fmt: skip
-    (tmp_path / "double" / "config.pbtxt").write_text(triton_config.render(config))
-    return tmp_path
+@pytest.fixture(scope="module", params=["torchscript", "onnx"])
+def repository(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """``double`` exported as the trainer exports (every test runs on TorchScript and on ONNX); read only."""
+    root = tmp_path_factory.mktemp(request.param)
+    export.write(Doubler(), (4,), root, "double", max_batch_size=8, export_format=request.param)
+    return root
 
 
 @pytest.fixture
@@ -76,17 +74,18 @@ def request(client: triton_http.InferenceServerClient, batch: np.ndarray, binary
 
 
 def test_health_readiness_and_metadata(simulator: tuple[Model, str, str]) -> None:
-    _, address, _ = simulator
+    model, address, _ = simulator
     client = triton_http.InferenceServerClient(address)
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("double")
     assert not client.is_model_ready("other")
     metadata = client.get_model_metadata("double")
     assert metadata["inputs"] == [{"name": "INPUT__0", "datatype": "FP32", "shape": [-1, 4]}]
+    assert metadata["platform"] == triton_config.FORMATS[model.config.format][0]  # pytorch_libtorch, onnxruntime_onnx
 
 
 @pytest.mark.parametrize("binary", [True, False])
-def test_infer_runs_the_torchscript_model(simulator: tuple[Model, str, str], binary: bool) -> None:
+def test_infer_runs_the_model(simulator: tuple[Model, str, str], binary: bool) -> None:
     _, address, _ = simulator
     client = triton_http.InferenceServerClient(address)
     batch = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -138,3 +137,15 @@ def test_a_chunked_request_body_is_read_whole(simulator: tuple[Model, str, str])
     connection.send(b"0\r\n\r\n")
     answer = json.loads(connection.getresponse().read())
     assert answer["outputs"][0]["data"] == [1.0, 3.0, 5.0, 7.0]
+
+
+def test_an_onnx_model_whose_config_does_not_match_the_graph_is_refused_at_load(tmp_path: Path) -> None:
+    directory = export.write(Doubler(), (4,), tmp_path, "double", max_batch_size=8, export_format="onnx")
+    wrong = triton_config.ModelConfig(
+        name="double", format="onnxruntime", max_batch_size=8,
+        inputs=(triton_config.Tensor("INPUT__0", "TYPE_FP32", (5,)),),
+        outputs=(triton_config.Tensor("OUTPUT__0", "TYPE_FP32", (4,)),),
+    )  # fmt: skip
+    (directory / "config.pbtxt").write_text(triton_config.render(wrong))
+    with pytest.raises(ValueError, match=r"model.onnx does not match config.pbtxt: input INPUT__0: config says TYPE_FP32 \[5\]"):
+        Model(tmp_path, "double", service_time=0, concurrency=1)

@@ -188,6 +188,11 @@ class RunPolicy(ApiModel):
     """Delete the pods but keep the job; setting it back to false starts the group again."""
 
 
+ExportFormat = Literal["torchscript", "onnx"]
+#: The InferenceService ``model.format`` (Triton backend) that serves each export format.
+SERVED_AS: dict[str, str] = {"torchscript": "pytorch_libtorch", "onnx": "onnxruntime"}
+
+
 class OutputSpec(ApiModel):
     """Where the trained model is exported."""
 
@@ -195,8 +200,8 @@ class OutputSpec(ApiModel):
     """PVC receiving the export; defaults to the checkpoint claim."""
     path: AbsolutePath = "/output"
     """Mount path in the workers (LEPTON_OUTPUT_DIR)."""
-    format: Literal["torchscript", "onnx"] = "torchscript"
-    """Export format; both come with a Triton config.pbtxt."""
+    format: ExportFormat = "torchscript"
+    """Export format (LEPTON_OUTPUT_FORMAT): torchscript (1/model.pt) or onnx (1/model.onnx), each with a Triton config.pbtxt."""
 
 
 class TrainingJobSpec(ApiModel):

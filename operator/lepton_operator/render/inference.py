@@ -40,6 +40,7 @@ from lepton_workloads import triton_config
 
 from lepton_operator.api.common import SecretReference
 from lepton_operator.api.inference import InferenceServiceSpec, ModelSpec, TensorSpec
+from lepton_operator.api.training import SERVED_AS, OutputSpec
 from lepton_operator.render import common
 
 KIND = "InferenceService"
@@ -106,7 +107,8 @@ def resolve_source(spec: InferenceServiceSpec, training_job: Mapping[str, Any] |
     """Where the init container takes the model from; a TrainingJob's export once it Succeeded.
 
     ``training_job`` is the referenced job as read (``None``: not found).
-    Raises :class:`SourceUnavailable` while there is nothing to stage.
+    Raises :class:`SourceUnavailable` while there is nothing to stage, and for
+    good (stalled) when the job exports a format ``model.format`` does not serve.
     """
     source = spec.model.source
     if source.claim is not None:
@@ -117,6 +119,10 @@ def resolve_source(spec: InferenceServiceSpec, training_job: Mapping[str, Any] |
     job = source.training_job_ref.name
     if training_job is None:
         raise SourceUnavailable("TrainingJobNotFound", f"TrainingJob {job!r} does not exist (yet)")
+    exported = str(((training_job.get("spec") or {}).get("output") or {}).get("format") or OutputSpec().format)
+    if SERVED_AS.get(exported, spec.model.format) != spec.model.format:
+        raise SourceUnavailable("ModelFormatMismatch", f"TrainingJob {job!r} exports {exported}, which Triton serves as"
+                                f" {SERVED_AS[exported]}; model.format is {spec.model.format}", stalled=True)  # fmt: skip
     status = training_job.get("status") or {}
     phase = status.get("phase") or "Pending"
     if phase == "Failed":
