@@ -190,15 +190,15 @@ def _write(
     labels: set[str] = set()
     done = 0
     for split, indices in splits.items():
-        writer = shards.ShardWriter(output, split, target_size_bytes=target, records_per_shard=records_per_shard)
-        for index in indices:
-            sample = items[index]()
-            if "cls" in sample:
-                labels.add(sample["cls"].decode("utf-8", "replace").strip())
-            writer.add(f"{index:09d}", sample)
-            done += 1
-            reporter.update(stage="sharding", records=done)
-        written.extend(writer.close())
+        with shards.ShardWriter(output, split, target_size_bytes=target, records_per_shard=records_per_shard) as writer:
+            for index in indices:
+                sample = items[index]()
+                if "cls" in sample:
+                    labels.add(sample["cls"].decode("utf-8", "replace").strip())
+                writer.add(f"{index:09d}", sample)
+                done += 1
+                reporter.update(stage="sharding", records=done)
+        written.extend(writer.written)
     return written, label_list(labels)
 
 
