@@ -126,6 +126,9 @@ def test_writer_bytes_are_what_tarfile_writes(tmp_path: Path) -> None:
                 member.mode = 0o444
                 tar.addfile(member, io.BytesIO(data))
     assert (tmp_path / shard.name).read_bytes() == expected.getvalue()
+    assert [sample for sample in shards.iter_samples(tmp_path, [shard])] == [
+        {"__key__": key.encode(), **sample} for key, sample in fields
+    ]  # the long name comes back whole from the ustar prefix field
 
 
 def test_an_error_while_writing_stops_the_open_shard_and_lists_only_finished_ones(tmp_path: Path) -> None:
@@ -138,3 +141,14 @@ def test_an_error_while_writing_stops_the_open_shard_and_lists_only_finished_one
         raise ValueError("a bad record")
     assert [s.records for s in writer.written] == [2]
     assert threading.active_count() == before
+
+
+def test_a_header_with_any_byte_changed_is_not_taken_for_a_plain_one() -> None:
+    """The fast path checks each header's checksum (as tarfile does); a changed byte sends it to tarfile."""
+    header = shards.member_header("000000042.png", 123_456)
+    assert shards._plain_header(header) == ("000000042.png", 123_456, True)
+    for position in (*range(148), *range(156, 512)):  # outside the checksum field itself
+        for delta in (1, 128, 255):
+            changed = bytearray(header)
+            changed[position] = (changed[position] + delta) % 256
+            assert shards._plain_header(bytes(changed)) is None, (position, delta)
