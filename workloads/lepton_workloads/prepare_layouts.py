@@ -25,6 +25,11 @@ image or audio set never sits in memory at once. Layouts, by modality:
 Records come out in a stable order (sorted paths, then line order), so a seed
 gives the same split on every run. Bad data raises :class:`LayoutError` with a
 reason and the file at fault.
+
+The preparer loads records in the shuffled order of its splits through
+:func:`load_ahead`: a few threads read the next records while the caller writes
+the current one (file reads release the GIL), which keeps several reads in
+flight on the source disk instead of one at a time, bounded in records and bytes.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ import csv
 import io
 import json
 import wave
-from collections.abc import Callable, Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +51,9 @@ IMAGE_SIGNATURES = {"png": (b"\x89PNG\r\n\x1a\n",), "jpg": (b"\xff\xd8\xff",), "
 LABEL_FILES = ("labels.csv", "labels.tsv")
 PARQUET_BATCH_ROWS = 4096
 TRANSCRIPT_FILES = ("transcripts.csv", "transcripts.tsv")
+LOAD_THREADS = 2
+LOAD_AHEAD_RECORDS = 16
+LOAD_AHEAD_BYTES = 64 << 20
 
 
 class LayoutError(Exception):
@@ -238,3 +248,44 @@ def records(modality: str, root: Path) -> list[Record]:
         return list(layout(root))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise LayoutError("InvalidData", f"reading {modality} data: {error}") from error
+
+
+def load_ahead(
+    items: Iterable[Record], *, threads: int = LOAD_THREADS, records: int = LOAD_AHEAD_RECORDS,
+    bytes_ahead: int = LOAD_AHEAD_BYTES,
+) -> Iterator[dict[str, bytes]]:
+    """The fields of every record of ``items``, in order, loaded by ``threads`` threads ahead of the caller.
+
+    Each time the caller takes a record, loads start (at most ``threads`` running at
+    once) while fewer than ``records`` records are ahead and those already loaded
+    hold less than ``bytes_ahead`` bytes, so at most ``bytes_ahead`` plus
+    ``threads`` records sit in memory however large the records are. A record's
+    error (:class:`LayoutError`...) is raised when the caller reaches that record.
+    """
+    pending: deque[Future[dict[str, bytes]]] = deque()
+    queued = iter(items)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="load")
+    try:
+        while True:
+            while len(pending) < records and _running(pending) < threads and _loaded_bytes(pending) < bytes_ahead:
+                item = next(queued, None)
+                if item is None:
+                    break
+                pending.append(pool.submit(item))
+            if not pending:
+                return
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _running(pending: Iterable[Future[dict[str, bytes]]]) -> int:
+    return sum(1 for future in pending if not future.done())
+
+
+def _loaded_bytes(pending: Iterable[Future[dict[str, bytes]]]) -> int:
+    return sum(
+        sum(len(data) for data in future.result().values())
+        for future in pending
+        if future.done() and future.exception() is None
+    )

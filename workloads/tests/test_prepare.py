@@ -258,3 +258,60 @@ def test_archives_unpack_without_tarfile_filters_and_refuse_members_outside(tmp_
             sources.fetch(str(bad), tmp_path / "s2", source_root=tmp_path, token=None, progress=lambda d, t: None)
         assert raised.value.reason == "InvalidData" and name in str(raised.value)
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_records_load_ahead_on_other_threads_in_order_and_bounded() -> None:
+    from lepton_workloads.prepare_layouts import LayoutError, Record, load_ahead
+
+    second_started = threading.Event()
+    taken = 0
+    leads: list[int] = []
+
+    def record(index: int) -> Record:
+        def load() -> dict[str, bytes]:
+            leads.append(index - taken)
+            if index == 1:
+                second_started.set()
+            if index == 0:  # only returns once the next record is loading beside it
+                assert second_started.wait(30), "record 1 never started while record 0 loaded"
+            if index == 7:
+                raise LayoutError("InvalidData", "record 7 is bad")
+            return {"txt": str(index).encode()}
+
+        return load
+
+    loaded = load_ahead((record(index) for index in range(10)), threads=2, records=3)
+    with pytest.raises(LayoutError, match="record 7"):
+        for sample in loaded:
+            assert sample == {"txt": str(taken).encode()}
+            taken += 1
+    assert taken == 7  # every record before the bad one, in order
+    assert max(leads) <= 3
+
+
+def test_loading_ahead_stops_at_the_byte_bound() -> None:
+    from lepton_workloads.prepare_layouts import Record, load_ahead
+
+    changed = threading.Condition()
+    submitted: list[int] = []
+    finished: list[int] = []
+
+    def record(index: int) -> Record:
+        submitted.append(index)  # the generator below is advanced when a load is submitted
+
+        def load() -> dict[str, bytes]:
+            data = bytes(1 << 20)
+            with changed:
+                finished.append(index)
+                changed.notify_all()
+            return {"bin": data}
+
+        return load
+
+    leads = []
+    for taken, _ in enumerate(load_ahead((record(index) for index in range(12)), threads=2, records=8, bytes_ahead=2 << 20)):
+        with changed:  # a slow caller: every load submitted so far has finished before it takes the next
+            assert changed.wait_for(lambda: len(finished) == len(submitted), 30)
+            leads.append(len(submitted) - taken - 1)
+    # 2 MiB loaded (two 1 MiB records) stops new loads; the record bound alone would allow 7 ahead.
+    assert max(leads) <= 3, leads
