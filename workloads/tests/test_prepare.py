@@ -13,6 +13,7 @@ import hashlib
 import io
 import http.server
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -260,58 +261,45 @@ def test_archives_unpack_without_tarfile_filters_and_refuse_members_outside(tmp_
     assert not (tmp_path / "escape.txt").exists()
 
 
-def test_records_load_ahead_on_other_threads_in_order_and_bounded() -> None:
-    from lepton_workloads.prepare_layouts import LayoutError, Record, load_ahead
+def test_records_are_read_in_order_with_the_next_files_asked_for_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lepton_workloads import prepare_layouts
+    from lepton_workloads.prepare_layouts import LayoutError, OnDisk, Record, read_ahead
 
-    second_started = threading.Event()
-    taken = 0
-    leads: list[int] = []
+    advised: list[str] = []
+    fadvise = os.posix_fadvise
 
-    def record(index: int) -> Record:
-        def load() -> dict[str, bytes]:
-            leads.append(index - taken)
-            if index == 1:
-                second_started.set()
-            if index == 0:  # only returns once the next record is loading beside it
-                assert second_started.wait(30), "record 1 never started while record 0 loaded"
-            if index == 7:
-                raise LayoutError("InvalidData", "record 7 is bad")
-            return {"txt": str(index).encode()}
+    def recording(descriptor: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_WILLNEED
+        advised.append(Path(os.readlink(f"/proc/self/fd/{descriptor}")).name)
+        fadvise(descriptor, offset, length, advice)
 
-        return load
+    monkeypatch.setattr(prepare_layouts.os, "posix_fadvise", recording)
+    loaded_with: dict[int, list[str]] = {}
 
-    loaded = load_ahead((record(index) for index in range(10)), threads=2, records=3)
-    with pytest.raises(LayoutError, match="record 7"):
-        for sample in loaded:
-            assert sample == {"txt": str(taken).encode()}
-            taken += 1
-    assert taken == 7  # every record before the bad one, in order
-    assert max(leads) <= 3
-
-
-def test_loading_ahead_stops_at_the_byte_bound() -> None:
-    from lepton_workloads.prepare_layouts import Record, load_ahead
-
-    changed = threading.Condition()
-    submitted: list[int] = []
-    finished: list[int] = []
-
-    def record(index: int) -> Record:
-        submitted.append(index)  # the generator below is advanced when a load is submitted
+    def on_disk(index: int) -> Record:
+        path = tmp_path / f"{index}.bin"
+        path.write_bytes(str(index).encode())
 
         def load() -> dict[str, bytes]:
-            data = bytes(1 << 20)
-            with changed:
-                finished.append(index)
-                changed.notify_all()
-            return {"bin": data}
+            loaded_with[index] = list(advised)
+            if index == 8:
+                raise LayoutError("InvalidData", "record 8 is bad")
+            return {"bin": path.read_bytes()}
 
-        return load
+        return OnDisk((path,), load)
 
-    leads = []
-    for taken, _ in enumerate(load_ahead((record(index) for index in range(12)), threads=2, records=8, bytes_ahead=2 << 20)):
-        with changed:  # a slow caller: every load submitted so far has finished before it takes the next
-            assert changed.wait_for(lambda: len(finished) == len(submitted), 30)
-            leads.append(len(submitted) - taken - 1)
-    # 2 MiB loaded (two 1 MiB records) stops new loads; the record bound alone would allow 7 ahead.
-    assert max(leads) <= 3, leads
+    def in_memory(index: int) -> Record:
+        return lambda: {"bin": str(index).encode()}
+
+    items = [in_memory(index) if index % 3 == 0 else on_disk(index) for index in range(10)]
+    taken = []
+    with pytest.raises(LayoutError, match="record 8"):
+        for sample in read_ahead(items, records=2):
+            taken.append(sample["bin"])
+    assert taken == [str(index).encode() for index in range(8)]  # in order, up to the bad record
+    # When record 1 loads, the on-disk records among 1..3 were advised: 1 and 2 (3 is in memory), not 4.
+    assert loaded_with[1] == ["1.bin", "2.bin"]
+    assert loaded_with[4] == ["1.bin", "2.bin", "4.bin", "5.bin"]
+
