@@ -9,10 +9,10 @@ writer thread, which run alongside it and alongside each other (``hashlib`` and 
 release the GIL on large buffers), so a file takes about as long as the slowest of reading,
 hashing and writing instead of their sum.
 
-* Pieces are shared, never copied: large ones are ``bytes`` that both threads read. Small ones
-  (512-byte tar headers and padding, small records: under :data:`SMALL_BYTES`) are gathered
-  into one buffer of up to :data:`GATHER_BYTES` first (handed over as it is, then replaced), so
-  the threads wake per large piece rather than per header, and the file sees large writes.
+* Pieces are shared, never copied: ``bytes`` that both threads read. They are handed over in
+  batches of about :data:`GATHER_BYTES` (at most :data:`GATHER_PIECES` pieces), so the threads
+  wake per megabyte rather than per 512-byte tar header, and the writer puts a batch on the file
+  with one ``os.writev``.
 * Memory is bounded: when the threads are :data:`IN_FLIGHT_BYTES` behind, :meth:`write` waits,
   so a dataset of any size holds at most that much plus one piece.
 * Both threads consume the same pieces in the same order, so the digest is the digest of exactly
@@ -32,10 +32,10 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-SMALL_BYTES = 64 << 10
-"""Pieces smaller than this are gathered before hand-over; larger ones are handed over as they are."""
 GATHER_BYTES = 1 << 20
-"""The size at which gathered small pieces are handed over."""
+"""Pieces are handed over once this many bytes are gathered..."""
+GATHER_PIECES = 256
+"""...or this many pieces (well under the ``writev`` limit of 1024)."""
 IN_FLIGHT_BYTES = 32 << 20
 """How far the hasher or the writer may fall behind the producer before :meth:`HashingWriter.write` waits."""
 
@@ -49,13 +49,14 @@ class HashingWriter:
         """Bytes written so far (handed over; on the file once :meth:`close` returns)."""
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         self._hash = hashlib.sha256()
-        self._gathered = bytearray()
+        self._gathered: list[bytes] = []
+        self._gathered_bytes = 0
         self._limit = in_flight_bytes
         self._behind = [0, 0]  # bytes handed to the hasher, to the writer, not yet consumed
         self._changed = threading.Condition()
         self._error: BaseException | None = None
-        self._queues: tuple[queue.SimpleQueue[bytes | bytearray | None], ...] = (queue.SimpleQueue(), queue.SimpleQueue())
-        consumers: tuple[Callable[[bytes | bytearray], object], ...] = (self._hash.update, self._write_out)
+        self._queues: tuple[queue.SimpleQueue[list[bytes] | None], ...] = (queue.SimpleQueue(), queue.SimpleQueue())
+        consumers: tuple[Callable[[list[bytes]], object], ...] = (self._hash_in, self._write_out)
         self._threads = [
             threading.Thread(target=self._drain, args=(lane, consume), name=f"{path.name}-{role}", daemon=True)
             for lane, (consume, role) in enumerate(zip(consumers, ("hash", "write"), strict=True))
@@ -64,15 +65,12 @@ class HashingWriter:
             thread.start()
 
     def write(self, data: bytes) -> int:
-        """Append ``data`` (not copied when large: it must not change afterwards, as ``bytes`` cannot)."""
+        """Append ``data`` (not copied: it must not change afterwards, as ``bytes`` cannot)."""
         size = len(data)
-        if size < SMALL_BYTES:
-            self._gathered += data
-            if len(self._gathered) >= GATHER_BYTES:
-                self._hand_gathered()
-        else:
+        self._gathered.append(bytes(data))  # no copy for bytes, the type every caller passes
+        self._gathered_bytes += size
+        if self._gathered_bytes >= GATHER_BYTES or len(self._gathered) >= GATHER_PIECES:
             self._hand_gathered()
-            self._hand(bytes(data))  # no copy for bytes, the type every caller passes
         self.size += size
         return size
 
@@ -97,37 +95,44 @@ class HashingWriter:
             self._stop()
 
     def _hand_gathered(self) -> None:
-        if self._gathered:
-            piece, self._gathered = self._gathered, bytearray()
-            self._hand(piece)
-
-    def _hand(self, piece: bytes | bytearray) -> None:
+        if not self._gathered:
+            return
+        batch, size = self._gathered, self._gathered_bytes
+        self._gathered, self._gathered_bytes = [], 0
         with self._changed:
-            while self._error is None and 0 < max(self._behind) and max(self._behind) + len(piece) > self._limit:
+            while self._error is None and 0 < max(self._behind) and max(self._behind) + size > self._limit:
                 self._changed.wait()
             if self._error is not None:
                 raise self._error
-            self._behind = [behind + len(piece) for behind in self._behind]
+            self._behind = [behind + size for behind in self._behind]
         for lane in self._queues:
-            lane.put(piece)
+            lane.put(batch)
 
-    def _drain(self, lane: int, consume: Callable[[bytes | bytearray], object]) -> None:
-        while (piece := self._queues[lane].get()) is not None:
+    def _drain(self, lane: int, consume: Callable[[list[bytes]], object]) -> None:
+        while (batch := self._queues[lane].get()) is not None:
             failed: BaseException | None = None
             if self._error is None:
                 try:
-                    consume(piece)
+                    consume(batch)
                 except BaseException as error:  # noqa: BLE001 - handed to the producer, raised there
                     failed = error
             with self._changed:
                 self._error = self._error or failed
-                self._behind[lane] -= len(piece)
+                self._behind[lane] -= sum(len(piece) for piece in batch)
                 self._changed.notify_all()
 
-    def _write_out(self, piece: bytes | bytearray) -> None:
-        view = memoryview(piece)
-        while view:
-            view = view[os.write(self._fd, view) :]
+    def _hash_in(self, batch: list[bytes]) -> None:
+        for piece in batch:
+            self._hash.update(piece)
+
+    def _write_out(self, batch: list[bytes]) -> None:
+        views = [memoryview(piece) for piece in batch if piece]
+        while views:
+            written = os.writev(self._fd, views)
+            while views and written >= len(views[0]):
+                written -= len(views.pop(0))
+            if views:
+                views[0] = views[0][written:]
 
     def _stop(self) -> None:
         if self._fd < 0:

@@ -15,7 +15,7 @@ from lepton_workloads.hashing_writer import HashingWriter
 
 
 def pieces() -> list[bytes]:
-    """Small pieces that are gathered, large ones handed over as they are, interleaved."""
+    """Small and large pieces, interleaved: batches of several pieces, and pieces larger than a batch."""
     small = [bytes([index]) * size for index, size in enumerate((512, 1, 700, 0, 65535))]
     large = [os.urandom(size) for size in (65536, 3 << 20, 100_000)]
     return [piece for pair in zip(small, large + [b""] * 2, strict=True) for piece in pair] + small
@@ -34,10 +34,10 @@ def test_file_and_digest_are_the_bytes_in_order(tmp_path: Path) -> None:
 
 
 def test_a_failing_write_is_raised_to_the_caller_who_never_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def full(fd: int, data: bytes) -> int:
+    def full(fd: int, buffers: list[memoryview]) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(hashing_writer.os, "write", full)
+    monkeypatch.setattr(hashing_writer.os, "writev", full)
     out = HashingWriter(tmp_path / "out", in_flight_bytes=1 << 20)
     with pytest.raises(OSError, match="No space left"):
         for _ in range(64):  # far past the in-flight bound: a dead writer thread must not stall the caller
@@ -52,14 +52,14 @@ def test_writing_happens_on_another_thread_and_in_flight_bytes_are_bounded(
 ) -> None:
     writing = threading.Event()
     release = threading.Event()
-    write = os.write
+    writev = os.writev
 
-    def stalled(fd: int, data: bytes) -> int:
+    def stalled(fd: int, buffers: list[memoryview]) -> int:
         writing.set()
         assert release.wait(30), "never released"
-        return write(fd, data)
+        return writev(fd, buffers)
 
-    monkeypatch.setattr(hashing_writer.os, "write", stalled)
+    monkeypatch.setattr(hashing_writer.os, "writev", stalled)
     out = HashingWriter(tmp_path / "out", in_flight_bytes=2 << 20)
     out.write(bytes(1 << 20))  # returns while the file write is stalled: it is not on this thread
     assert writing.wait(30)
@@ -79,3 +79,18 @@ def test_leaving_the_block_on_an_error_stops_the_threads(tmp_path: Path) -> None
         out.write(bytes(1 << 20))
         raise RuntimeError("the producer failed")
     assert threading.active_count() == before
+
+
+def test_short_writes_are_resumed_where_they_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writev = os.writev
+
+    def short(fd: int, buffers: list[memoryview]) -> int:
+        return writev(fd, [buffers[0][:1000]])  # at most 1000 bytes a call, often mid-piece
+
+    monkeypatch.setattr(hashing_writer.os, "writev", short)
+    data = pieces()
+    with HashingWriter(tmp_path / "out") as out:
+        for piece in data:
+            out.write(piece)
+        out.close()
+    assert (tmp_path / "out").read_bytes() == b"".join(data)
