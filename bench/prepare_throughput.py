@@ -31,8 +31,10 @@ Each cache mode runs every step the same way:
   which does not fsync them); the time to write them back is measured just
   after (``flush``) and shown as a second ratio.
 
-Prints one JSON line per repetition, then the medians, and writes them to
-``--out``.
+Prints one JSON line per repetition, then the medians (with each ratio's range
+over the repetitions), and writes them to ``--out``. On a machine shared with
+other work the cold figures move a lot from run to run (the disk is shared too):
+compare runs, not single figures.
 """
 
 from __future__ import annotations
@@ -181,6 +183,7 @@ def main() -> int:
     args = parser.parse_args()
     modes = [mode.strip() for mode in args.cache.split(",") if mode.strip()]
     os.environ.setdefault("LEPTON_PROGRESS_PORT", "0")  # any free port: runs never collide on 9400
+    load_at_start = [round(load, 2) for load in os.getloadavg()]
     work = Path(tempfile.mkdtemp(prefix="lepton-bench-prepare-", dir=args.dir))
     summary: dict[str, Any] = {}
     try:
@@ -197,6 +200,8 @@ def main() -> int:
                 runs.append(row)
                 print(json.dumps({"cache": mode, "repetition": index, **row, "seconds": {k: round(v, 4) for k, v in seconds.items()}}), flush=True)
             summary[mode] = {key: round(statistics.median(run[key] for run in runs), 3) for key in runs[0]}
+            summary[mode]["ratio_ranges"] = {key: [min(run[key] for run in runs), max(run[key] for run in runs)]
+                                             for key in runs[0] if "ratio" in key}  # fmt: skip
             print(json.dumps({"cache": mode, "medians": summary[mode]}), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -206,6 +211,7 @@ def main() -> int:
         f"{os.cpu_count()} cores shared with whatever else runs",
         "reference": "plain sequential read (1 MiB reads) of the same bytes on the same disk, timed in the same repetition",
         "target": 0.8,
+        "load_average_at_start": load_at_start,
         **summary,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
