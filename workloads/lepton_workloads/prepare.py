@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton_workloads import progress_server, shards
-from lepton_workloads.prepare_layouts import LayoutError, Record, records
+from lepton_workloads.prepare_layouts import LayoutError, Record, read_ahead, records
 from lepton_workloads.sources import S3Options, SourceError, fetch, token_from_env
 
 RESULT_SCHEMA = "lepton.ai/prepare-result/v1"
@@ -190,15 +190,14 @@ def _write(
     labels: set[str] = set()
     done = 0
     for split, indices in splits.items():
-        writer = shards.ShardWriter(output, split, target_size_bytes=target, records_per_shard=records_per_shard)
-        for index in indices:
-            sample = items[index]()
-            if "cls" in sample:
-                labels.add(sample["cls"].decode("utf-8", "replace").strip())
-            writer.add(f"{index:09d}", sample)
-            done += 1
-            reporter.update(stage="sharding", records=done)
-        written.extend(writer.close())
+        with shards.ShardWriter(output, split, target_size_bytes=target, records_per_shard=records_per_shard) as writer:
+            for index, sample in zip(indices, read_ahead(items[index] for index in indices), strict=True):
+                if "cls" in sample:
+                    labels.add(sample["cls"].decode("utf-8", "replace").strip())
+                writer.add(f"{index:09d}", sample)
+                done += 1
+                reporter.update(stage="sharding", records=done)
+        written.extend(writer.written)
     return written, label_list(labels)
 
 

@@ -20,14 +20,17 @@ index), which is what lets each DDP process stream its own part.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tarfile
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import IO, Any
+
+from lepton_workloads.hashing_writer import HashingWriter
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -118,26 +121,28 @@ def read_manifest(root: Path) -> tuple[Manifest, str]:
     return manifest, digest_of(text)
 
 
-class _HashingFile(io.RawIOBase):
-    """A write-only file that hashes and counts what passes through it."""
+_USTAR_FIXED = b"0000444\0" + b"0000000\0" * 2  # mode, uid, gid
+_USTAR_TAIL = b"00000000000\0"  # mtime
+_USTAR_AFTER_CHECKSUM = tarfile.REGTYPE + bytes(100) + tarfile.POSIX_MAGIC + bytes(32 + 32 + 8 + 8 + 155 + 12)
+_USTAR_CONSTANT_SUM = sum(_USTAR_AFTER_CHECKSUM) + 8 * ord(" ")  # the checksum field counts as spaces
 
-    def __init__(self, target: IO[bytes]) -> None:
-        self.target = target
-        self.hash = hashlib.sha256()
-        self.size = 0
 
-    def writable(self) -> bool:
-        return True
+def member_header(name: str, size: int) -> bytes:
+    """The ustar header of a shard member: what :meth:`tarfile.TarInfo.tobuf` gives for a file
+    ``name`` of ``size`` bytes, mode 0o444, owner 0 and mtime 0.
 
-    def write(self, data: Any) -> int:
-        view = memoryview(data)
-        self.hash.update(view)
-        self.target.write(view)
-        self.size += len(view)
-        return len(view)
-
-    def tell(self) -> int:
-        return self.size
+    Built from constant parts here for the names a shard has (up to 100 bytes), because tobuf's
+    general path costs more than hashing a 64 KiB member; longer names go through tobuf.
+    """
+    encoded = name.encode(tarfile.ENCODING, "surrogateescape")
+    if len(encoded) > tarfile.LENGTH_NAME or size >= 8**11:
+        member = tarfile.TarInfo(name)
+        member.size = size
+        member.mode = 0o444
+        return member.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+    head = encoded.ljust(tarfile.LENGTH_NAME, b"\0") + _USTAR_FIXED + b"%011o\0" % size + _USTAR_TAIL
+    checksum = sum(head) + _USTAR_CONSTANT_SUM
+    return head + b"%06o\0 " % checksum + _USTAR_AFTER_CHECKSUM
 
 
 class ShardWriter:
@@ -146,8 +151,12 @@ class ShardWriter:
     Members are written as tarfile would write them in ``USTAR_FORMAT`` (the
     header from :meth:`tarfile.TarInfo.tobuf`, the data, zero padding to 512
     bytes; two zero blocks and padding to a 10240-byte record at the end), but
-    with one write per piece instead of tarfile's 16 KiB copy loop: the bytes
-    are identical (a test compares them) and the hashing sees each byte once.
+    handed whole to a :class:`~lepton_workloads.hashing_writer.HashingWriter`
+    instead of going through tarfile's 16 KiB copy loop: the bytes are identical
+    (a test compares them), the hashing sees each byte once, and hashing and
+    writing run on their own threads while the caller loads the next record.
+    Use it in a ``with`` block (or call :meth:`close`): leaving the block on an
+    error stops the open shard's threads.
     """
 
     def __init__(
@@ -160,40 +169,33 @@ class ShardWriter:
         self.target_size_bytes = target_size_bytes
         self.records_per_shard = records_per_shard
         self.written: list[ShardInfo] = []
-        self._file: IO[bytes] | None = None
-        self._hashing: _HashingFile | None = None
+        self._out: HashingWriter | None = None
         self._records = 0
         (root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
 
-    def _open(self) -> _HashingFile:
-        name = f"{SHARD_DIR}/{self.split}-{len(self.written):06d}.tar"
-        self._file = open(self.root / name, "wb")  # noqa: SIM115 - closed in _close
-        self._hashing = _HashingFile(self._file)
+    def _open(self) -> HashingWriter:
+        self._name = f"{SHARD_DIR}/{self.split}-{len(self.written):06d}.tar"
+        self._out = HashingWriter(self.root / self._name)
         self._records = 0
-        self._name = name
-        return self._hashing
+        return self._out
 
     def _close(self) -> None:
-        if self._file is None or self._hashing is None:
+        out, self._out = self._out, None
+        if out is None:
             return
-        self._hashing.write(bytes(2 * tarfile.BLOCKSIZE))
-        remainder = self._hashing.size % tarfile.RECORDSIZE
-        if remainder:
-            self._hashing.write(bytes(tarfile.RECORDSIZE - remainder))
-        self._file.close()
-        self.written.append(
-            ShardInfo(self._name, self.split, self._records, self._hashing.size, self._hashing.hash.hexdigest())
-        )
-        self._file = self._hashing = None
+        with out:
+            out.write(bytes(2 * tarfile.BLOCKSIZE))
+            remainder = out.size % tarfile.RECORDSIZE
+            if remainder:
+                out.write(bytes(tarfile.RECORDSIZE - remainder))
+            size, sha256 = out.close()
+        self.written.append(ShardInfo(self._name, self.split, self._records, size, sha256))
 
     def add(self, key: str, fields: Mapping[str, bytes]) -> None:
         """Add one sample: ``fields`` maps an extension (``jpg``, ``cls``, ``wav``...) to bytes."""
-        out = self._hashing or self._open()
+        out = self._out or self._open()
         for extension, data in sorted(fields.items()):
-            member = tarfile.TarInfo(f"{key}.{extension}")
-            member.size = len(data)
-            member.mode = 0o444
-            out.write(member.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape"))
+            out.write(member_header(f"{key}.{extension}", len(data)))
             out.write(data)
             padding = -len(data) % tarfile.BLOCKSIZE
             if padding:
@@ -211,6 +213,19 @@ class ShardWriter:
         """Finish the last shard; returns every shard written."""
         self._close()
         return self.written
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        """Finish the last shard; on an error, stop its threads and leave it unfinished (and unlisted)."""
+        if kind is None:
+            self._close()
+        elif self._out is not None:
+            out, self._out = self._out, None
+            out.__exit__(kind, error, traceback)
 
 
 def verify(root: Path, manifest: Manifest) -> list[str]:
@@ -238,53 +253,93 @@ def shards_for_rank(manifest: Manifest, split: str, rank: int, world_size: int) 
 
 
 BLOCK = 512
+SMALL_MEMBER = 64 << 10
+"""Members smaller than this are read together with the next header (copying them once more is cheaper than a read)."""
 _REGULAR = (b"0", b"\0")
-_DIRECTORY = b"5"
+_PLAIN_KINDS = (*_REGULAR, b"5")  # regular files and directories
 
 
-def _plain_members(path: Path) -> list[tuple[str, int, int]] | None:
-    """(name, data offset, size) of every file in a plain ustar shard; ``None`` for anything else.
+ADLER_MODULUS = 65521
 
-    Walks the headers only (one 512-byte read per member, data skipped by
-    seeking). A member kind this fast path does not handle (pax or GNU long
-    names, links...) or a bad header checksum returns ``None``, and the caller
-    reads the shard with :mod:`tarfile` instead.
+
+def _byte_sum(data: bytes) -> int:
+    """The sum of ``data``'s bytes modulo 65521, in C: Adler-32's low half is one plus exactly that.
+
+    A 512-byte header sums to at most 130560, so a checksum check modulo 65521 misses only
+    changes of exactly 65521, which take hundreds of changed bytes; ``sum`` over the header
+    in Python cost most of the reader's time per member.
     """
-    members: list[tuple[str, int, int]] = []
-    offset = 0
-    with path.open("rb") as handle:
-        while True:
-            handle.seek(offset)
-            header = handle.read(BLOCK)
-            if len(header) < BLOCK or header == bytes(BLOCK):
-                return members
-            try:
-                checksum = int(header[148:156].strip(b" \0") or b"0", 8)
-                size = int(header[124:136].strip(b" \0") or b"0", 8)
-            except ValueError:
-                return None
-            if checksum != sum(header[:148]) + 8 * 32 + sum(header[156:]):
-                return None
-            kind = header[156:157]
-            if header[257:263] != b"ustar\0" or kind not in (*_REGULAR, _DIRECTORY):
-                return None
-            name = header[:100].split(b"\0", 1)[0].decode()
-            prefix = header[345:500].split(b"\0", 1)[0].decode()
-            if kind in _REGULAR:
-                members.append((f"{prefix}/{name}" if prefix else name, offset + BLOCK, size))
-            offset += BLOCK + -(-size // BLOCK) * BLOCK
+    return (zlib.adler32(data) & 0xFFFF) - 1
+
+
+def _plain_header(header: bytes) -> tuple[str, int, bool] | None:
+    """(name, size, is a regular file) of a plain ustar header; ``None`` for any other kind.
+
+    A member kind the fast path does not handle (pax or GNU long names, links...)
+    or a bad header checksum gives ``None``, and the caller reads the rest of the
+    shard with :mod:`tarfile` instead.
+    """
+    kind = header[156:157]
+    if header[257:263] != b"ustar\0" or kind not in _PLAIN_KINDS:
+        return None
+    checksum_field = header[148:156]
+    try:
+        checksum = int(checksum_field.strip(b" \0") or b"0", 8)
+        size = int(header[124:136].strip(b" \0") or b"0", 8)
+    except ValueError:
+        return None
+    # The checksum is every byte summed, its own field counted as spaces.
+    if (checksum - _byte_sum(header) + sum(checksum_field) - 8 * ord(" ")) % ADLER_MODULUS:
+        return None
+    name = header[:100].split(b"\0", 1)[0].decode()
+    if header[345]:  # a ustar prefix: the directory part of a long name
+        name = header[345:500].split(b"\0", 1)[0].decode() + "/" + name
+    return name, size, kind in _REGULAR
+
+
+def _read_exactly(handle: IO[bytes], size: int) -> bytes:
+    data = handle.read(size)
+    while len(data) < size and (more := handle.read(size - len(data))):
+        data += more
+    return data
 
 
 def _members(path: Path) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of every regular file of one shard, in order."""
-    plain = _plain_members(path)
-    if plain is not None:  # the fast path: one read per member, no tarfile bookkeeping
-        with path.open("rb") as handle:
-            for name, offset, size in plain:
+    """(name, bytes) of every regular file of one shard, in order, in one sequential pass.
+
+    Plain ustar members (what :class:`ShardWriter` writes) are parsed here, with
+    no seeks and at most two reads per member: a large member's data straight
+    from the file into its bytes, then its padding with the next header; a small
+    member's data, padding and the next header at once. From the first
+    header this fast path does not handle, the rest of the shard is read with
+    :mod:`tarfile`, starting at that header.
+    """
+    with path.open("rb", buffering=0) as handle:
+        offset = 0
+        header = _read_exactly(handle, BLOCK)
+        while len(header) == BLOCK and header != bytes(BLOCK):
+            plain = _plain_header(header)
+            if plain is None:
                 handle.seek(offset)
-                yield name, handle.read(size)
-        return
-    with tarfile.open(path, mode="r|") as tar:
+                yield from _tarfile_members(handle)
+                return
+            name, size, regular = plain
+            padding = -size % BLOCK
+            if size < SMALL_MEMBER:  # data, padding and the next header in one read
+                chunk = _read_exactly(handle, size + padding + BLOCK)
+                data, header = chunk[:size], chunk[size + padding :]
+            else:
+                data = _read_exactly(handle, size)
+                header = _read_exactly(handle, padding + BLOCK)[padding:]
+            if len(data) < size:
+                raise tarfile.ReadError(f"{path.name}: {name} ends early")
+            if regular:
+                yield name, data
+            offset += BLOCK + size + padding
+
+
+def _tarfile_members(handle: IO[bytes]) -> Iterator[tuple[str, bytes]]:
+    with tarfile.open(fileobj=handle, mode="r|") as tar:
         for member in tar:
             if member.isfile():
                 extracted = tar.extractfile(member)

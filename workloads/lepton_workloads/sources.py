@@ -26,8 +26,8 @@ rendering (``render.common.source_env``): :meth:`S3Options.from_env` and
   ``AWS_REGION``, and ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` /
   ``AWS_SESSION_TOKEN`` from the Secret (anonymous when unset).
 
-A single object is hashed while it downloads, so ``verify.sha256`` costs no
-extra read; a download shorter than its ``Content-Length`` is an error, never a
+A single object is hashed while it downloads (on its own thread, see
+:mod:`lepton_workloads.hashing_writer`), so ``verify.sha256`` costs no extra read; a download shorter than its ``Content-Length`` is an error, never a
 silently truncated dataset. A bearer token (``LEPTON_SOURCE_TOKEN``, from the
 Secret by reference) is sent as ``Authorization`` to the source host only.
 Every failure raises :class:`SourceError` with a CamelCase reason, which the
@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+
+from lepton_workloads.hashing_writer import HashingWriter
 
 CHUNK = 1 << 20
 TIMEOUT_SECONDS = 60.0
@@ -107,23 +109,20 @@ def _open(url: str, token: str | None) -> http.client.HTTPResponse:
 
 def _download(url: str, target: Path, token: str | None, done: int, progress: Progress) -> tuple[int, str]:
     """Stream ``url`` to ``target``; returns (bytes, sha256 hex). Short reads are errors."""
-    digest = hashlib.sha256()
-    size = 0
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _open(url, token) as response, target.open("wb") as out:
+    with _open(url, token) as response, HashingWriter(target) as out:
         length = response.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
         try:
             while chunk := response.read(CHUNK):
-                digest.update(chunk)
                 out.write(chunk)
-                size += len(chunk)
-                progress(done + size, None)
+                progress(done + out.size, None)
         except (OSError, http.client.HTTPException) as error:  # IncompleteRead, reset connections
-            raise SourceError("SourceTruncated", f"GET {url}: download broke off after {size} bytes: {error}") from error
+            raise SourceError("SourceTruncated", f"GET {url}: download broke off after {out.size} bytes: {error}") from error
+        size, sha = out.close()
     if expected is not None and size != expected:
         raise SourceError("SourceTruncated", f"GET {url}: got {size} of {expected} bytes")
-    return size, digest.hexdigest()
+    return size, sha
 
 
 def _index_links(url: str, token: str | None) -> list[str]:
@@ -267,24 +266,21 @@ def _s3_errors(uri: str) -> Any:
 
 
 def _s3_download(client: Any, bucket: str, key: str, target: Path, done: int, progress: Progress) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
     target.parent.mkdir(parents=True, exist_ok=True)
     response = client.get_object(bucket, key)
     try:
         expected = int(response.headers.get("Content-Length", -1))
-        with target.open("wb") as out:
+        with HashingWriter(target) as out:
             for chunk in response.stream(CHUNK):
-                digest.update(chunk)
                 out.write(chunk)
-                size += len(chunk)
-                progress(done + size, None)
+                progress(done + out.size, None)
+            size, sha = out.close()
     finally:
         response.close()
         response.release_conn()
     if expected >= 0 and size != expected:
         raise SourceError("SourceTruncated", f"s3://{bucket}/{key}: got {size} of {expected} bytes")
-    return size, digest.hexdigest()
+    return size, sha
 
 
 def _fetch_s3(uri: str, staging: Path, options: S3Options, progress: Progress, sha256: str | None) -> Fetched:

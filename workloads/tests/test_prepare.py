@@ -13,6 +13,7 @@ import hashlib
 import io
 import http.server
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -258,3 +259,47 @@ def test_archives_unpack_without_tarfile_filters_and_refuse_members_outside(tmp_
             sources.fetch(str(bad), tmp_path / "s2", source_root=tmp_path, token=None, progress=lambda d, t: None)
         assert raised.value.reason == "InvalidData" and name in str(raised.value)
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_records_are_read_in_order_with_the_next_files_asked_for_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lepton_workloads import prepare_layouts
+    from lepton_workloads.prepare_layouts import LayoutError, OnDisk, Record, read_ahead
+
+    advised: list[str] = []
+    fadvise = os.posix_fadvise
+
+    def recording(descriptor: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_WILLNEED
+        advised.append(Path(os.readlink(f"/proc/self/fd/{descriptor}")).name)
+        fadvise(descriptor, offset, length, advice)
+
+    monkeypatch.setattr(prepare_layouts.os, "posix_fadvise", recording)
+    loaded_with: dict[int, list[str]] = {}
+
+    def on_disk(index: int) -> Record:
+        path = tmp_path / f"{index}.bin"
+        path.write_bytes(str(index).encode())
+
+        def load() -> dict[str, bytes]:
+            loaded_with[index] = list(advised)
+            if index == 8:
+                raise LayoutError("InvalidData", "record 8 is bad")
+            return {"bin": path.read_bytes()}
+
+        return OnDisk((path,), load)
+
+    def in_memory(index: int) -> Record:
+        return lambda: {"bin": str(index).encode()}
+
+    items = [in_memory(index) if index % 3 == 0 else on_disk(index) for index in range(10)]
+    taken = []
+    with pytest.raises(LayoutError, match="record 8"):
+        for sample in read_ahead(items, records=2):
+            taken.append(sample["bin"])
+    assert taken == [str(index).encode() for index in range(8)]  # in order, up to the bad record
+    # When record 1 loads, the on-disk records among 1..3 were advised: 1 and 2 (3 is in memory), not 4.
+    assert loaded_with[1] == ["1.bin", "2.bin"]
+    assert loaded_with[4] == ["1.bin", "2.bin", "4.bin", "5.bin"]
+

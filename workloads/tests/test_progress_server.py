@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -101,3 +102,14 @@ def test_preparer_publishes_what_it_writes_to_its_progress_file(
     assert document == {"schema": prepare.PROGRESS_SCHEMA, "stage": "fetching", "bytesDone": 4096,
                         "bytesTotal": 10000, "records": 0}  # fmt: skip
     assert json.loads((tmp_path / prepare.PROGRESS_FILE).read_text()) == document
+
+
+def test_close_does_not_wait_for_the_serving_loop_to_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every preparation and training run ends with close(): it wakes the loop instead of waiting out a poll."""
+    monkeypatch.setattr(progress_server, "POLL_SECONDS", 3600.0)
+    started = progress_server.start(0, host="127.0.0.1")
+    assert started is not None
+    closing = threading.Thread(target=started.close)
+    closing.start()
+    closing.join(60)  # a safety bound, far under the hour the loop would otherwise sleep
+    assert not closing.is_alive()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -67,10 +68,18 @@ def test_ranks_read_disjoint_shards_covering_the_split(tmp_path: Path, count: in
     assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
 
 
-def test_reader_handles_tars_from_other_writers(tmp_path: Path) -> None:
-    """GNU and pax tars (long names, directories) go through tarfile; plain ustar through the fast path."""
+def test_reader_handles_tars_from_other_writers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GNU and pax tars (long names, directories) go through tarfile from the first member the fast path
+    does not handle; plain ustar never reaches tarfile."""
     import io
     import tarfile
+
+    opened: list[int] = []
+    tarfile_open = tarfile.open
+
+    def counting_open(*args: Any, **kwargs: Any) -> tarfile.TarFile:
+        opened.append(kwargs["fileobj"].tell() if "fileobj" in kwargs else 0)
+        return tarfile_open(*args, **kwargs)
 
     long_key = "k" * 120  # longer than ustar's 100-character name field
     for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT):
@@ -87,17 +96,23 @@ def test_reader_handles_tars_from_other_writers(tmp_path: Path) -> None:
                     member.size = len(data)
                     tar.addfile(member, io.BytesIO(data))
         info = shards.ShardInfo(f"shards/{path.name}", "train", 2, path.stat().st_size, "")
-        samples = list(shards.iter_samples(tmp_path, [info]))
+        opened.clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(shards.tarfile, "open", counting_open)
+            samples = list(shards.iter_samples(tmp_path, [info]))
         assert [s["txt"] for s in samples] == [k.encode() for k in keys], fmt
         assert all(s["cls"] == b"7" for s in samples)
-        assert (shards._plain_members(path) is not None) == (fmt == tarfile.USTAR_FORMAT)
+        # GNU: its first header (not plain ustar) goes to tarfile; pax: its directory and first
+        # sample are plain, tarfile takes over at the long name's pax header; ustar: never.
+        assert opened == {tarfile.GNU_FORMAT: [0], tarfile.PAX_FORMAT: [3 * 512 + 2 * 512], tarfile.USTAR_FORMAT: []}[fmt]
 
 
 def test_writer_bytes_are_what_tarfile_writes(tmp_path: Path) -> None:
     import io
     import tarfile
 
-    fields = [("000001", {"png": b"\x89PNG" + b"x" * 700, "cls": b"3"}), ("000002", {"txt": b"", "json": b"{}" * 300})]
+    fields = [("000001", {"png": b"\x89PNG" + b"x" * 700, "cls": b"3"}), ("000002", {"txt": b"", "json": b"{}" * 300}),
+              ("d" * 60 + "/" + "k" * 60, {"txt": b"a name longer than ustar's 100 bytes"})]  # fmt: skip
     writer = shards.ShardWriter(tmp_path, "train", records_per_shard=10)
     for key, sample in fields:
         writer.add(key, sample)
@@ -111,3 +126,29 @@ def test_writer_bytes_are_what_tarfile_writes(tmp_path: Path) -> None:
                 member.mode = 0o444
                 tar.addfile(member, io.BytesIO(data))
     assert (tmp_path / shard.name).read_bytes() == expected.getvalue()
+    assert [sample for sample in shards.iter_samples(tmp_path, [shard])] == [
+        {"__key__": key.encode(), **sample} for key, sample in fields
+    ]  # the long name comes back whole from the ustar prefix field
+
+
+def test_an_error_while_writing_stops_the_open_shard_and_lists_only_finished_ones(tmp_path: Path) -> None:
+    import threading
+
+    before = threading.active_count()
+    with pytest.raises(ValueError, match="a bad record"), shards.ShardWriter(tmp_path, "train", records_per_shard=2) as writer:
+        for index in range(3):
+            writer.add(f"{index:06d}", {"txt": b"x" * 100_000})
+        raise ValueError("a bad record")
+    assert [s.records for s in writer.written] == [2]
+    assert threading.active_count() == before
+
+
+def test_a_header_with_any_byte_changed_is_not_taken_for_a_plain_one() -> None:
+    """The fast path checks each header's checksum (as tarfile does); a changed byte sends it to tarfile."""
+    header = shards.member_header("000000042.png", 123_456)
+    assert shards._plain_header(header) == ("000000042.png", 123_456, True)
+    for position in (*range(148), *range(156, 512)):  # outside the checksum field itself
+        for delta in (1, 128, 255):
+            changed = bytearray(header)
+            changed[position] = (changed[position] + delta) % 256
+            assert shards._plain_header(bytes(changed)) is None, (position, delta)
