@@ -68,7 +68,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
-PENDING_METRIC: Final = "lepton_activator_pending_requests"
+from lepton_operator.scaling.signals import ACTIVATOR_PENDING
+
+PENDING_METRIC: Final = ACTIVATOR_PENDING
 REQUESTS_METRIC: Final = "lepton_activator_requests"
 #: Headers that describe one connection, not the request (RFC 9110 7.6.1), plus the ones the
 #: client library sets itself for the forwarded request.
