@@ -40,7 +40,8 @@ re-sent). Each forwarded request opens a new connection, so kube-proxy balances
 requests over the replicas instead of pinning them to the ones the activator
 first connected to.
 
-Bounds: a request is held at most ``hold_timeout`` seconds, then answered
+Bounds: a request is held at most ``hold_timeout`` seconds (or until its client
+disconnects: it then stops counting), then answered
 ``503`` with a Triton-style JSON error that says why (``tritonclient`` shows the
 message); at most ``max_held`` requests are held, more get that ``503`` at once.
 Bodies are read whole before forwarding (a held request must be replayable),
@@ -79,6 +80,8 @@ HOP_BY_HOP: Final = frozenset({
     "trailer", "transfer-encoding", "upgrade", "host", "content-length",
 })  # fmt: skip
 CHUNK_BYTES: Final = 64 * 1024
+#: Seconds in-flight requests get after SIGTERM; the rendered pod's grace period covers it.
+SHUTDOWN_SECONDS: Final = 25.0
 
 
 @dataclass(frozen=True)
@@ -249,7 +252,10 @@ class Activator:
                 except (OSError, TimeoutError):
                     self.backend.lost()
             self.requests.labels("forwarded").inc()
-            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+            try:
+                await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+            finally:
+                upstream_writer.close()
         finally:
             writer.close()
 
@@ -287,7 +293,10 @@ async def serve(config: Config, host: str, port: int, metrics_port: int, grpc_po
     admin_app = web.Application()
     admin_app.router.add_get("/metrics", activator.metrics)
     admin_app.router.add_get("/healthz", _healthz)
-    runners = [web.AppRunner(proxy_app, access_log=None), web.AppRunner(admin_app, access_log=None)]
+    # A client that gives up while held stops counting as demand: its handler is cancelled.
+    # On SIGTERM in-flight requests get SHUTDOWN_SECONDS to finish (within the pod's grace period).
+    runners = [web.AppRunner(proxy_app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_SECONDS),
+               web.AppRunner(admin_app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)]  # fmt: skip
     relay: asyncio.Server | None = None
     try:
         for runner, listen in zip(runners, (port, metrics_port), strict=True):

@@ -282,6 +282,16 @@ def test_without_a_replica_requests_fail_after_the_hold_timeout_with_a_clear_503
     assert activator.outcomes("forwarded") == 0
 
 
+def test_a_client_that_gives_up_while_held_stops_counting_as_demand(
+    start_activator: Callable[..., ActivatorProcess],
+) -> None:
+    activator = start_activator(free_port(), "--hold-timeout-seconds=3600")
+    with socket.create_connection(("127.0.0.1", activator.http_port), timeout=30) as client:
+        client.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: activator.pending() == 1, "the request held")
+    wait_for(lambda: activator.pending() == 0, "the gauge back at 0 long before the hold timeout")
+
+
 class EchoServer:
     """A TCP echo server on a fixed port, standing in for Triton's gRPC endpoint."""
 

@@ -11,6 +11,7 @@ from lepton_workloads import triton_config
 import restricted_policy
 
 from lepton_operator.api.dataset import LeptonDatasetSpec
+from lepton_operator.activator import SHUTDOWN_SECONDS
 from lepton_operator.api.inference import TRITON_UID, InferenceServiceSpec
 from lepton_operator.render import dataset as render_dataset
 from lepton_operator.render import inference
@@ -323,3 +324,5 @@ def test_the_activator_passes_pod_security_restricted_without_api_access() -> No
     assert pod["securityContext"]["runAsUser"] == inference.ACTIVATOR_UID
     assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
     assert "nodeSelector" not in pod and "tolerations" not in pod  # never on the GPU nodes Triton needs
+    prestop = int(pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert pod["terminationGracePeriodSeconds"] > prestop + SHUTDOWN_SECONDS  # in-flight requests finish
