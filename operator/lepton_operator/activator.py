@@ -74,10 +74,11 @@ from lepton_operator.scaling.signals import ACTIVATOR_PENDING
 PENDING_METRIC: Final = ACTIVATOR_PENDING
 REQUESTS_METRIC: Final = "lepton_activator_requests"
 #: Headers that describe one connection, not the request (RFC 9110 7.6.1), plus the ones the
-#: client library sets itself for the forwarded request.
+#: client library sets itself for the forwarded request, and ``Expect`` (the activator has read
+#: the whole body already; the client got its ``100 Continue`` from the activator).
 HOP_BY_HOP: Final = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
-    "trailer", "transfer-encoding", "upgrade", "host", "content-length",
+    "trailer", "transfer-encoding", "upgrade", "host", "content-length", "expect",
 })  # fmt: skip
 CHUNK_BYTES: Final = 64 * 1024
 #: Seconds in-flight requests get after SIGTERM; the rendered pod's grace period covers it.

@@ -200,13 +200,13 @@ def infer(address: str, values: list[float]) -> Any:
         client.close()
 
 
-def chunked_infer(address: str, values: list[float]) -> tuple[int, dict[str, Any]]:
+def chunked_infer(address: str, values: list[float], headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     """A JSON infer request with a chunked body (as proxies send it)."""
     body = json.dumps({"inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [1, 4], "data": values}]}).encode()
     connection = http.client.HTTPConnection(address, timeout=120)
     try:
         connection.request("POST", f"/v2/models/{MODEL}/infer", body=iter([body[:10], body[10:]]),
-                           headers={"Content-Type": "application/json"}, encode_chunked=True)  # fmt: skip
+                           headers={"Content-Type": "application/json", **(headers or {})}, encode_chunked=True)  # fmt: skip
         response = connection.getresponse()
         return response.status, json.loads(response.read())
     finally:
@@ -248,6 +248,8 @@ def test_requests_at_zero_are_held_counted_and_answered_once_a_replica_is_ready(
 
     # With a ready replica nothing waits; unknown paths get the backend's own answer.
     assert infer(activator.address, [1, 1, 1, 1]).tolist() == [[2.0] * 4]
+    status, answer = chunked_infer(activator.address, [0.5, 0, 0, 0], {"Expect": "100-continue"})  # as curl sends
+    assert status == 200 and answer["outputs"][0]["data"] == [1.0, 0, 0, 0]
     assert get_status(activator.address, "/v2/models/other/ready") == 404
 
     # Back to zero: the refused connection is not lost, it is held until a replica is back.
@@ -340,5 +342,6 @@ def test_grpc_connections_are_held_then_relayed_byte_for_byte(start_activator: C
 
 def test_hop_by_hop_headers_are_not_forwarded() -> None:
     headers = {"Host": "a", "Connection": "keep-alive, X-Private", "X-Private": "1", "Transfer-Encoding": "chunked",
-               "Content-Length": "3", "Inference-Header-Content-Length": "120", "Content-Type": "application/json"}  # fmt: skip
+               "Content-Length": "3", "Inference-Header-Content-Length": "120", "Content-Type": "application/json",
+               "Expect": "100-continue"}  # fmt: skip
     assert forwarded_headers(headers) == {"Inference-Header-Content-Length": "120", "Content-Type": "application/json"}
