@@ -12,7 +12,7 @@ as soon as a replica is ready. The autoscaler's demand query adds that gauge to
 Triton's ``nv_inference_pending_request_count`` (``scaling.signals``), so demand
 at zero replicas is seen and scales the service 0 -> 1.
 
-Topology (rendered by ``render.inference`` for services with
+Topology (rendered by ``render.activator`` for services with
 ``autoscaling.minReplicas: 0`` only; every other service renders as without an
 activator, with no extra hop)::
 

@@ -3,7 +3,7 @@
 Sub-commands are thin: they parse flags and call into ``crdgen``, the
 controllers' ``runner`` or the ``activator``; nothing here holds logic worth
 testing on its own. ``activator`` is what the activator pods of scale-to-zero
-InferenceServices run (``render.inference.activator_deployment``).
+InferenceServices run (``render.activator.deployment``).
 """
 
 from __future__ import annotations
@@ -149,7 +149,8 @@ def _activator(args: argparse.Namespace) -> int:
 
 
 def _add_activator(commands: Any) -> None:
-    from lepton_operator.render import inference  # noqa: PLC0415 - the ports the rendered pods use
+    from lepton_operator.render import activator as rendered  # noqa: PLC0415 - what the rendered pods pass
+    from lepton_operator.render import inference  # noqa: PLC0415
 
     act = commands.add_parser(
         "activator",
@@ -164,11 +165,11 @@ def _add_activator(commands: Any) -> None:
         "--metrics-port", type=_port, default=inference.METRICS_PORT, help="/metrics and /healthz (default: %(default)s)"
     )
     act.add_argument(
-        "--hold-timeout-seconds", type=float, default=inference.ACTIVATOR_HOLD_TIMEOUT_SECONDS,
+        "--hold-timeout-seconds", type=float, default=rendered.HOLD_TIMEOUT_SECONDS,
         help="longest a request waits for a ready replica before a 503 (default: %(default)s)",
     )  # fmt: skip
     act.add_argument(
-        "--max-held-requests", type=int, default=inference.ACTIVATOR_MAX_HELD_REQUESTS,
+        "--max-held-requests", type=int, default=rendered.MAX_HELD_REQUESTS,
         help="most requests held at once; more get a 503 at once (default: %(default)s)",
     )  # fmt: skip
     act.add_argument(

@@ -21,7 +21,7 @@ from lepton_operator.controllers import config
 from lepton_operator.controllers import dataset as dataset_controller
 from lepton_operator.controllers import inference as inference_controller
 from lepton_operator.render.common import DEFAULT_WORKLOADS_IMAGE
-from lepton_operator.render.inference import DEFAULT_ACTIVATOR_IMAGE
+from lepton_operator.render.activator import DEFAULT_IMAGE as DEFAULT_ACTIVATOR_IMAGE
 
 from fake_kube import FakeKube, fake  # noqa: F401 - fixture
 

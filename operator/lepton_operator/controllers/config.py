@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import kopf
 
 from lepton_operator.render.common import DEFAULT_WORKLOADS_IMAGE
-from lepton_operator.render.inference import DEFAULT_ACTIVATOR_IMAGE
+from lepton_operator.render import activator as render_activator
 
 ANNOTATION_PREFIX = "lepton.ai"
 DEFAULT_PEERING_NAME = "lepton-operator"
@@ -119,7 +119,7 @@ def workloads_image(environ: Mapping[str, str] = os.environ) -> str:
 
 def activator_image(environ: Mapping[str, str] = os.environ) -> str:
     """The activator's image (the operator image) from the operator's environment, else the released one."""
-    return environ.get(ACTIVATOR_IMAGE_ENV) or DEFAULT_ACTIVATOR_IMAGE
+    return environ.get(ACTIVATOR_IMAGE_ENV) or render_activator.DEFAULT_IMAGE
 
 
 def configure(settings: kopf.OperatorSettings, options: OperatorOptions) -> None:

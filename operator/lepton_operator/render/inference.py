@@ -21,17 +21,9 @@ Pure: spec + what the reconciler resolved (the model source, the replica count)
   config into a ConfigMap; otherwise the init container (``stage_model``) takes
   the config exported next to the model and applies the spec's settings to it.
 
-**An activator in the path of services that may scale to zero** (``autoscaling.minReplicas: 0``;
-see ``lepton_operator.activator`` for why this topology): the public Service
-``<name>`` then selects the activator pods of Deployment ``<name>-activator``,
-and Service ``<name>-triton`` selects the Triton pods the activator forwards
-to. Every other service renders without them, the Service ``<name>`` selecting
-the Triton pods directly; :func:`obsolete` names what to delete when a service
-switches. The public Service turns to the activator only once an activator pod
-is ready (:func:`services`). The activator pods run the operator image (``lepton-operator
-activator``), carry the same scrape annotations as Triton's (their
-``lepton_activator_pending_requests`` is on the same metrics port) and the
-label ``lepton.ai/role: activator``.
+Services that may scale to zero get an activator in their request path; its
+Deployment and the Services' wiring are rendered by ``render.activator`` with
+:func:`service` and :func:`child_metadata` from here.
 
 A uri source's S3 settings and credentials reach the stager through
 ``common.source_env``, the preparer's environment: credentials by
@@ -50,22 +42,12 @@ from typing import Any
 
 from lepton_workloads import triton_config
 
-from lepton_operator.api.common import PodSecurity, SecretReference
+from lepton_operator.api.common import SecretReference
 from lepton_operator.api.inference import InferenceServiceSpec, ModelSpec, TensorSpec
 from lepton_operator.render import common
 
 KIND = "InferenceService"
 ROLE = "server"
-ACTIVATOR_ROLE = "activator"
-#: The image activator pods run unless the operator is configured with another
-#: (``LEPTON_ACTIVATOR_IMAGE``, see ``controllers.config.activator_image``).
-DEFAULT_ACTIVATOR_IMAGE = "lepton/operator:0.1.0"
-#: The operator image's user (images/operator).
-ACTIVATOR_UID = 65532
-ACTIVATOR_REPLICAS = 2
-#: Longest a request waits for a replica at zero: a cold start (schedule, pull, stage, load).
-ACTIVATOR_HOLD_TIMEOUT_SECONDS = 300
-ACTIVATOR_MAX_HELD_REQUESTS = 1000
 #: The init container that stages the model (``lepton_workloads.stage_model``).
 STAGER = "stage-model"
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
@@ -171,7 +153,7 @@ def names(name: str) -> dict[str, str]:
     """Names of the children: Deployment and Service share the object's name.
 
     ``activator`` and ``backend`` (the Service of the Triton pods behind it) exist
-    only for services that :func:`scale_to_zero`.
+    only for services that scale to zero (``render.activator``).
     """
     return {
         "deployment": name,
@@ -185,16 +167,6 @@ def names(name: str) -> dict[str, str]:
 def selector(name: str) -> dict[str, str]:
     """The labels that select this service's replicas (Deployment, Service, status.selector)."""
     return common.selector_labels(KIND, name, ROLE)
-
-
-def activator_selector(name: str) -> dict[str, str]:
-    """The labels that select this service's activator pods."""
-    return common.selector_labels(KIND, name, ACTIVATOR_ROLE)
-
-
-def scale_to_zero(spec: InferenceServiceSpec) -> bool:
-    """Whether the service may have zero replicas, and so needs the activator in its path."""
-    return spec.autoscaling is not None and spec.autoscaling.min_replicas == 0
 
 
 def _tensors(specs: list[TensorSpec]) -> tuple[triton_config.Tensor, ...]:
@@ -231,7 +203,7 @@ def config_text(spec: InferenceServiceSpec) -> str | None:
     return None if config is None else triton_config.render(config)
 
 
-def _metadata(name: str, namespace: str, uid: str, child: str, role: str = ROLE) -> dict[str, Any]:
+def child_metadata(name: str, namespace: str, uid: str, child: str, role: str = ROLE) -> dict[str, Any]:
     return {
         "name": child,
         "namespace": namespace,
@@ -246,7 +218,7 @@ def configmap(name: str, namespace: str, uid: str, spec: InferenceServiceSpec) -
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(name, namespace, uid, names(name)["configmap"]),
+        "metadata": child_metadata(name, namespace, uid, names(name)["configmap"]),
         "data": {CONFIG_FILE: text} if text is not None else {},
     }
 
@@ -373,7 +345,7 @@ def deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(name, namespace, uid, names(name)["deployment"]),
+        "metadata": child_metadata(name, namespace, uid, names(name)["deployment"]),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector(name)},
@@ -389,7 +361,7 @@ def service(name: str, namespace: str, uid: str, *, child: str | None = None, ro
 
     The ports are the same for Triton and activator pods: HTTP, gRPC and metrics by name.
     """
-    metadata = _metadata(name, namespace, uid, child or names(name)["service"], role)
+    metadata = child_metadata(name, namespace, uid, child or names(name)["service"], role)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -403,90 +375,6 @@ def service(name: str, namespace: str, uid: str, *, child: str | None = None, ro
             ],
         },
     }
-
-
-def services(name: str, namespace: str, uid: str, spec: InferenceServiceSpec, *, activator_ready: bool) -> list[dict[str, Any]]:
-    """The Services: the public one in front of Triton; for a scale-to-zero service also the one behind the activator.
-
-    The public Service selects the activator pods once one is ready (``activator_ready``),
-    Triton's until then, so it never points at no endpoints while the activator starts.
-    """
-    if not scale_to_zero(spec):
-        return [service(name, namespace, uid)]
-    public = service(name, namespace, uid, role=ACTIVATOR_ROLE if activator_ready else ROLE)
-    return [service(name, namespace, uid, child=names(name)["backend"]), public]
-
-
-def backend_address(name: str, namespace: str, port: int) -> str:
-    """``host:port`` of the Triton pods behind the activator (Service ``<name>-triton``)."""
-    return f"{names(name)['backend']}.{namespace}.svc:{port}"
-
-
-def activator_deployment(name: str, namespace: str, uid: str, image: str = DEFAULT_ACTIVATOR_IMAGE) -> dict[str, Any]:
-    """The activator pods of a scale-to-zero service (``lepton-operator activator``; no API access)."""
-    container: dict[str, Any] = {
-        "name": ACTIVATOR_ROLE,
-        "image": image,
-        "command": ["lepton-operator", "activator"],
-        "args": [
-            f"--backend=http://{backend_address(name, namespace, HTTP_PORT)}",
-            f"--grpc-backend={backend_address(name, namespace, GRPC_PORT)}",
-            f"--port={HTTP_PORT}",
-            f"--grpc-port={GRPC_PORT}",
-            f"--metrics-port={METRICS_PORT}",
-            f"--hold-timeout-seconds={ACTIVATOR_HOLD_TIMEOUT_SECONDS}",
-            f"--max-held-requests={ACTIVATOR_MAX_HELD_REQUESTS}",
-        ],
-        "ports": [
-            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
-            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
-        ],
-        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": PROBE_PERIOD_SECONDS},
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": "metrics"},
-            "periodSeconds": PROBE_PERIOD_SECONDS,
-            "failureThreshold": 6,
-        },
-        # As Triton's: the endpoints drop the pod before it stops accepting.
-        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
-        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
-    }
-    pod = common.harden(
-        {
-            "automountServiceAccountToken": False,
-            # Held requests get the rest of the hold timeout they can use; in-flight ones finish.
-            "terminationGracePeriodSeconds": PRESTOP_SECONDS + 30,
-            "containers": [container],
-        },
-        PodSecurity(run_as_user=ACTIVATOR_UID, run_as_group=ACTIVATOR_UID),
-    )
-    for hardened in pod["containers"]:
-        hardened["securityContext"]["readOnlyRootFilesystem"] = True
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _metadata(name, namespace, uid, names(name)["activator"], ACTIVATOR_ROLE),
-        "spec": {
-            "replicas": ACTIVATOR_REPLICAS,
-            "selector": {"matchLabels": activator_selector(name)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": {
-                "metadata": {
-                    "labels": common.child_labels(KIND, name, ACTIVATOR_ROLE),
-                    "annotations": dict(SCRAPE_ANNOTATIONS),
-                },
-                "spec": pod,
-            },
-        },
-    }
-
-
-def obsolete(name: str, spec: InferenceServiceSpec) -> list[tuple[str, str, str]]:
-    """``(apiVersion, kind, name)`` of the children this spec no longer has (the activator's, when off)."""
-    if scale_to_zero(spec):
-        return []
-    return [("apps/v1", "Deployment", names(name)["activator"]), ("v1", "Service", names(name)["backend"])]
 
 
 def url(name: str, namespace: str, model: str) -> str:

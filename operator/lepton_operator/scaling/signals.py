@@ -110,7 +110,7 @@ def activity_query(series: Series, window_seconds: int) -> str:
 
 
 def demand_query(series: Series) -> str:
-    """Requests waiting now: in Triton over all replicas, plus those the activator holds (either alone when the other has no series)."""
+    """Requests waiting now: in Triton over all replicas plus those the activator holds (either alone without the other)."""
     triton = f"sum(nv_inference_pending_request_count{series.selector()})"
     held = f"sum({ACTIVATOR_PENDING}{series.service_selector()})"
     return f"({triton} + {held}) or {triton} or {held}"
