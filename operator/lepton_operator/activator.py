@@ -26,8 +26,9 @@ the hop at scale but needs the operator in the data path's timing: a flip
 travels through the API server and every node's kube-proxy, requests sent to a
 Service with no endpoints during the flip fail, and a flip back while requests
 are held must wait for them. A static path has no such window and is pure
-rendering; its cost (one in-cluster hop, a few hundred microseconds) is paid
-only by services that opted into cold starts of seconds to minutes.
+rendering; its cost (one more in-cluster hop and a new connection per request,
+not measured yet) is paid only by services that opted into cold starts of
+seconds to minutes.
 
 How it knows the backend is ready, with no RBAC at all: a connection to the
 ``<name>-triton`` Service is refused while the Service has no ready endpoint
@@ -50,8 +51,10 @@ backend is ready (held and counted the same way while it is not); an HTTP/2
 connection then stays on one replica, as it would without the activator.
 
 It runs as ``lepton-operator activator`` from the operator image; ``/healthz``
-and ``/metrics`` are on the metrics port, so nothing on the HTTP port is ever
-answered by the activator itself.
+and ``/metrics`` are on the metrics port, so every path on the HTTP port is
+Triton's (the activator answers there only with its own 503 and 502 errors).
+The gauge counts held requests of any path, health checks included: whoever
+waits for the server is demand.
 """
 
 from __future__ import annotations
