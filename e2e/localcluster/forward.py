@@ -38,7 +38,8 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
                 pass
 
 
-def _serve(client: socket.socket, target: tuple[str, int]) -> None:
+def relay(client: socket.socket, target: tuple[str, int]) -> None:
+    """Relay one accepted connection to ``target`` both ways until both sides close (also used by ``activation``)."""
     try:
         upstream = socket.create_connection(target, timeout=10)
     except OSError:
@@ -56,7 +57,7 @@ def _serve(client: socket.socket, target: tuple[str, int]) -> None:
 def _accept(listener: socket.socket, target: tuple[str, int]) -> None:
     while True:
         client, _ = listener.accept()
-        threading.Thread(target=_serve, args=(client, target), daemon=True).start()
+        threading.Thread(target=relay, args=(client, target), daemon=True).start()
 
 
 def parse_spec(spec: str) -> tuple[int, tuple[str, int]]:

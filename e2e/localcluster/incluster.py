@@ -26,7 +26,7 @@ import yaml
 from localcluster.images import Image
 from localcluster.kube import Kubectl, wait_until
 from localcluster.lepton import OPERATOR_NAMESPACE, REPO
-from lepton_operator.controllers.config import WORKLOADS_IMAGE_ENV
+from lepton_operator.controllers.config import ACTIVATOR_IMAGE_ENV, WORKLOADS_IMAGE_ENV
 
 DEPLOYMENT = "lepton-operator"
 SELECTOR = f"app.kubernetes.io/name={DEPLOYMENT}"
@@ -44,7 +44,8 @@ def kustomization(images: Mapping[str, Image], directory: Path) -> str:
     add_args = [{"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": f"--namespace={SERVED_NAMESPACES}"}]
     env = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": DEPLOYMENT},
            "spec": {"template": {"spec": {"containers": [
-               {"name": "operator", "env": [{"name": WORKLOADS_IMAGE_ENV, "value": workloads}]}]}}}}  # fmt: skip
+               {"name": "operator", "env": [{"name": WORKLOADS_IMAGE_ENV, "value": workloads},
+                                            {"name": ACTIVATOR_IMAGE_ENV, "value": operator}]}]}}}}  # fmt: skip
     target = {"kind": "Deployment", "name": DEPLOYMENT}
     return yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1",

@@ -12,7 +12,9 @@ two file-based target lists from the pods every second (:func:`target_groups`, p
 
 * every Ready InferenceService replica (``lepton.ai/role=server``) on Triton's metrics port,
   labelled as a ServiceMonitor on its Service labels it (``namespace``, ``service``, ``pod``):
-  the labels the autoscaler's PromQL selects on;
+  the labels the autoscaler's PromQL selects on; and every Ready activator pod of a
+  scale-to-zero service (``lepton.ai/role=activator``, same port, same labels: its
+  ``lepton_activator_pending_requests`` is the demand the autoscaler sees at zero replicas);
 * every Ready operator pod (``app.kubernetes.io/name=lepton-operator``) on its metrics port.
 
 :func:`ensure` is idempotent (the demo and the e2e suite share one Prometheus) and returns where
@@ -49,7 +51,8 @@ PORT = 9090
 IN_CLUSTER_URL = f"http://{SERVICE}.{NAMESPACE}.svc:{PORT}"
 SCRAPE_SECONDS = 1
 SYNC_SECONDS = 1.0
-SERVER_SELECTOR = "lepton.ai/role=server,lepton.ai/inferenceservice"
+#: Triton replicas and activators: both export on the metrics port, labelled by their InferenceService.
+SERVER_SELECTOR = "lepton.ai/role in (server,activator),lepton.ai/inferenceservice"
 OPERATOR_SELECTOR = "app.kubernetes.io/name=lepton-operator"
 TRITON_METRICS_PORT = 8002
 OPERATOR_METRICS_PORT = 8080

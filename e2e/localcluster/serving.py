@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from localcluster.kube import wait_until
 from localcluster.lepton import free_port, http_ok
@@ -224,8 +224,18 @@ def closed_loop(address: str, model: str, make_input: Callable[[], Any], concurr
     return LoopResult(latencies, failed[0], time.monotonic() - began)
 
 
+class Backend(Protocol):
+    """What keeps a Service's endpoints (``activation.ServiceStandIn``): the ready replicas' ``host:port``."""
+
+    def set_endpoints(self, addresses: list[str]) -> None: ...
+
+
 class Replicas:
-    """Keeps one simulator per Ready pod of a service, its endpoints and Prometheus' targets in step."""
+    """Keeps one simulator per Ready pod of a service, its endpoints and Prometheus' targets in step.
+
+    ``backend``, when given, gets the ready endpoints too (the Service behind an activator), and
+    ``also_scrape`` are more Prometheus targets published with the replicas' (the activator's).
+    """
 
     def __init__(
         self,
@@ -239,10 +249,13 @@ class Replicas:
         load: Load,
         service_time_ms: float,
         concurrency: int = 1,
+        backend: Backend | None = None,
+        also_scrape: list[dict[str, Any]] | None = None,
     ) -> None:
         self.list_pods, self.namespace, self.service, self.model = list_pods, namespace, service, model
         self.repository, self.prometheus, self.load = repository, prometheus, load
         self.service_time_ms, self.concurrency = service_time_ms, concurrency
+        self.backend, self.also_scrape = backend, list(also_scrape or [])
         self.running: dict[str, Endpoint] = {}
         self.ready_at: dict[str, float] = {}
         self._stop = threading.Event()
@@ -261,11 +274,14 @@ class Replicas:
     def _publish(self) -> None:
         with self.load.lock:
             self.load.targets = [e.target for e in self.running.values() if e.pod in self.ready_at]
+            addresses = [target.address for target in self.load.targets]
+        if self.backend is not None:
+            self.backend.set_endpoints(addresses)
         self.prometheus.set_targets([
             {"targets": [f"127.0.0.1:{e.metrics_port}"],
              "labels": {"namespace": self.namespace, "service": self.service, "pod": e.pod}}
             for e in self.running.values() if e.pod in self.ready_at
-        ])  # fmt: skip
+        ] + self.also_scrape)  # fmt: skip
 
     def _retire(self, endpoint: Endpoint) -> None:
         """Scale-down as Kubernetes + Triton do it: out of the endpoints, drain, then stop."""

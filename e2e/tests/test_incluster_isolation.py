@@ -42,4 +42,5 @@ def test_the_incluster_install_pins_the_build_tags_and_leaves_the_test_namespace
     assert document["images"] == [{"name": "localhost/lepton-operator", "newTag": "k1"}]
     patches = " ".join(patch["patch"] for patch in document["patches"])
     assert "--namespace=!test*" in patches and "localhost/lepton-workloads:k2" in patches
+    assert "LEPTON_ACTIVATOR_IMAGE" in patches and "localhost/lepton-operator:k1" in patches  # activators: the same build
     assert (tmp_path / document["resources"][0] / "kustomization.yaml").is_file()

@@ -3,6 +3,10 @@
 The figures (seconds from the step to the decision and to the new replicas
 serving) are printed, not asserted tightly: this machine is shared; the
 bound asserted is the target (decision within 15 s of the step).
+
+Scale from zero: a local ``lepton-operator activator`` plays the activator pods
+(``localcluster.activation``) in front of a stand-in for the ``<name>-triton``
+Service, whose endpoints are the Ready replicas' simulators.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import pytest
 import torch
 
 from lepton_workloads import triton_config
+from localcluster.activation import ServiceStandIn, start_activator
 from localcluster.kube import Kubectl, wait_until
-from localcluster.serving import Load, Prometheus, Replicas
+from localcluster.serving import Load, Prometheus, Replicas, infer
 from operator_fixtures import RunningOperator
 
 pytestmark = pytest.mark.e2e
@@ -62,8 +67,8 @@ def promql(prometheus: Prometheus, query: str) -> list[Any]:
         return result
 
 
-def replicas_of(kubectl: Kubectl) -> int:
-    return int(kubectl.get("deployment", "auto")["spec"]["replicas"])
+def replicas_of(kubectl: Kubectl, name: str = "auto") -> int:
+    return int(kubectl.get("deployment", name)["spec"]["replicas"])
 
 
 def test_operator_inference_scales_up_and_down_on_a_load_step(
@@ -125,3 +130,64 @@ def test_operator_inference_scales_up_and_down_on_a_load_step(
     events = kubectl.get("events", None, "--field-selector", "involvedObject.name=auto")
     reasons = [e["reason"] for e in events if e["reason"] in ("ScaledUp", "ScaledDown")]
     assert "ScaledUp" in reasons and "ScaledDown" in reasons
+
+
+def test_operator_inference_scales_from_zero_on_a_request_the_activator_holds(
+    lepton_operator: RunningOperator, kubectl: Kubectl, namespace: str, repository: Path, prometheus: Prometheus,
+    tmp_path: Path,
+) -> None:
+    spec = {
+        "model": {"name": MODEL, "source": {"uri": "https://models.example/double/"}, "maxBatchSize": 8,
+                  "inputs": [{"name": "INPUT__0", "dims": [4]}], "outputs": [{"name": "OUTPUT__0", "dims": [4]}]},
+        "autoscaling": {"minReplicas": 0, "maxReplicas": 2, "signal": "pendingRequests", "target": 4,
+                        "windowSeconds": 5, "scaleToZeroAfterSeconds": 5, "prometheus": {"url": prometheus.url}},
+    }  # fmt: skip
+    kubectl.apply({"apiVersion": "lepton.ai/v1alpha1", "kind": "InferenceService", "metadata": {"name": "zero"},
+                   "spec": spec}, "--server-side")  # fmt: skip
+    selector = wait_until(lambda: kubectl.get("lis", "zero").get("status", {}).get("selector"), 60, "status.selector")
+    # In the cluster: the public Service turns to the activator pods once one is Ready; Triton's is behind it.
+    wait_until(lambda: kubectl.get("service", "zero")["spec"]["selector"]["lepton.ai/role"] == "activator", 90,
+               "the Service in front of the activator")  # fmt: skip
+    assert kubectl.get("service", "zero-triton")["spec"]["selector"] == {"lepton.ai/inferenceservice": "zero",
+                                                                         "lepton.ai/role": "server"}  # fmt: skip
+    assert kubectl.get("deployment", "zero-activator")["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "lepton-operator", "activator"]  # fmt: skip
+
+    # On this machine: the activator's data plane in front of a stand-in for Service zero-triton.
+    backend = ServiceStandIn()
+    activator = start_activator(f"http://127.0.0.1:{backend.port}", tmp_path / "activator.log")
+    load = Load(MODEL, lambda: np.ones((1, 4), dtype=np.float32))  # no traffic: its targets are the ready replicas
+    harness = Replicas(lambda: kubectl.get("pods", None, "-l", selector), namespace=namespace, service="zero",
+                       model=MODEL, repository=repository, prometheus=prometheus, load=load,
+                       service_time_ms=SERVICE_TIME_MS, backend=backend,
+                       also_scrape=[activator.scrape_group(namespace, "zero")])  # fmt: skip
+    thread = threading.Thread(target=harness.run, daemon=True)
+    thread.start()
+    answer: dict[str, Any] = {}
+    try:
+        wait_until(lambda: load.targets, 90, "the first replica serving")
+        wait_until(lambda: replicas_of(kubectl, "zero") == 0, 90, "scale to zero after 5 idle seconds")
+        wait_until(lambda: not load.targets, 60, "the replica retired")
+        held = f'lepton_activator_pending_requests{{namespace="{namespace}",service="zero"}}'
+        wait_until(lambda: promql(prometheus, held), 30, "Prometheus scraping the activator")
+
+        def request() -> None:
+            try:
+                answer["output"] = infer(activator.address, MODEL, np.full((1, 4), 3.0, dtype=np.float32), timeout=180)
+            except Exception as error:  # noqa: BLE001 - asserted below
+                answer["error"] = error
+
+        sender = threading.Thread(target=request, daemon=True)
+        sender.start()  # at zero replicas: held by the activator, seen by the autoscaler as demand
+        wait_until(lambda: activator.pending() == 1, 30, "the request held by the activator")
+        wait_until(lambda: replicas_of(kubectl, "zero") >= 1, 60, "a scale-up from zero")
+        sender.join(180)
+        assert not sender.is_alive() and "error" not in answer, answer
+        assert answer["output"].tolist() == [[6.0] * 4]
+        assert activator.pending() == 0
+    finally:
+        harness.stop()
+        activator.stop()
+        backend.close()
+    events = kubectl.get("events", None, "--field-selector", "involvedObject.name=zero,reason=ScaledUp")
+    assert any(e["message"].startswith("0 -> 1 replicas: PendingDemand") for e in events), [e["message"] for e in events]

@@ -12,10 +12,10 @@ from localcluster.lepton import REPO
 
 
 def pod(name: str, namespace: str, ip: str | None, ready: bool = True, deleting: bool = False,
-        service: str | None = None) -> dict[str, Any]:  # fmt: skip
+        service: str | None = None, role: str = "server") -> dict[str, Any]:  # fmt: skip
     meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": {}}
     if service:
-        meta["labels"] = {"lepton.ai/inferenceservice": service, "lepton.ai/role": "server"}
+        meta["labels"] = {"lepton.ai/inferenceservice": service, "lepton.ai/role": role}
     if deleting:
         meta["deletionTimestamp"] = "2026-12-02T00:00:00Z"
     status: dict[str, Any] = {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
@@ -32,6 +32,14 @@ def test_targets_are_the_ready_replicas_with_the_labels_a_servicemonitor_gives()
     assert groups["triton"] == [{"targets": ["10.244.0.7:8002"], "labels": {"namespace": "team", "pod": "serve-a", "service": "serve"}}]
     assert groups["lepton-operator"] == [{"targets": ["10.244.0.4:8080"],
                                           "labels": {"namespace": "lepton-system", "pod": "lepton-operator-x"}}]  # fmt: skip
+
+
+def test_activators_are_scraped_like_the_replicas_of_their_service() -> None:
+    """At zero replicas their held-requests gauge is the only demand the autoscaler can see."""
+    assert monitoring.SERVER_SELECTOR == "lepton.ai/role in (server,activator),lepton.ai/inferenceservice"
+    groups = monitoring.target_groups([pod("serve-activator-x", "team", "10.244.0.5", service="serve", role="activator")], [])
+    assert groups["triton"] == [{"targets": ["10.244.0.5:8002"],
+                                 "labels": {"namespace": "team", "pod": "serve-activator-x", "service": "serve"}}]  # fmt: skip
 
 
 def test_target_files_change_only_when_the_targets_do(tmp_path: Path) -> None:

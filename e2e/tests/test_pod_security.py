@@ -43,8 +43,12 @@ def test_pods_of_all_three_kinds_are_admitted_under_restricted(
                                                        "inputs": [{"name": "IN", "dims": [4]}],
                                                        "outputs": [{"name": "OUT", "dims": [2]}]},
                                              "gpu": {"count": 1}}),
+        lepton("InferenceService", "idle", {"model": {"name": "m", "source": {"uri": "https://models.example/m/"}},
+                                            "autoscaling": {"minReplicas": 0, "maxReplicas": 1, "target": 1,
+                                                            "scaleToZeroAfterSeconds": 60}}),  # its activator's pods
     ], "--server-side")  # fmt: skip
-    for label in ("lepton.ai/trainingjob=train", "lepton.ai/leptondataset=data", "lepton.ai/inferenceservice=serve"):
+    for label in ("lepton.ai/trainingjob=train", "lepton.ai/leptondataset=data", "lepton.ai/inferenceservice=serve",
+                  "lepton.ai/inferenceservice=idle,lepton.ai/role=activator"):
         pods = wait_until(lambda: pods_of(kubectl, label), TIMEOUT, f"pods with {label} admitted")
         for pod in pods:
             assert pod["spec"]["securityContext"]["runAsNonRoot"] is True

@@ -1,7 +1,9 @@
-"""``lepton-operator``: the one entry point (run the operator, generate CRDs, version).
+"""``lepton-operator``: the one entry point (run the operator, run an activator, generate CRDs, version).
 
-Sub-commands are thin: they parse flags and call into ``crdgen`` or the
-controllers' ``runner``; nothing here holds logic worth testing on its own.
+Sub-commands are thin: they parse flags and call into ``crdgen``, the
+controllers' ``runner`` or the ``activator``; nothing here holds logic worth
+testing on its own. ``activator`` is what the activator pods of scale-to-zero
+InferenceServices run (``render.activator.deployment``).
 """
 
 from __future__ import annotations
@@ -129,6 +131,54 @@ def _add_run(commands: Any) -> None:
     run.set_defaults(handler=_run)
 
 
+def _activator(args: argparse.Namespace) -> int:
+    from lepton_operator import activator  # noqa: PLC0415 - only activator pods need aiohttp's server
+
+    grpc = None
+    if args.grpc_backend:
+        host, _, port = args.grpc_backend.rpartition(":")
+        grpc = (host, _port(port))
+    config = activator.Config(
+        backend=args.backend,
+        grpc_backend=grpc,
+        hold_timeout=args.hold_timeout_seconds,
+        max_held=args.max_held_requests,
+        probe_interval=args.probe_interval_seconds,
+    )
+    return activator.run(config, args.host, args.port, args.metrics_port, args.grpc_port if grpc else None)
+
+
+def _add_activator(commands: Any) -> None:
+    from lepton_operator.render import activator as rendered  # noqa: PLC0415 - what the rendered pods pass
+    from lepton_operator.render import inference  # noqa: PLC0415
+
+    act = commands.add_parser(
+        "activator",
+        help="hold requests of a scale-to-zero InferenceService until a replica is ready (see lepton_operator.activator)",
+    )
+    act.add_argument("--backend", required=True, help="base URL of the Triton pods' HTTP endpoint (their Service)")
+    act.add_argument("--grpc-backend", default=None, metavar="HOST:PORT", help="their gRPC endpoint (relayed as TCP)")
+    act.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")  # noqa: S104 - a pod's server
+    act.add_argument("--port", type=_port, default=inference.HTTP_PORT, help="HTTP port (default: %(default)s)")
+    act.add_argument("--grpc-port", type=_port, default=inference.GRPC_PORT, help="gRPC port (default: %(default)s)")
+    act.add_argument(
+        "--metrics-port", type=_port, default=inference.METRICS_PORT, help="/metrics and /healthz (default: %(default)s)"
+    )
+    act.add_argument(
+        "--hold-timeout-seconds", type=float, default=rendered.HOLD_TIMEOUT_SECONDS,
+        help="longest a request waits for a ready replica before a 503 (default: %(default)s)",
+    )  # fmt: skip
+    act.add_argument(
+        "--max-held-requests", type=int, default=rendered.MAX_HELD_REQUESTS,
+        help="most requests held at once; more get a 503 at once (default: %(default)s)",
+    )  # fmt: skip
+    act.add_argument(
+        "--probe-interval-seconds", type=float, default=0.5,
+        help="seconds between two readiness probes of the backend while none is ready (default: %(default)s)",
+    )  # fmt: skip
+    act.set_defaults(handler=_activator)
+
+
 def _version(_: argparse.Namespace) -> int:
     print(package_version())
     return 0
@@ -138,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lepton-operator", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_run(commands)
+    _add_activator(commands)
     crds = commands.add_parser("crds", help="generate crds/*.yaml from the API models")
     crds.add_argument("--output-dir", default="crds", help="directory to write (default: crds)")
     crds.add_argument("--check", action="store_true", help="fail if the directory is stale instead of writing")

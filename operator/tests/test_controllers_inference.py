@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from fake_kube import FakeKube, fake  # noqa: F401 - the fixture
+from lepton_operator.api.inference import InferenceServiceSpec
+from lepton_operator.controllers import config
 from lepton_operator.controllers import inference as controller
 from lepton_operator.controllers import secrets
 
@@ -66,3 +71,39 @@ def test_uri_source_waits_for_its_secret_and_keys_then_stages_with_references(fa
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "keys", "key": "secret"}}
     assert env["LEPTON_S3_ENDPOINT"]["value"] == "http://minio:9000"
     assert "c2VjcmV0LXZhbHVl" not in json.dumps(deployment) and "aWQtdmFsdWU=" not in json.dumps(deployment)
+
+
+def test_scale_to_zero_services_get_an_activator_in_front_once_ready_and_lose_it_when_min_replicas_rises(
+    fake: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(config.ACTIVATOR_IMAGE_ENV, "localhost/lepton-operator:test")
+    raw: dict[str, Any] = {"model": {"name": "m", "source": {"claim": {"name": "models", "path": "m"}}},
+                           "autoscaling": {"minReplicas": 0, "maxReplicas": 2, "target": 1, "scaleToZeroAfterSeconds": 60}}  # fmt: skip
+
+    def converge(generation: int, observed: int | None) -> None:
+        body = {"metadata": {"namespace": "ns", "name": "serve", "uid": "u1", "generation": generation},
+                "spec": raw, "status": {"observedGeneration": observed} if observed else {}}  # fmt: skip
+        controller.converge(body, InferenceServiceSpec.model_validate(raw), datetime.now(UTC))
+
+    def public_role() -> str:
+        role: str = fake.objects[("Service", "ns", "serve")]["spec"]["selector"]["lepton.ai/role"]
+        return role
+
+    converge(1, None)
+    activator = fake.objects[("Deployment", "ns", "serve-activator")]
+    assert activator["spec"]["template"]["spec"]["containers"][0]["image"] == "localhost/lepton-operator:test"
+    assert fake.objects[("Service", "ns", "serve-triton")]["spec"]["selector"]["lepton.ai/role"] == "server"
+    assert public_role() == "server"  # the activator is not ready yet
+    assert fake.deleted == []
+
+    activator["status"] = {"readyReplicas": 1}
+    converge(1, 1)
+    assert public_role() == "activator"
+
+    raw["autoscaling"]["minReplicas"] = 1
+    del raw["autoscaling"]["scaleToZeroAfterSeconds"]
+    converge(2, 1)
+    assert public_role() == "server"
+    assert fake.deleted == ["serve-activator", "serve-triton"]
+    converge(2, 2)  # steady passes delete nothing more
+    assert fake.deleted == ["serve-activator", "serve-triton"]

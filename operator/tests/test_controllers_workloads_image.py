@@ -21,6 +21,7 @@ from lepton_operator.controllers import config
 from lepton_operator.controllers import dataset as dataset_controller
 from lepton_operator.controllers import inference as inference_controller
 from lepton_operator.render.common import DEFAULT_WORKLOADS_IMAGE
+from lepton_operator.render.activator import DEFAULT_IMAGE as DEFAULT_ACTIVATOR_IMAGE
 
 from fake_kube import FakeKube, fake  # noqa: F401 - fixture
 
@@ -39,6 +40,16 @@ def test_the_shipped_deployment_sets_the_released_image() -> None:
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env[config.WORKLOADS_IMAGE_ENV] == DEFAULT_WORKLOADS_IMAGE
+
+
+def test_activators_run_the_operator_image_the_deployment_names() -> None:
+    assert config.activator_image({config.ACTIVATOR_IMAGE_ENV: "localhost/lepton-operator:t"}) == "localhost/lepton-operator:t"
+    assert config.activator_image({}) == DEFAULT_ACTIVATOR_IMAGE
+    deployment = yaml.safe_load((REPO / "manifests" / "base" / "deployment.yaml").read_text())
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env[config.ACTIVATOR_IMAGE_ENV] == DEFAULT_ACTIVATOR_IMAGE
+    assert DEFAULT_ACTIVATOR_IMAGE.rsplit(":", 1)[0] == container["image"]  # the operator's own image, released tag
 
 
 def test_prepare_jobs_run_the_configured_image(fake: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:

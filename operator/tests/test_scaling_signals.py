@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import http.server
 import json
+import shutil
+import subprocess
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,7 +45,45 @@ def test_activity_and_demand_queries() -> None:
     assert signals.activity_query(SERIES, 60) == (
         f"sum(increase(nv_inference_request_success{SEL}[60s])) + sum(nv_inference_pending_request_count{SEL})"
     )
-    assert signals.demand_query(SERIES) == f"sum(nv_inference_pending_request_count{SEL})"
+    triton = f"sum(nv_inference_pending_request_count{SEL})"
+    held = 'sum(lepton_activator_pending_requests{namespace="prod",service="resnet-serve"})'
+    assert signals.demand_query(SERIES) == f"({triton} + {held}) or {triton} or {held}"
+
+
+TRITON_PENDING = 'nv_inference_pending_request_count{namespace="prod",service="resnet-serve",model="resnet",pod="%s"}'
+HELD = 'lepton_activator_pending_requests{namespace="prod",service="resnet-serve",pod="%s"}'
+
+
+@pytest.mark.parametrize(
+    ("series", "demand"),
+    [
+        ({TRITON_PENDING % "t1": 2, TRITON_PENDING % "t2": 1, HELD % "a1": 3, HELD % "a2": 1}, 7),  # both report
+        ({HELD % "a1": 4, HELD % "a2": 0}, 4),  # at zero: only the activators report
+        ({TRITON_PENDING % "t1": 5}, 5),  # no activator (minReplicas >= 1)
+        ({HELD % "a1": 0}, 0),  # idle at zero: known zero, not unknown
+        ({HELD.replace("resnet-serve", "other") % "a1": 9}, None),  # another service's demand: none of ours
+    ],
+)
+def test_demand_query_in_prometheus_adds_held_requests_and_falls_back_to_either_side(
+    tmp_path: Path, series: dict[str, float], demand: float | None
+) -> None:
+    """Evaluated by Prometheus itself (``promtool test rules``): a plain sum would be empty at zero replicas."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: run `make tools` (Debian package prometheus)"
+    (tmp_path / "rules.yaml").write_text("groups: []\n")
+    expected = [] if demand is None else [{"labels": "{}", "value": demand}]
+    test = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [{"series": name, "values": f"{value:g}x2"} for name, value in series.items()],
+            "promql_expr_test": [{"expr": signals.demand_query(SERIES), "eval_time": "1m", "exp_samples": expected}],
+        }],
+    }  # fmt: skip
+    (tmp_path / "test.yaml").write_text(json.dumps(test))
+    result = subprocess.run([promtool, "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_load_by_pod_query() -> None:

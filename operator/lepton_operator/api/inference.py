@@ -278,9 +278,28 @@ class InferenceServiceStatus(ApiModel):
     """The autoscaler's view."""
 
 
+#: A scale-to-zero service's Triton pods are behind Service ``<name>-triton`` (a 63-character DNS label).
+MAX_SCALE_TO_ZERO_NAME_LENGTH = 63 - len("-triton")
+
+
+def _fits_behind_an_activator(service: InferenceService) -> bool:
+    scaling = service.spec.autoscaling
+    return scaling is None or scaling.min_replicas > 0 or len(str(service.metadata.get("name", ""))) <= MAX_SCALE_TO_ZERO_NAME_LENGTH
+
+
 class InferenceService(Resource):
     """Triton Inference Server serving one model, scaled by Lepton on Triton's signals."""
 
     kind: Literal["InferenceService"] = "InferenceService"
     spec: InferenceServiceSpec
     status: InferenceServiceStatus | None = None
+
+    __rules__ = (
+        Rule(
+            "!has(self.spec.autoscaling) || self.spec.autoscaling.minReplicas > 0"
+            f" || self.metadata.name.size() <= {MAX_SCALE_TO_ZERO_NAME_LENGTH}",
+            f"metadata.name: an InferenceService with autoscaling.minReplicas 0 has a name of at most"
+            f" {MAX_SCALE_TO_ZERO_NAME_LENGTH} characters (its Triton pods are behind Service <name>-triton)",
+            _fits_behind_an_activator,
+        ),
+    )

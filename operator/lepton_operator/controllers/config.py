@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import kopf
 
 from lepton_operator.render.common import DEFAULT_WORKLOADS_IMAGE
+from lepton_operator.render import activator as render_activator
 
 ANNOTATION_PREFIX = "lepton.ai"
 DEFAULT_PEERING_NAME = "lepton-operator"
@@ -28,6 +29,9 @@ HEALTH_PATH = "/healthz"
 #: model-staging init container of Triton replicas. The Deployment sets it (manifests/base),
 #: an overlay swaps it together with the operator's image (manifests/overlays/local).
 WORKLOADS_IMAGE_ENV = "LEPTON_WORKLOADS_IMAGE"
+#: The image of the activator pods in front of scale-to-zero InferenceServices: the operator's
+#: own (``lepton-operator activator``). Set by the Deployment next to the workloads image.
+ACTIVATOR_IMAGE_ENV = "LEPTON_ACTIVATOR_IMAGE"
 
 #: Without ``--priority`` replicas rank themselves by start time: the oldest acts,
 #: a newer one (the Deployment's replacement for a lost pod, a rollout's new pods)
@@ -111,6 +115,11 @@ class OperatorOptions:
 def workloads_image(environ: Mapping[str, str] = os.environ) -> str:
     """The Lepton workloads image from the operator's environment, else the released one."""
     return environ.get(WORKLOADS_IMAGE_ENV) or DEFAULT_WORKLOADS_IMAGE
+
+
+def activator_image(environ: Mapping[str, str] = os.environ) -> str:
+    """The activator's image (the operator image) from the operator's environment, else the released one."""
+    return environ.get(ACTIVATOR_IMAGE_ENV) or render_activator.DEFAULT_IMAGE
 
 
 def configure(settings: kopf.OperatorSettings, options: OperatorOptions) -> None:

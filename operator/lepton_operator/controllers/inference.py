@@ -14,6 +14,17 @@ then ``ModelAvailable`` is False with ``SecretNotFound`` or
 ``SecretKeyMissing``, a Warning event says so once, nothing is applied, and
 the Secret is looked up again soon, then less often (``secrets.recheck_seconds``).
 
+A service that may scale to zero (``autoscaling.minReplicas: 0``) also gets
+its activator Deployment and the ``<name>-triton`` Service behind it
+(``render.activator``; see
+``lepton_operator.activator``). The public Service turns to the activator pods
+only once the activator Deployment has a ready replica (read from the apply's
+answer; the loop wakes on its owned Deployments), so a service switched to
+``minReplicas: 0`` never points at no endpoints. When a spec edit takes the
+activator away, the Service turns back to Triton and the pass that first sees
+the new generation deletes the activator's children
+(``render.activator.obsolete``); steady passes cost no extra API calls.
+
 Replicas: without ``spec.autoscaling`` the Deployment gets ``spec.replicas``,
 which ``kubectl scale`` and an external HPA/KEDA set through the ``/scale``
 subresource. With autoscaling, the built-in autoscaler (``autoscaler``) owns
@@ -37,10 +48,11 @@ from lepton_operator.api.inference import InferenceServiceSpec
 from lepton_operator.api.meta import API_VERSION, GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION
 from lepton_operator.controllers import kube, loop, reconcile, secrets
 from lepton_operator.controllers.autoscaler import AUTOSCALER, REPLICAS_LOCK
-from lepton_operator.controllers.config import retry_delay, workloads_image
+from lepton_operator.controllers.config import activator_image, retry_delay, workloads_image
 from lepton_operator.controllers.startup import options_of, spawn
 from lepton_operator.controllers.reconcile import Logger, Warn
 from lepton_operator.controllers.wakeups import ObjectKey
+from lepton_operator.render import activator as render_activator
 from lepton_operator.render import common
 from lepton_operator.render import inference as render
 from lepton_operator.status import validation
@@ -117,7 +129,15 @@ def converge(
         if source is not None:
             kube.apply(render.configmap(name, namespace, uid, spec))
             deployment = kube.apply(render.deployment(name, namespace, uid, spec, source, desired, workloads_image()))
-            kube.apply(render.service(name, namespace, uid))
+            activator_ready = False
+            if render_activator.scale_to_zero(spec):
+                activator = kube.apply(render_activator.deployment(name, namespace, uid, activator_image()))
+                activator_ready = int((activator.get("status") or {}).get("readyReplicas") or 0) > 0
+            for service in render_activator.services(name, namespace, uid, spec, activator_ready=activator_ready):
+                kube.apply(service)
+    if generation > 1 and (body.get("status") or {}).get("observedGeneration") != generation:
+        for api_version, kind, child in render_activator.obsolete(name, spec):
+            kube.delete(api_version, kind, namespace, child)
     status = service_status(
         generation,
         desired=desired,

@@ -21,6 +21,10 @@ Pure: spec + what the reconciler resolved (the model source, the replica count)
   config into a ConfigMap; otherwise the init container (``stage_model``) takes
   the config exported next to the model and applies the spec's settings to it.
 
+Services that may scale to zero get an activator in their request path; its
+Deployment and the Services' wiring are rendered by ``render.activator`` with
+:func:`service` and :func:`child_metadata` from here.
+
 A uri source's S3 settings and credentials reach the stager through
 ``common.source_env``, the preparer's environment: credentials by
 ``secretKeyRef`` only. The stager writes why it failed (``<Reason>: <message>``)
@@ -152,8 +156,18 @@ def replicas(spec: InferenceServiceSpec, current: int | None) -> int:
 
 
 def names(name: str) -> dict[str, str]:
-    """Names of the children: Deployment and Service share the object's name."""
-    return {"deployment": name, "service": name, "configmap": f"{name}-model-config"}
+    """Names of the children: Deployment and Service share the object's name.
+
+    ``activator`` and ``backend`` (the Service of the Triton pods behind it) exist
+    only for services that scale to zero (``render.activator``).
+    """
+    return {
+        "deployment": name,
+        "service": name,
+        "configmap": f"{name}-model-config",
+        "activator": f"{name}-activator",
+        "backend": f"{name}-triton",
+    }
 
 
 def selector(name: str) -> dict[str, str]:
@@ -195,11 +209,11 @@ def config_text(spec: InferenceServiceSpec) -> str | None:
     return None if config is None else triton_config.render(config)
 
 
-def _metadata(name: str, namespace: str, uid: str, child: str) -> dict[str, Any]:
+def child_metadata(name: str, namespace: str, uid: str, child: str, role: str = ROLE) -> dict[str, Any]:
     return {
         "name": child,
         "namespace": namespace,
-        "labels": common.child_labels(KIND, name, ROLE),
+        "labels": common.child_labels(KIND, name, role),
         "ownerReferences": [common.owner_reference(KIND, name, uid)],
     }
 
@@ -210,7 +224,7 @@ def configmap(name: str, namespace: str, uid: str, spec: InferenceServiceSpec) -
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(name, namespace, uid, names(name)["configmap"]),
+        "metadata": child_metadata(name, namespace, uid, names(name)["configmap"]),
         "data": {CONFIG_FILE: text} if text is not None else {},
     }
 
@@ -337,7 +351,7 @@ def deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(name, namespace, uid, names(name)["deployment"]),
+        "metadata": child_metadata(name, namespace, uid, names(name)["deployment"]),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector(name)},
@@ -348,15 +362,18 @@ def deployment(
     }
 
 
-def service(name: str, namespace: str, uid: str) -> dict[str, Any]:
-    """The Service in front of the ready replicas: HTTP, gRPC and metrics."""
-    metadata = _metadata(name, namespace, uid, names(name)["service"])
+def service(name: str, namespace: str, uid: str, *, child: str | None = None, role: str = ROLE) -> dict[str, Any]:
+    """A Service named ``child`` (default: the public one) in front of the ready pods of ``role``.
+
+    The ports are the same for Triton and activator pods: HTTP, gRPC and metrics by name.
+    """
+    metadata = child_metadata(name, namespace, uid, child or names(name)["service"], role)
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata,
         "spec": {
-            "selector": selector(name),
+            "selector": common.selector_labels(KIND, name, role),
             "ports": [
                 {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
                 {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},

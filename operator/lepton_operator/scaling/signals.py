@@ -19,8 +19,17 @@ policy compares with the target) or already a per-request figure:
 - ``rps``: ``sum(rate(nv_inference_request_success[w]))``, total.
 
 Activity (for scale to zero) is requests completed or waiting in the window;
-demand (for scale from zero) is the pending gauge. A query that fails, returns
-no series, or returns NaN/Inf is *unknown* (``None``), never zero.
+demand (for scale from zero) is requests waiting now: Triton's pending gauge
+plus :data:`ACTIVATOR_PENDING`, the requests the activator of a scale-to-zero
+service holds while it has no ready replica (``lepton_operator.activator``). At
+zero replicas only the activator reports, so the sum falls back to whichever
+side has series (``a + b or a or b``); with neither it is unknown. The
+activator's pods are scraped like Triton's and so carry ``namespace`` and
+``service``; the gauge has no ``model`` label (it holds whatever the clients
+send), so its selector is :meth:`Series.service_selector`.
+
+A query that fails, returns no series, or returns NaN/Inf is *unknown*
+(``None``), never zero.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ from typing import Any
 from lepton_operator.api.inference import Signal
 
 QUERY_TIMEOUT = 5.0
+#: The activator's gauge of held requests (exported by ``lepton_operator.activator``).
+ACTIVATOR_PENDING = "lepton_activator_pending_requests"
 
 
 @dataclass(frozen=True)
@@ -47,8 +58,16 @@ class Series:
     model: str
 
     def selector(self) -> str:
-        labels = {"namespace": self.namespace, "service": self.service, "model": self.model}
-        return "{" + ",".join(f'{key}="{_escape(value)}"' for key, value in labels.items()) + "}"
+        """Triton's series of the service's model."""
+        return _selector({"namespace": self.namespace, "service": self.service, "model": self.model})
+
+    def service_selector(self) -> str:
+        """Every series of the service (the activator's have no ``model``)."""
+        return _selector({"namespace": self.namespace, "service": self.service})
+
+
+def _selector(labels: dict[str, str]) -> str:
+    return "{" + ",".join(f'{key}="{_escape(value)}"' for key, value in labels.items()) + "}"
 
 
 def _escape(value: str) -> str:
@@ -91,8 +110,10 @@ def activity_query(series: Series, window_seconds: int) -> str:
 
 
 def demand_query(series: Series) -> str:
-    """Requests waiting now, over all replicas."""
-    return f"sum(nv_inference_pending_request_count{series.selector()})"
+    """Requests waiting now: in Triton over all replicas plus those the activator holds (either alone without the other)."""
+    triton = f"sum(nv_inference_pending_request_count{series.selector()})"
+    held = f"sum({ACTIVATOR_PENDING}{series.service_selector()})"
+    return f"({triton} + {held}) or {triton} or {held}"
 
 
 def load_by_pod_query(series: Series, window_seconds: int) -> str:
