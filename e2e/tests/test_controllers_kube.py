@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -87,3 +89,30 @@ def test_plain_listing_with_a_field_selector_and_removing_scheduling_gates(names
     assert kube.remove_scheduling_gates(namespace, "gated")
     assert "schedulingGates" not in kubectl.get("pod", "gated")["spec"]
     assert not kube.remove_scheduling_gates(namespace, "gone")
+
+
+def test_requests_reuse_their_connections_even_from_many_threads(namespace: str, kubectl: Kubectl) -> None:
+    """Every call reads its response (which hands the connection back) and the pool keeps them all.
+
+    An unread raw response kept its connection, so each create opened a new one with a
+    TLS handshake; a pool smaller than the operator's threads closed connections it had
+    no room for. Both cost the operator and the API server CPU at scale.
+    """
+    client = kube.api_client()
+    pool = client.rest_client.pool_manager.connection_from_url(client.configuration.host)
+    kube.get("v1", "ConfigMap", namespace, "warm-up")  # at least one connection exists
+    opened = pool.num_connections
+    for index in range(10):
+        assert kube.create(config_map(namespace, f"seq-{index}", {"i": str(index)}))
+        assert not kube.create(config_map(namespace, f"seq-{index}", {"i": str(index)}))  # a conflict, read too
+        kube.patch("v1", "ConfigMap", namespace, f"seq-{index}", {"data": {"j": "1"}})
+        assert kube.delete("v1", "ConfigMap", namespace, f"seq-{index}")
+    assert pool.num_connections == opened  # one after another: always the same connection
+
+    threads = 24  # more than the client's default pool (5 per core) on a small machine
+    with ThreadPoolExecutor(max_workers=threads) as workers:
+        for _ in range(3):  # waves of concurrent requests: the second and third find the first's connections
+            created = list(workers.map(kube.create, [config_map(namespace, f"par-{i}-{uuid.uuid4().hex[:6]}", {})
+                                                     for i in range(threads)]))  # fmt: skip
+            assert all(created)
+    assert pool.num_connections - opened <= threads, pool.num_connections - opened

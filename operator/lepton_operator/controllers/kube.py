@@ -9,7 +9,7 @@ owned by an HPA) alone when we do not set them. Reads go through label
 selectors, the one way children are found.
 
 Every call asks the dynamic client for the raw response (``serialize=False``)
-and parses it with ``json.loads`` (:func:`_plain`): the client's own
+and parses it with ``json.loads`` (:func:`_call`): the client's own
 ``ResourceInstance`` wraps every nested field in an object and ``to_dict``
 walks them all again, which cost more CPU than the request itself when
 hundreds of pods are created at once (bench/training_startup.py).
@@ -32,6 +32,11 @@ from lepton_operator.api.meta import GROUP, VERSION, ResourceInfo
 from lepton_operator.controllers.config import REQUEST_TIMEOUT
 
 FIELD_MANAGER = "lepton-operator"
+#: Connections kept open to the API server. Every thread that may be in a request at
+#: once (reconcile passes, a group's pod creators, the autoscaler's steps) should find
+#: one: the client's default (5 per core) made a busy operator close connections it
+#: had no room to keep and open new ones, a TLS handshake each.
+CONNECTIONS = 64
 _lock = threading.Lock()
 _client: kubernetes.client.ApiClient | None = None
 _dynamic: DynamicClient | None = None
@@ -47,7 +52,9 @@ def api_client() -> kubernetes.client.ApiClient:
             except kubernetes.config.ConfigException:
                 # KUBECONFIG is read now, not when the kubernetes package was imported.
                 kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
-            _client = kubernetes.client.ApiClient()
+            configuration = kubernetes.client.Configuration.get_default_copy()
+            configuration.connection_pool_maxsize = CONNECTIONS
+            _client = kubernetes.client.ApiClient(configuration)
         return _client
 
 
@@ -65,25 +72,24 @@ def _resource(api_version: str, kind: str) -> Any:
     return dynamic().resources.get(api_version=api_version, kind=kind)
 
 
-def _plain(response: Any) -> dict[str, Any]:
-    """The JSON body of a raw (``serialize=False``) dynamic-client response."""
+def _call(api_version: str, kind: str, verb: str, **params: Any) -> dict[str, Any]:
+    """One request through the dynamic client, its JSON body parsed (see the module docstring).
+
+    Reading the body also hands the connection back to the pool: a raw
+    response left unread would keep it, and the next request would pay for a
+    new TLS handshake.
+    """
+    response = getattr(_resource(api_version, kind), verb)(serialize=False, _request_timeout=REQUEST_TIMEOUT, **params)
     document: dict[str, Any] = json.loads(response.data)
     return document
 
 
 def apply(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """Server-side apply ``manifest`` (create or update to match); returns the object."""
-    resource = _resource(manifest["apiVersion"], manifest["kind"])
-    result = resource.server_side_apply(
-        body=dict(manifest),
-        name=manifest["metadata"]["name"],
-        namespace=manifest["metadata"].get("namespace"),
-        field_manager=FIELD_MANAGER,
-        force_conflicts=True,
-        serialize=False,
-        _request_timeout=REQUEST_TIMEOUT,
-    )
-    return _plain(result)
+    metadata = manifest["metadata"]
+    return _call(manifest["apiVersion"], manifest["kind"], "server_side_apply", body=dict(manifest),
+                 name=metadata["name"], namespace=metadata.get("namespace"), field_manager=FIELD_MANAGER,
+                 force_conflicts=True)  # fmt: skip
 
 
 def create(manifest: Mapping[str, Any]) -> bool:
@@ -93,15 +99,9 @@ def create(manifest: Mapping[str, Any]) -> bool:
     pods): a plain create costs the API server less than an apply, which has
     to compute field ownership.
     """
-    resource = _resource(manifest["apiVersion"], manifest["kind"])
     try:
-        resource.create(
-            body=dict(manifest),
-            namespace=manifest["metadata"].get("namespace"),
-            field_manager=FIELD_MANAGER,
-            serialize=False,
-            _request_timeout=REQUEST_TIMEOUT,
-        )
+        _call(manifest["apiVersion"], manifest["kind"], "create", body=dict(manifest),
+              namespace=manifest["metadata"].get("namespace"), field_manager=FIELD_MANAGER)  # fmt: skip
     except ConflictError:
         return False
     return True
@@ -114,15 +114,8 @@ def as_admitted(manifest: Mapping[str, Any]) -> dict[str, Any]:
     requests, a namespace's default tolerations or node selector), so
     decisions about where it fits are made on this, not on the manifest.
     """
-    created = _resource(manifest["apiVersion"], manifest["kind"]).create(
-        body=dict(manifest),
-        namespace=manifest["metadata"].get("namespace"),
-        dry_run="All",
-        field_manager=FIELD_MANAGER,
-        serialize=False,
-        _request_timeout=REQUEST_TIMEOUT,
-    )
-    return _plain(created)
+    return _call(manifest["apiVersion"], manifest["kind"], "create", body=dict(manifest),
+                 namespace=manifest["metadata"].get("namespace"), dry_run="All", field_manager=FIELD_MANAGER)  # fmt: skip
 
 
 def delete(
@@ -142,13 +135,7 @@ def delete(
     if grace_period_seconds is not None:
         body["gracePeriodSeconds"] = grace_period_seconds
     try:
-        _resource(api_version, kind).delete(
-            name=name,
-            namespace=namespace,
-            body=body,
-            serialize=False,
-            _request_timeout=REQUEST_TIMEOUT,
-        )
+        _call(api_version, kind, "delete", name=name, namespace=namespace, body=body)
     except NotFoundError:
         return False
     return True
@@ -157,20 +144,14 @@ def delete(
 def get(api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
     """One object, or ``None`` when it does not exist."""
     try:
-        response = _resource(api_version, kind).get(
-            name=name, namespace=namespace, serialize=False, _request_timeout=REQUEST_TIMEOUT
-        )
+        return _call(api_version, kind, "get", name=name, namespace=namespace)
     except NotFoundError:
         return None
-    return _plain(response)
 
 
 def list_labelled(api_version: str, kind: str, namespace: str | None, selector: str) -> list[dict[str, Any]]:
     """Objects of ``kind`` matching a label selector (in ``namespace``, or all when ``None``)."""
-    listed = _resource(api_version, kind).get(
-        namespace=namespace, label_selector=selector, serialize=False, _request_timeout=REQUEST_TIMEOUT
-    )
-    items: list[dict[str, Any]] = _plain(listed).get("items") or []
+    items: list[dict[str, Any]] = _call(api_version, kind, "get", namespace=namespace, label_selector=selector).get("items") or []
     return items
 
 
@@ -183,11 +164,7 @@ def list_plain(api_version: str, kind: str, field_selector: str = "", page: int 
     """
     token: str | None = None
     while True:
-        response = _resource(api_version, kind).get(
-            field_selector=field_selector or None, limit=page, _continue=token, serialize=False,
-            _request_timeout=REQUEST_TIMEOUT,
-        )  # fmt: skip
-        document = _plain(response)
+        document = _call(api_version, kind, "get", field_selector=field_selector or None, limit=page, _continue=token)
         yield from document.get("items") or []
         token = (document.get("metadata") or {}).get("continue")
         if not token:
@@ -219,16 +196,8 @@ def patch(
     api_version: str, kind: str, namespace: str, name: str, body: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER
 ) -> dict[str, Any]:
     """JSON-merge-patch one object (e.g. the autoscaler's ``spec.replicas`` of a Deployment)."""
-    result = _resource(api_version, kind).patch(
-        body=dict(body),
-        name=name,
-        namespace=namespace,
-        content_type="application/merge-patch+json",
-        field_manager=field_manager,
-        serialize=False,
-        _request_timeout=REQUEST_TIMEOUT,
-    )
-    return _plain(result)
+    return _call(api_version, kind, "patch", body=dict(body), name=name, namespace=namespace,
+                 content_type="application/merge-patch+json", field_manager=field_manager)  # fmt: skip
 
 
 def post_event(involved: Mapping[str, Any], event_type: str, reason: str, message: str, component: str) -> None:
