@@ -150,7 +150,10 @@ class HpaLoop(threading.Thread):
         replicas = int(self.kubectl.get("lis", self.name, "--subresource=scale")["spec"].get("replicas", 0))
         ready = int(self.kubectl.get("deployment", self.name).get("status", {}).get("readyReplicas") or 0)
         raw = signals.known(self.url, self.query.promql)
-        value = None if raw is None or (self.query.total and ready == 0) else raw / ready if self.query.total else raw
+        if raw is None or (self.query.total and ready == 0):
+            value = None  # unknown: the HPA holds
+        else:
+            value = raw / ready if self.query.total else raw  # per ready pod, as the operator reads it
         now = time.monotonic()
         desired = self.rule.decide(now, replicas, ready, value)
         if desired != replicas:
