@@ -1,6 +1,6 @@
 """Lepton's autoscaling policy versus an HPA-style baseline on the same simulated traces.
 
-``python bench/inference_autoscaling.py`` (PYTHONPATH=operator). Not a test:
+``python bench/inference_autoscaling.py`` (PYTHONPATH=operator; ``bench/`` is on the path as the script's directory). Not a test:
 it prints figures, as ratios measured in the same run.
 
 The service is a fluid model of Triton replicas: requests arrive at
@@ -13,9 +13,10 @@ Both controllers read the same signal (concurrency per Ready replica, target
 ``TARGET``) with the same freshness. Only the decision differs:
 
 - **lepton**: ``scaling.policy.decide`` every 5 s, scale-down stabilisation 60 s;
-- **hpa**: Kubernetes' HPA at its defaults: a 15 s loop, ``ceil(replicas * value / target)``
-  with tolerance 0.1, scale-up limited to max(100 %, 4 pods) per 15 s,
-  scale-down stabilisation 300 s, no notion of capacity in flight.
+- **hpa**: Kubernetes' HPA at its defaults (``hpa_rule``, shared with the live
+  benchmark): a 15 s loop, ``ceil(ready * value / target)`` with tolerance 0.1,
+  scale-up limited to max(100 %, 4 pods) per 15 s, scale-down stabilisation
+  300 s, no notion of capacity in flight.
 
 Figures per trace: seconds from the step to the first decision and to enough
 capacity Ready, peak replicas (overshoot), direction changes, replica-minutes,
@@ -29,6 +30,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hpa_rule import PERIOD_SECONDS, HpaRule
 from lepton_operator.scaling.policy import Observation, PolicyConfig, PolicyState, decide
 
 SERVICE_TIME = 0.1
@@ -65,19 +67,7 @@ def lepton_controller() -> tuple[float, Controller]:
 
 
 def hpa_controller() -> tuple[float, Controller]:
-    history: list[tuple[float, int]] = []
-
-    def step(now: float, replicas: int, ready: int, value: float | None) -> int:
-        if value is None:
-            return replicas
-        ratio = value / TARGET
-        raw = replicas if abs(ratio - 1) <= 0.1 else math.ceil(replicas * ratio)
-        raw = min(max(raw, 1), MAX_REPLICAS, max(2 * replicas, replicas + 4))
-        history.append((now, raw))
-        recent = [r for t, r in history if t >= now - 300]
-        return raw if raw >= replicas else min(replicas, max(recent))
-
-    return 15.0, step
+    return PERIOD_SECONDS, HpaRule(TARGET, 1, MAX_REPLICAS).decide
 
 
 def simulate(rate: Callable[[float], float], seconds: float, make: Callable[[], tuple[float, Controller]],
@@ -128,7 +118,7 @@ def noisy_trace(seed: int) -> Callable[[float], float]:
 
 def report(name: str, ours: Run, base: Run) -> None:
     def ratio(a: float | None, b: float | None) -> str:
-        return "n/a" if a is None or b in (None, 0) else f"{a / b:.2f}"  # type: ignore[operator]
+        return "n/a" if a is None or not b else f"{a / b:.2f}"
 
     print(f"\n{name}: lepton vs hpa (ratio lepton/hpa)")
     rows = [

@@ -4,7 +4,9 @@ Pods on kwok nodes run nothing, so the harness plays the data plane of an
 InferenceService on this machine, kept in step with the cluster:
 
 - :class:`Prometheus` runs the Debian ``prometheus`` binary (2.42; its build has
-  no Kubernetes discovery) scraping every second from a file-based target list.
+  no Kubernetes discovery) scraping every second from file-based target lists,
+  one file per source (each :class:`Replicas` writes its own service's file, so
+  several services can share one server).
 - :class:`Replicas` watches the service's pods (by ``status.selector``): for each
   Ready pod it starts ``lepton_workloads.triton_simulator`` on free ports, waits
   for ``/v2/models/<m>/ready`` (the readiness probe's question), then adds it to
@@ -39,20 +41,20 @@ SCRAPE_SECONDS = 1
 
 
 class Prometheus:
-    """A Prometheus server scraping the targets written to ``targets.json``."""
+    """A Prometheus server scraping the targets written to ``targets/*.json`` (see :meth:`set_targets`)."""
 
     def __init__(self, workdir: Path) -> None:
         binary = shutil.which(PROMETHEUS)
         if binary is None:
             raise RuntimeError("prometheus is not installed: run `make tools` (apt-get install prometheus)")
         self.workdir = workdir
-        self.targets = workdir / "targets.json"
-        self.targets.write_text("[]")
+        self.targets = workdir / "targets"
+        self.targets.mkdir(parents=True, exist_ok=True)
         config = {
             "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "evaluation_interval": f"{SCRAPE_SECONDS}s"},
             "scrape_configs": [{
                 "job_name": "triton",
-                "file_sd_configs": [{"files": [str(self.targets)], "refresh_interval": "1s"}],
+                "file_sd_configs": [{"files": [str(self.targets / "*.json")], "refresh_interval": "1s"}],
             }],
         }  # fmt: skip
         (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
@@ -66,11 +68,15 @@ class Prometheus:
         )  # fmt: skip
         wait_until(lambda: http_ok(self.url + "/-/ready"), 60, "Prometheus ready")
 
-    def set_targets(self, groups: list[dict[str, Any]]) -> None:
-        """Replace the target file atomically (Prometheus re-reads it within a second)."""
-        staging = self.targets.with_suffix(".tmp")
+    def set_targets(self, groups: list[dict[str, Any]], source: str = "default") -> None:
+        """Replace the targets of ``source`` atomically (Prometheus re-reads them within a second).
+
+        Each source has its own file, so one source's update never drops another's targets.
+        """
+        path = self.targets / f"{source}.json"
+        staging = path.with_suffix(".tmp")  # not *.json: Prometheus never reads a half-written file
         staging.write_text(json.dumps(groups))
-        staging.replace(self.targets)
+        staging.replace(path)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -281,7 +287,7 @@ class Replicas:
             {"targets": [f"127.0.0.1:{e.metrics_port}"],
              "labels": {"namespace": self.namespace, "service": self.service, "pod": e.pod}}
             for e in self.running.values() if e.pod in self.ready_at
-        ] + self.also_scrape)  # fmt: skip
+        ] + self.also_scrape, source=f"{self.namespace}.{self.service}")  # fmt: skip
 
     def _retire(self, endpoint: Endpoint) -> None:
         """Scale-down as Kubernetes + Triton do it: out of the endpoints, drain, then stop."""
