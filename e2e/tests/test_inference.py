@@ -244,9 +244,13 @@ def test_operator_inference_autoscaler_follows_the_signal(
         return [e for e in events if "1 -> 4 replicas: AboveTarget" in e["message"]]
 
     wait_until(scaled_up, TIMEOUT, "a ScaledUp event")
+    # Status mirrors the latest round: the scale-up, or (a round later, every 2 s) the hold at 4 and why.
     autoscaling = kubectl.get("lis", "auto")["status"]["autoscaling"]
-    assert autoscaling["lastDecision"] == {"from": 1, "to": 4, "reason": "AboveTarget"}
-    assert autoscaling["value"] == 8 and autoscaling["signal"] == "pendingRequests" and autoscaling["lastScaleTime"]
+    decision = autoscaling["lastDecision"]
+    assert decision in ({"from": 1, "to": 4, "reason": "AboveTarget"}, {"from": 4, "to": 4, "reason": "CapacityInFlight"},
+                        {"from": 4, "to": 4, "reason": "WithinTolerance"}), decision  # fmt: skip
+    assert autoscaling["value"] in (8 / ready for ready in range(1, 5))  # 8 pending over the ready replicas
+    assert autoscaling["signal"] == "pendingRequests" and autoscaling["lastScaleTime"]
 
     FakePrometheus.answers = {"sum(nv_inference_pending_request_count": "0", "sum(increase(": "20"}
     deployment_with(kubectl, "auto", 1)
