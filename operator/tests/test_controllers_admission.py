@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lepton_operator.controllers.admission import GangAdmission, gated
@@ -12,7 +10,7 @@ from lepton_operator.controllers.wakeups import ObjectKey
 from lepton_operator.status import capacity
 
 WORKER = capacity.Demand.of({"spec": {"containers": [{"resources": {"requests": {"cpu": "1"}}}]}})
-A, B, C, D = (ObjectKey("TrainingJob", "ml", name) for name in "abcd")
+A, B, C = (ObjectKey("TrainingJob", "ml", name) for name in "abc")
 
 
 def bound(name: str, node: str) -> dict[str, Any]:
@@ -107,66 +105,3 @@ def test_invalidate_makes_the_next_decision_list_again() -> None:
     assert admission.admit(A, WORKER, 2, own={}) is not None and listing.calls == 1
     admission.invalidate()
     assert admission.admit(A, WORKER, 2, own={}) is None and listing.calls == 2
-
-
-class SlowListing(Listing):
-    """A listing that, once armed, blocks until released: a listing of thousands of pods on a busy API server."""
-
-    def __init__(self, nodes: list[dict[str, Any]]) -> None:
-        super().__init__(nodes)
-        self.armed, self.entered, self.release = False, threading.Event(), threading.Event()
-
-    def __call__(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        if self.armed:
-            self.entered.set()
-            assert self.release.wait(10)
-        return super().__call__()
-
-
-def test_passes_decide_on_the_previous_listing_while_a_new_one_is_taken() -> None:
-    listing, clock = SlowListing([cpu_node("n", 3)]), Clock()
-    admission = GangAdmission(listing, clock=clock)
-    assert admission.admit(A, WORKER, 1, own={}) is None  # the first listing: nothing to wait behind
-    admission.written(A)
-    listing.armed, clock.now = True, clock.now + 3  # too old now: the next pass lists again, slowly
-    with ThreadPoolExecutor(max_workers=1) as slow:
-        refreshing = slow.submit(admission.admit, B, WORKER, 1, {})
-        assert listing.entered.wait(10)
-        # Meanwhile others are decided on the previous listing plus the ledger, without waiting.
-        assert admission.admit(C, WORKER, 1, own={}) is None  # A and C: 2 of 3 cpu
-        assert admission.admit(D, WORKER, 2, own={}) is not None  # and no more than what is left
-        assert listing.calls == 1
-        listing.release.set()
-        assert refreshing.result(10) is None
-    assert listing.calls == 2
-
-
-def test_the_first_decision_waits_for_the_first_listing() -> None:
-    listing, clock = SlowListing([cpu_node("n", 3)]), Clock()
-    listing.armed = True
-    admission = GangAdmission(listing, clock=clock)
-    with ThreadPoolExecutor(max_workers=2) as passes:
-        first = passes.submit(admission.admit, A, WORKER, 2, {})
-        assert listing.entered.wait(10)
-        second = passes.submit(admission.admit, B, WORKER, 2, {})
-        assert not second.done()  # nothing to decide on before the first listing lands
-        listing.release.set()
-        outcomes = sorted((first.result(10), second.result(10)), key=lambda held: held is not None)
-    assert outcomes[0] is None and outcomes[1] is not None  # one group fits, the other waits
-    assert listing.calls == 1
-
-
-def test_a_listing_taken_across_an_invalidation_is_used_but_not_fresh() -> None:
-    listing, clock = SlowListing([cpu_node("n", 3)]), Clock()
-    admission = GangAdmission(listing, clock=clock)
-    admission.admit(A, WORKER, 1, own={})
-    listing.armed, clock.now = True, clock.now + 3
-    with ThreadPoolExecutor(max_workers=1) as slow:
-        refreshing = slow.submit(admission.admit, B, WORKER, 1, {})
-        assert listing.entered.wait(10)
-        admission.invalidate()  # a node went while the listing was on its way
-        listing.release.set()
-        refreshing.result(10)
-    listing.armed = False
-    admission.admit(C, WORKER, 1, own={})  # within max_age of that listing, yet it lists again
-    assert listing.calls == 3

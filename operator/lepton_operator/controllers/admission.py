@@ -12,12 +12,8 @@ uncontended cluster).
 Decisions are serialized by one lock in this process (one acting operator
 replica, kopf peering) and made on a :class:`status.capacity.Cluster` built
 from a listing of nodes and unfinished pods that is at most ``max_age``
-seconds old, so a burst of jobs costs one listing, not one each. The listing
-is taken outside the lock by the pass that finds the current one too old;
-meanwhile the other passes go on deciding on the previous listing (no older
-than ``max_age`` plus one listing), instead of all waiting for hundreds of
-pods to arrive and parse. Only the very first decision waits for a listing.
-A listing does not show what was admitted after it was taken, so every admission is also
+seconds old, so a burst of jobs costs one listing, not one each. A listing
+does not show what was admitted after it was taken, so every admission is also
 written into a ledger of reservations; a reservation is dropped once a listing
 taken after its pods were written is in use (then the pods themselves are in
 it, bound or in flight), or after ``hold_for`` seconds at the latest (a pass
@@ -71,55 +67,27 @@ class GangAdmission:
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self._lister, self._max_age, self._hold_for, self._clock = lister, max_age, hold_for, clock
         self._lock = threading.Lock()
-        self._listed = threading.Condition(self._lock)  # notified when a listing lands (or fails)
         self._cluster: capacity.Cluster | None = None
         self._listed_at = float("-inf")
-        self._listing = False  # a pass is taking a new listing outside the lock
-        self._epoch = 0  # invalidations so far: a listing taken across one is not fresh
         self._ledger: dict[ObjectKey, _Reservation] = {}
         self._waiting: set[ObjectKey] = set()
 
     def _current(self) -> capacity.Cluster:
-        """The cluster as listed at most ``max_age`` ago (or the one before, while that listing is taken), ledger trimmed.
-
-        Called with the lock held. A pass that finds the listing too old lists
-        again with the lock released; passes meanwhile use the previous
-        listing, or wait for the first one. A listing that fails raises in the
-        pass that took it; the next pass tries again.
-        """
-        while True:
-            now = self._clock()
-            if (self._cluster is None or now - self._listed_at > self._max_age) and not self._listing:
-                self._list(now)
-            if self._cluster is not None:
-                break
-            self._listed.wait()  # the first listing is in flight: nothing to decide on yet
+        """The cluster as listed at most ``max_age`` ago, with the ledger trimmed to match (lock held)."""
+        now = self._clock()
+        if self._cluster is None or now - self._listed_at > self._max_age:
+            nodes, pods = self._lister()
+            self._cluster, self._listed_at = capacity.Cluster(nodes, pods), now
         for key, held in list(self._ledger.items()):
             seen = held.written is not None and held.written < self._listed_at
             if seen or now - held.decided > self._hold_for:
                 del self._ledger[key]
         return self._cluster
 
-    def _list(self, started: float) -> None:
-        """Take a listing with the lock released (called, and returning, with it held)."""
-        self._listing, epoch = True, self._epoch
-        self._lock.release()
-        try:
-            nodes, pods = self._lister()
-            cluster = capacity.Cluster(nodes, pods)
-        finally:
-            self._lock.acquire()
-            self._listing = False
-            self._listed.notify_all()
-        self._cluster = cluster
-        if epoch == self._epoch:  # an invalidate() meanwhile: newer than what we had, but not fresh
-            self._listed_at = started
-
     def invalidate(self) -> None:
         """Something changed that the listing cannot show (a node came or went, a worker finished): list again."""
         with self._lock:
             self._listed_at = float("-inf")
-            self._epoch += 1
 
     def _others(self, job: ObjectKey | None) -> list[tuple[capacity.Demand, int]]:
         """Groups other than ``job`` admitted after the current listing was taken (lock held)."""
