@@ -72,6 +72,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
+from lepton_operator.render import activator as rendered
 from lepton_operator.scaling.signals import ACTIVATOR_PENDING
 
 PENDING_METRIC: Final = ACTIVATOR_PENDING
@@ -96,9 +97,9 @@ class Config:
     """Base URL of the Triton pods' HTTP endpoint, e.g. ``http://name-triton.ns.svc:8000``."""
     grpc_backend: tuple[str, int] | None = None
     """host and port of their gRPC endpoint (``None``: no gRPC relay)."""
-    hold_timeout: float = 300.0
-    max_held: int = 1000
-    probe_interval: float = 0.5
+    hold_timeout: float = rendered.HOLD_TIMEOUT_SECONDS
+    max_held: int = rendered.MAX_HELD_REQUESTS
+    probe_interval: float = rendered.PROBE_INTERVAL_SECONDS
     connect_timeout: float = 2.0
     max_body_bytes: int = 64 * 1024 * 1024  # Triton's own --http-max-input-size default
 

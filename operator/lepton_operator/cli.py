@@ -173,7 +173,7 @@ def _add_activator(commands: Any) -> None:
         help="most requests held at once; more get a 503 at once (default: %(default)s)",
     )  # fmt: skip
     act.add_argument(
-        "--probe-interval-seconds", type=float, default=0.5,
+        "--probe-interval-seconds", type=float, default=rendered.PROBE_INTERVAL_SECONDS,
         help="seconds between two readiness probes of the backend while none is ready (default: %(default)s)",
     )  # fmt: skip
     act.set_defaults(handler=_activator)

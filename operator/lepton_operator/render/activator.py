@@ -53,6 +53,8 @@ REPLICAS = 2
 #: Longest a request waits for a replica at zero: a cold start (schedule, pull, stage, load).
 HOLD_TIMEOUT_SECONDS = 300
 MAX_HELD_REQUESTS = 1000
+#: Seconds between two readiness probes of the backend while none is ready.
+PROBE_INTERVAL_SECONDS = 0.5
 #: Seconds between the endpoints dropping a terminating activator and its SIGTERM, then the
 #: activator's own shutdown time for in-flight requests (``activator.SHUTDOWN_SECONDS``) and a margin.
 GRACE_SECONDS = PRESTOP_SECONDS + 30
