@@ -70,6 +70,18 @@ def test_a_reservation_outlives_listings_taken_before_its_pods_were_written() ->
     assert admission.reserved() == []  # now the pods themselves count
 
 
+def test_a_listing_taken_while_the_pods_are_written_counts_each_worker_once() -> None:
+    """The CI flake this fixes: the pods in the listing *and* their reservation made B see 0 of 1 free."""
+    listing, clock = Listing([cpu_node("n", 3)]), Clock()
+    admission = GangAdmission(listing, clock=clock)
+    assert admission.admit(A, WORKER, 2, own={"job": "a"}) is None
+    clock.now += 3  # a listing is taken after A's pods were created, before A's pass marks them written
+    listing.pods = [{**bound(f"a-{i}", "n"), "metadata": {"name": f"a-{i}", "namespace": "ml", "labels": {"job": "a"}}} for i in range(2)]
+    assert admission.admit(B, WORKER, 2, own={"job": "b"}) == ("WaitingForCapacity", "waiting for room for the whole group: 2 workers of cpu 1 each, 1 fit now")
+    assert admission.admit(C, WORKER, 1, own={"job": "c"}) is None
+    assert admission.room_for(B, WORKER, 2, own={"job": "b"}) == 0  # and C's reservation counts
+
+
 def test_a_reservation_whose_pods_were_never_written_expires() -> None:
     listing, clock = Listing([cpu_node("n", 3)]), Clock()
     admission = GangAdmission(listing, clock=clock, hold_for=60)

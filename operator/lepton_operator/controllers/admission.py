@@ -17,7 +17,10 @@ does not show what was admitted after it was taken, so every admission is also
 written into a ledger of reservations; a reservation is dropped once a listing
 taken after its pods were written is in use (then the pods themselves are in
 it, bound or in flight), or after ``hold_for`` seconds at the latest (a pass
-that died between deciding and writing). Jobs whose group waits are
+that died between deciding and writing). While a reservation stands, the pods
+of its job that a listing already shows are not counted again: a listing taken
+while the writes were under way shows some of them, and counting both would
+make a later group wait for room that is there. Jobs whose group waits are
 remembered, so that anything that frees room (a job finishing or suspended, a
 node appearing) can wake them; they also look again every few seconds.
 
@@ -56,6 +59,8 @@ def list_cluster() -> tuple[list[dict[str, Any]], Iterable[dict[str, Any]]]:
 class _Reservation:
     demand: capacity.Demand
     count: int
+    own: Mapping[str, str]
+    """The labels of the job's pods: a listing's pods carrying them are this reservation, not more demand."""
     decided: float
     written: float | None = None
 
@@ -93,6 +98,14 @@ class GangAdmission:
         """Groups other than ``job`` admitted after the current listing was taken (lock held)."""
         return [(r.demand, r.count) for key, r in self._ledger.items() if key != job]
 
+    def _not_counted(self, cluster: capacity.Cluster, job: ObjectKey, own: Mapping[str, str]) -> set[str]:
+        """The listed pods that take no room from ``job``: its own, and those its others' reservations stand for (lock held)."""
+        ignored = cluster.pods_labelled(job.namespace, own)
+        for key, reservation in self._ledger.items():
+            if key != job:
+                ignored |= cluster.pods_labelled(key.namespace, reservation.own)
+        return ignored
+
     def reserved(self, excluding: ObjectKey | None = None) -> list[tuple[capacity.Demand, int]]:
         """What other groups were admitted after the current listing was taken."""
         with self._lock:
@@ -102,7 +115,7 @@ class GangAdmission:
         """How many workers of ``demand`` (at most ``limit``) ``job`` could have now (elastic sizing); reserves nothing."""
         with self._lock:
             cluster = self._current()
-            return cluster.room_for(demand, limit, self._others(job), cluster.pods_labelled(job.namespace, own))
+            return cluster.room_for(demand, limit, self._others(job), self._not_counted(cluster, job, own))
 
     def admit(self, job: ObjectKey, demand: capacity.Demand, count: int, own: Mapping[str, str]) -> capacity.Held | None:
         """Admit ``count`` workers of ``demand`` for ``job`` if they all fit (``None``, and they are reserved), else why not.
@@ -112,13 +125,13 @@ class GangAdmission:
         """
         with self._lock:
             cluster = self._current()
-            held = cluster.held(demand, count, self._others(job), cluster.pods_labelled(job.namespace, own))
+            held = cluster.held(demand, count, self._others(job), self._not_counted(cluster, job, own))
             if held is not None:
                 self._waiting.add(job)
                 self._ledger.pop(job, None)
                 return held
             self._waiting.discard(job)
-            self._ledger[job] = _Reservation(demand, count, self._clock())
+            self._ledger[job] = _Reservation(demand, count, dict(own), self._clock())
             return None
 
     def written(self, job: ObjectKey) -> None:

@@ -167,9 +167,13 @@ class Cluster:
         self._allocatable = {name: _vector((n.get("status") or {}).get("allocatable") or {}) for name, n in self.nodes.items()}
         self._bound: dict[str, tuple[str, Resources]] = {}
         self._pending: dict[str, Demand] = {}
-        self._labels: dict[str, Mapping[str, str]] = {}
+        # namespace -> (label, value) -> pods carrying it: a job's pods are found without a scan of all pods.
+        self._labelled: dict[str, dict[tuple[str, str], set[str]]] = {}
         for pod in pods:
-            self._labels[_key(pod)] = (pod.get("metadata") or {}).get("labels") or {}
+            metadata = pod.get("metadata") or {}
+            by_label = self._labelled.setdefault(str(metadata.get("namespace")), {})
+            for label in (metadata.get("labels") or {}).items():
+                by_label.setdefault(label, set()).add(_key(pod))
             if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 continue
             node = (pod.get("spec") or {}).get("nodeName")
@@ -187,9 +191,9 @@ class Cluster:
         """
         if not selector:  # an empty selector would select every pod: it names none
             return set()
-        prefix = f"{namespace}/"
-        return {key for key, labels in self._labels.items()
-                if key.startswith(prefix) and all(labels.get(k) == v for k, v in selector.items())}  # fmt: skip
+        by_label = self._labelled.get(namespace, {})
+        first, *rest = (by_label.get(label, set()) for label in selector.items())
+        return first.intersection(*rest)
 
     def _nodes_for(self, demand: Demand) -> list[str]:
         key = (demand.selector, demand.tolerations)
