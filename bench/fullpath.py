@@ -25,6 +25,7 @@ move with load. Prints and writes ``bench/results/fullpath.json``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -80,12 +81,16 @@ def stages(run: Quickstart) -> dict[str, float]:
 
 def trainer_report(logs: str) -> dict[str, Any]:
     """The trainer's last progress line (rank 0 prints one JSON document per report)."""
-    reports = [json.loads(line) for line in logs.splitlines() if line.startswith("{") and '"step"' in line]
+    reports: list[dict[str, Any]] = [json.loads(line) for line in logs.splitlines() if line.startswith("{") and '"step"' in line]
     return reports[-1]
 
 
 def samples_per_second(report: dict[str, Any], batch: int, world: int) -> float:
     return float(report["step"] - report.get("resumedFrom", 0)) * batch * world / float(report["seconds"])
+
+
+def finished(run: Quickstart, name: str) -> bool:
+    return run.status("trainingjobs", name).get("phase") in ("Succeeded", "Failed")
 
 
 def ddp(run: Quickstart, workdir: Path) -> dict[str, Any]:
@@ -100,7 +105,7 @@ def ddp(run: Quickstart, workdir: Path) -> dict[str, Any]:
                "spec": {**{k: v for k, v in example["spec"].items() if k not in ("checkpoint", "output", "runPolicy")},
                         "workers": {**example["spec"]["workers"], "replicas": workers}}}  # fmt: skip
         run.kubectl.apply(job, "--server-side")
-        run.wait(lambda n=name: run.status("trainingjobs", n).get("phase") in ("Succeeded", "Failed"), 1200, f"{name} to finish")
+        run.wait(functools.partial(finished, run, name), 1200, f"{name} to finish")
         assert run.status("trainingjobs", name)["phase"] == "Succeeded", run.status("trainingjobs", name)
         report = trainer_report(run.kubectl("logs", f"{name}-worker-0-g0"))
         found[f"pods_{workers}"] = round(samples_per_second(report, batch, workers), 1)
