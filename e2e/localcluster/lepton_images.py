@@ -22,7 +22,9 @@ The Dockerfiles install their dependencies in a layer of their own, from ``pypro
 alone, and buildah keeps layers (``layers=True``: the images stay in the private buildah
 storage too), so a code change rebuilds only the small layers above the 4.7 GB of torch and
 CUDA wheels. Old builds are pruned, archive and stored image: the :data:`KEEP_ARCHIVES` most
-recently used of each image stay.
+recently used of each image stay. A node's containerd keeps only the builds it was last given
+(:func:`stale_refs`): every earlier one is gigabytes, and a disk filled by them makes the
+kubelet reclaim images, the pause image among them, which stops every new pod on the node.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,7 +200,18 @@ def import_into(ctr: Sequence[str], built: Mapping[str, images.Image],
         proc = subprocess.run(tag, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             raise images.ImageError(f"tagging {image.ref} {LOCAL_TAG} failed: {proc.stderr.strip()}")
+    stale = stale_refs(images.containerd_digests(ctr), built)
+    if stale:  # gigabytes each (torch): left there, a few code changes fill the disk and the kubelet evicts
+        subprocess.run([*ctr, "images", "rm", "--sync", *stale], capture_output=True, text=True, timeout=600)
+        progress(f"removed older builds from the node: {', '.join(stale)}")
     return imported
+
+
+def stale_refs(held: Iterable[str], built: Mapping[str, images.Image]) -> list[str]:
+    """The references in ``held`` to earlier builds of the images in ``built`` (not the current key, not ``local``)."""
+    current = {image.ref for image in built.values()} | {f"{repository(name)}:{LOCAL_TAG}" for name in built}
+    repositories = {repository(name) for name in built}
+    return sorted(ref for ref in held if ref.rsplit(":", 1)[0] in repositories and ref not in current)
 
 
 def load(cluster: Cluster, built: Mapping[str, images.Image]) -> None:

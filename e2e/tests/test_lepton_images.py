@@ -71,3 +71,12 @@ def test_pruning_keeps_the_most_recently_used_archives_of_each_image(tmp_path: P
     assert unstored == ["localhost/lepton-workloads:k2"]  # and its image leaves buildah's storage
     assert archives[0].is_file() and archives[2].is_file() and other.is_file()
     assert not archives[1].with_suffix(".lock").exists()
+
+
+def test_a_node_keeps_only_the_builds_it_was_last_given() -> None:
+    built = {"operator": images.Image("localhost/lepton-operator:new", Path("op.tar")),
+             "workloads": images.Image("localhost/lepton-workloads:w2", Path("w.tar"))}  # fmt: skip
+    held = ["localhost/lepton-operator:old", "localhost/lepton-operator:new", "localhost/lepton-operator:local",
+            "localhost/lepton-workloads:w1", "localhost/lepton-workloads:w2", "localhost/lepton-workloads-extra:x",
+            "localhost/lepton/pause:1", "localhost/lepton-triton-simulator:s1", "sha256:0123"]  # fmt: skip
+    assert lepton_images.stale_refs(held, built) == ["localhost/lepton-operator:old", "localhost/lepton-workloads:w1"]

@@ -20,6 +20,7 @@ from lepton_operator.controllers.progress import ProgressPoller
 from fake_kube import cpu_node
 from lepton_operator.controllers.wakeups import ObjectKey, Wakeups
 from lepton_operator.render import training as render
+from lepton_operator.status import capacity
 from lepton_workloads import progress_server
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -268,6 +269,18 @@ def test_node_watch_reports_deleted_and_long_not_ready_nodes_and_wakes_their_job
     assert nodes.lost(pods, 60, NOW + timedelta(seconds=60))[0] == {"a": "was deleted"}
     nodes.note_pods(key, [])
     assert nodes.observe(ready, False, NOW) == []
+
+
+def test_a_node_joining_wakes_the_groups_waiting_for_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only after the waiting group's next periodic look: its status says at once how many fit now."""
+    waiting = controller.ObjectKey("TrainingJob", "ml", "waits")
+    gangs = admission.GangAdmission(lambda: ([], []))
+    assert gangs.admit(waiting, capacity.Demand.of({"spec": {}}), 1, own={}) is not None  # no node at all: it waits
+    monkeypatch.setattr(controller, "ADMISSION", gangs)
+    nodes = controller.NodeWatch()
+    ready = {"metadata": {"name": "new"}, "status": {"conditions": [{"type": "Ready", "status": "True"}], "allocatable": {"cpu": "4"}}}
+    assert nodes.observe(ready, False, NOW) == [waiting]
+    assert nodes.observe(ready, False, NOW) == []  # the same node again: nothing changed
 
 
 def test_pods_on_a_deleted_node_are_force_deleted(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -335,7 +335,8 @@ class NodeWatch:
                 self._capacity.pop(name, None)
             else:
                 self._capacity[name] = shape
-            woken = set(self._users.get(name, ())) | (self._elastic if resized else set())
+            # A node that came, went or changed shape: elastic jobs resize, groups waiting for room look again.
+            woken = set(self._users.get(name, ())) | ((self._elastic | set(ADMISSION.waiting())) if resized else set())
             for old, when in list(self._gone.items()):
                 if now - when > self.FORGET_AFTER:
                     del self._gone[old]
