@@ -27,9 +27,10 @@ Each cache mode runs every step the same way:
 * ``cold``: before every timed step its input files are written back and
   dropped from the page cache (``fsync`` + ``posix_fadvise(DONTNEED)``, per
   file, no privileges needed), so reference and subject both read from the
-  disk. The preparer's shards stay in the page cache as written (as in a Job,
-  which does not fsync them); the time to write them back is measured just
-  after (``flush``) and shown as a second ratio.
+  disk. The preparer syncs its shards as it writes them (the manifest names
+  only bytes on the disk), so its time includes their write-back; what is
+  left to write back just after (``flush``: the directory entries, little
+  else) is measured and shown as a second ratio.
 
 Prints one JSON line per repetition, then the medians (with each ratio's range
 over the repetitions), and writes them to ``--out``. On a machine shared with

@@ -47,8 +47,9 @@ bytesTotal=...``), to ``.progress.json`` in the output directory and to
      "bytesDone": 1048576, "bytesTotal": 9000000, "records": 0}
 
 Restarts are clean: a run removes the previous shards before writing and writes
-the manifest last (atomically), so a half-written preparation is never taken
-for a finished one; a run that finds a manifest of the same spec hash whose
+the manifest last (atomically, and only once the shards are synced to the disk:
+a node crash cannot leave a manifest over shards the disk never got), so a
+half-written preparation is never taken for a finished one; a run that finds a manifest of the same spec hash whose
 shards verify reports it again instead of preparing twice.
 """
 

@@ -98,12 +98,33 @@ def digest_of(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
+def sync_directory(path: Path) -> None:
+    """Put ``path``'s entries (files created, renamed into it) on the disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_manifest(root: Path, manifest: Manifest) -> str:
-    """Write ``manifest.json`` atomically (temp file, then rename); returns its digest."""
+    """Write ``manifest.json`` atomically and durably; returns its digest.
+
+    The shards' bytes are on the disk already (their writers are durable); here
+    their directory entries are synced, then the manifest goes to a temporary
+    file that is synced and renamed into place, and the rename is synced: after
+    a crash there is either no manifest or one whose every shard is whole.
+    """
     text = manifest.to_json()
+    if (root / SHARD_DIR).is_dir():
+        sync_directory(root / SHARD_DIR)
     temporary = root / f".{MANIFEST}.tmp"
-    temporary.write_text(text)
+    with temporary.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(temporary, root / MANIFEST)
+    sync_directory(root)
     return digest_of(text)
 
 
@@ -175,7 +196,7 @@ class ShardWriter:
 
     def _open(self) -> HashingWriter:
         self._name = f"{SHARD_DIR}/{self.split}-{len(self.written):06d}.tar"
-        self._out = HashingWriter(self.root / self._name)
+        self._out = HashingWriter(self.root / self._name, durable=True)
         self._records = 0
         return self._out
 

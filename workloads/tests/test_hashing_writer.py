@@ -94,3 +94,30 @@ def test_short_writes_are_resumed_where_they_stopped(tmp_path: Path, monkeypatch
             out.write(piece)
         out.close()
     assert (tmp_path / "out").read_bytes() == b"".join(data)
+
+
+def test_a_durable_writer_syncs_as_it_goes_and_the_tail_at_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk writes back while the producer goes on; nothing written is left unsynced once close returns."""
+    synced_at: list[int] = []  # the file's size at each sync
+    monkeypatch.setattr(hashing_writer.os, "fdatasync", lambda fd: synced_at.append(os.fstat(fd).st_size))
+    data = pieces() * 4
+    with HashingWriter(tmp_path / "out", durable=True, sync_every_bytes=1 << 20) as out:
+        for piece in data:
+            out.write(piece)
+        size, _ = out.close()
+    assert synced_at[-1] == size == sum(map(len, data))
+    assert len(synced_at) > 4 and synced_at == sorted(synced_at)
+    with HashingWriter(tmp_path / "plain") as out:  # a plain writer (a download to check) leaves it to the kernel
+        out.write(bytes(3 << 20))
+        out.close()
+    assert len(synced_at) == len(set(synced_at)) and synced_at[-1] == size
+
+
+def test_a_failing_sync_is_raised_by_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(hashing_writer.os, "fdatasync", failing)
+    with pytest.raises(OSError, match="Input/output error"), HashingWriter(tmp_path / "out", durable=True) as out:
+        out.write(b"x" * 100)
+        out.close()

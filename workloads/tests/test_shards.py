@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lepton_workloads import shards
+from lepton_workloads import hashing_writer, shards
 
 
 def write_split(root: Path, split: str, count: int, **rollover: int) -> list[shards.ShardInfo]:
@@ -152,3 +153,22 @@ def test_a_header_with_any_byte_changed_is_not_taken_for_a_plain_one() -> None:
             changed = bytearray(header)
             changed[position] = (changed[position] + delta) % 256
             assert shards._plain_header(bytes(changed)) is None, (position, delta)
+
+
+def test_the_manifest_is_published_only_after_every_shard_is_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a crash there is no manifest, or one whose shards are whole: syncs come before the rename, the rename is synced."""
+    happened: list[tuple[str, str]] = []
+
+    def named(fd: int) -> str:
+        return str(Path(os.readlink(f"/proc/self/fd/{fd}")).relative_to(tmp_path))
+
+    monkeypatch.setattr(shards.os, "fsync", lambda fd: happened.append(("sync", named(fd))))
+    monkeypatch.setattr(hashing_writer.os, "fdatasync", lambda fd: happened.append(("sync", named(fd))))
+    replace = os.replace
+    monkeypatch.setattr(shards.os, "replace", lambda a, b: (happened.append(("rename", Path(b).name)), replace(a, b)))
+    written = write_split(tmp_path, "train", 10, records_per_shard=4)
+    shards.write_manifest(tmp_path, shards.Manifest(modality="text", source="https://example/x", shards=tuple(written)))
+    published = happened.index(("rename", shards.MANIFEST))
+    before = {name for _, name in happened[:published]}
+    assert {s.name for s in written} | {shards.SHARD_DIR, f".{shards.MANIFEST}.tmp"} <= before
+    assert happened[published + 1 :] == [("sync", ".")]
