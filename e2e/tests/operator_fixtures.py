@@ -144,6 +144,10 @@ def operator_kubeconfig(cluster_kubectl: Kubectl, tmp_path_factory: pytest.TempP
     return service_account_kubeconfig(cluster_kubectl, tmp_path_factory.mktemp("operator-sa") / "kubeconfig")
 
 
+#: Peering names of the session operators running now (one at most, see ``lepton_operator``).
+_SESSION_OPERATORS: list[str] = []
+
+
 @pytest.fixture(scope="session")
 def lepton_operator(
     request: pytest.FixtureRequest,
@@ -152,8 +156,12 @@ def lepton_operator(
     lepton_crds: None,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningOperator]:
+    if _SESSION_OPERATORS:  # a module that imports this fixture defines a second one, with an operator of its own
+        pytest.fail(f"a second session operator would act beside {_SESSION_OPERATORS[0]}: "
+                    "take lepton_operator from conftest, do not import it into a test module")  # fmt: skip
     failed_before = request.session.testsfailed
     peering_name = f"lepton-e2e-{uuid.uuid4().hex[:8]}"
+    _SESSION_OPERATORS.append(peering_name)
     namespaces = namespace_patterns(request.session.items)
     log_path = tmp_path_factory.mktemp("operator") / "operator.log"
     running = run_operator(
@@ -163,6 +171,7 @@ def lepton_operator(
         yield running
     finally:
         running.process.stop()
+        _SESSION_OPERATORS.remove(peering_name)
         delete_peering(cluster_kubectl, peering_name)
         if request.session.testsfailed > failed_before:
             print(f"\n--- lepton-operator log ({log_path}), last {LOG_TAIL_LINES} lines ---")

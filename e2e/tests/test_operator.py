@@ -16,15 +16,9 @@ import pytest
 
 import localcluster
 from localcluster.kube import Kubectl, KubectlError, wait_until
-from operator_fixtures import (  # noqa: F401 - fixtures, until conftest loads the plugin
-    RunningOperator,
-    delete_peering,
-    http_get,
-    lepton_crds,
-    lepton_operator,
-    metric_samples,
-    run_operator,
-)
+# Fixtures come from conftest only: importing a session fixture here too would define a second one,
+# a second operator under its own peering name, acting beside the first for the rest of the session.
+from operator_fixtures import RunningOperator, delete_peering, http_get, metric_samples, run_operator
 
 pytestmark = pytest.mark.e2e
 
@@ -210,7 +204,7 @@ def test_operator_metrics_count_reconciles_of_every_kind(lepton_operator: Runnin
 def test_second_operator_with_lower_priority_stays_idle_until_the_first_stops(
     cluster: localcluster.Cluster,
     cluster_kubectl: Kubectl,
-    lepton_crds: None,  # noqa: F811
+    lepton_crds: None,
     kubectl: Kubectl,
     namespace: str,
     tmp_path: Path,
