@@ -117,3 +117,22 @@ def test_invalidate_makes_the_next_decision_list_again() -> None:
     assert admission.admit(A, WORKER, 2, own={}) is not None and listing.calls == 1
     admission.invalidate()
     assert admission.admit(A, WORKER, 2, own={}) is None and listing.calls == 2
+
+
+def test_a_slow_listing_serves_longer_so_listing_never_takes_more_than_its_share() -> None:
+    """Thousands of pods take a second to list and parse: then one listing serves 10 s, not 2."""
+    clock = Clock()
+    listing = Listing([cpu_node("n", 100)])
+
+    def slow() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        clock.now += 1.0
+        return listing()
+
+    admission = GangAdmission(slow, clock=clock, max_age=2.0)
+    assert admission.admit(A, WORKER, 1, own={}) is None and listing.calls == 1
+    clock.now += 8  # 9 s after the listing began: within 10 s
+    assert admission.admit(B, WORKER, 1, own={}) is None and listing.calls == 1
+    clock.now += 2
+    assert admission.admit(C, WORKER, 1, own={}) is None and listing.calls == 2
+    admission.invalidate()  # a node came: whatever the listing cost, the next decision lists again
+    assert admission.admit(C, WORKER, 1, own={}) is None and listing.calls == 3

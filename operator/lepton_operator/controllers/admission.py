@@ -12,7 +12,11 @@ uncontended cluster).
 Decisions are serialized by one lock in this process (one acting operator
 replica, kopf peering) and made on a :class:`status.capacity.Cluster` built
 from a listing of nodes and unfinished pods that is at most ``max_age``
-seconds old, so a burst of jobs costs one listing, not one each. A listing
+seconds old, so a burst of jobs costs one listing, not one each, and at most
+:data:`LISTING_SHARE` of the time goes to listing: a listing that took ``t``
+seconds serves for ``t / LISTING_SHARE`` at least. On a large cluster a
+listing is thousands of pods to fetch and parse (about a second here at 4000
+pods), and one every ``max_age`` would take a core. A listing
 does not show what was admitted after it was taken, so every admission is also
 written into a ledger of reservations; a reservation is dropped once a listing
 taken after its pods were written is in use (then the pods themselves are in
@@ -44,6 +48,8 @@ from lepton_operator.status import capacity
 
 #: Jobs whose group waits for room look again this often (room freed by pods of others wakes nobody).
 RECHECK_SECONDS = 5.0
+#: The share of time the decisions may spend listing (see the module docstring).
+LISTING_SHARE = 0.1
 #: Pods that take room: not finished (the API server filters; thousands of finished pods are not read).
 UNFINISHED = "status.phase!=Succeeded,status.phase!=Failed"
 #: Returns the cluster's nodes and unfinished pods, as plain JSON (pods may come lazily, page by page).
@@ -74,15 +80,17 @@ class GangAdmission:
         self._lock = threading.Lock()
         self._cluster: capacity.Cluster | None = None
         self._listed_at = float("-inf")
+        self._serves_for = max_age
         self._ledger: dict[ObjectKey, _Reservation] = {}
         self._waiting: set[ObjectKey] = set()
 
     def _current(self) -> capacity.Cluster:
         """The cluster as listed at most ``max_age`` ago, with the ledger trimmed to match (lock held)."""
         now = self._clock()
-        if self._cluster is None or now - self._listed_at > self._max_age:
+        if self._cluster is None or now - self._listed_at > self._serves_for:
             nodes, pods = self._lister()
-            self._cluster, self._listed_at = capacity.Cluster(nodes, pods), now
+            self._cluster, self._listed_at = capacity.Cluster(nodes, pods), now  # pods are read as it is built
+            self._serves_for = max(self._max_age, (self._clock() - now) / LISTING_SHARE)
         for key, held in list(self._ledger.items()):
             seen = held.written is not None and held.written < self._listed_at
             if seen or now - held.decided > self._hold_for:
