@@ -28,10 +28,11 @@ setup: $(STAMP)
 # Prometheus 2.42 (autoscaling signals; file-based targets, no Kubernetes
 # discovery needed); the local cluster's real node (containerd, runc, CNI
 # plugins, iptables, conntrack; gcc for its pause program, busybox-static) and
-# its images (buildah, skopeo, umoci, debootstrap). Installed once (apt-get
+# its images (buildah, skopeo, umoci, debootstrap); ipset for the NetworkPolicy
+# enforcer of the real node (kube-router, test harness only). Installed once (apt-get
 # skips what is there); needs root or sudo.
 TOOLS_PACKAGES := prometheus containerd runc containernetworking-plugins iptables conntrack gcc \
-	busybox-static buildah skopeo umoci debootstrap
+	busybox-static buildah skopeo umoci debootstrap ipset
 tools:
 	@missing=$$(for p in $(TOOLS_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	[ -z "$$missing" ] || { \
@@ -39,13 +40,13 @@ tools:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; }
 
-demo: setup
+demo: setup tools
 	$(PY) -m localcluster.demo up
 
 down: setup
 	$(PY) -m localcluster.demo down
 
-cluster: setup
+cluster: setup tools
 	$(PY) -m localcluster up
 
 crds: setup
