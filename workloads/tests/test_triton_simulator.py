@@ -15,24 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import tritonclient.http as triton_http
 
 from lepton_workloads import export, triton_config
 from lepton_workloads.triton_simulator import Model, serve
-
-
-class Doubler(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * 2.0 + 1.0
-
+from triton_fixtures import Doubler, write_doubler
 
 @pytest.fixture(scope="module", params=["torchscript", "onnx"])
 def repository(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
     """``double`` exported as the trainer exports (every test runs on TorchScript and on ONNX); read only."""
-    root = tmp_path_factory.mktemp(request.param)
-    export.write(Doubler(), (4,), root, "double", max_batch_size=8, export_format=request.param)
-    return root
+    return write_doubler(tmp_path_factory.mktemp(request.param), request.param)
 
 
 @pytest.fixture
