@@ -11,7 +11,7 @@ ENTRY_POINTS = {
     "prepare": "prepare a LeptonDataset into shards",
     "train": "PyTorch DDP trainer (under torchrun)",
     "stage_model": "stage a Triton model repository (an InferenceService's init container)",
-    "triton_simulator": "a stand-in speaking Triton's HTTP protocol and metrics (tests, local demo)",
+    "triton_simulator": "a stand-in speaking Triton's HTTP and gRPC protocols and metrics (tests, local demo)",
     "demo_data": "generate (and serve over HTTP) the quickstart's multimodal sample data",
 }
 
