@@ -250,7 +250,7 @@ def test_requests_at_zero_are_held_counted_and_answered_once_a_replica_is_ready(
     assert infer(activator.address, [1, 1, 1, 1]).tolist() == [[2.0] * 4]
     status, answer = chunked_infer(activator.address, [0.5, 0, 0, 0], {"Expect": "100-continue"})  # as curl sends
     assert status == 200 and answer["outputs"][0]["data"] == [1.0, 0, 0, 0]
-    assert get_status(activator.address, "/v2/models/other/ready") == 404
+    assert get_status(activator.address, "/v2/models/other/ready") == 400  # Triton: "unknown model"
 
     # Back to zero: the refused connection is not lost, it is held until a replica is back.
     simulator.stop()

@@ -258,8 +258,9 @@ def test_the_triton_simulator_image_understands_the_rendered_command_line(tmp_pa
     args = [arg.replace(inference.MODEL_REPOSITORY, str(tmp_path)) for arg in container["args"]]
     own, ignored = tritonserver_args(args)
     assert own == [f"--model-repository={tmp_path}", "--model=resnet", "--host=0.0.0.0",
-                   f"--http-port={inference.HTTP_PORT}", f"--metrics-port={inference.METRICS_PORT}"]  # fmt: skip
-    assert "--log-verbose=1" in ignored and f"--grpc-port={inference.GRPC_PORT}" in ignored
+                   f"--http-port={inference.HTTP_PORT}", f"--metrics-port={inference.METRICS_PORT}",
+                   f"--grpc-port={inference.GRPC_PORT}"]  # fmt: skip
+    assert "--log-verbose=1" in ignored
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.pbtxt").write_text("")
     with pytest.raises(SystemExit, match="exactly one model"):
