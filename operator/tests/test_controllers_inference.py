@@ -141,7 +141,7 @@ def test_a_secured_service_waits_for_its_key_and_tls_secrets_and_never_copies_th
 
     fake.objects[("Secret", "ns", "m-key")] = {"metadata": {"name": "m-key"}, "type": "Opaque", "data": {"apiKey": ""}}
     patch, deployment, _ = secured(patch)
-    expect(patch, "SecretKeyMissing", "auth.apiKeySecretRef: Secret m-key has no key apiKey")  # empty counts as missing
+    expect(patch, "SecretKeyMissing", "auth.apiKeySecretRef: Secret m-key has no non-empty key apiKey")
 
     fake.objects[("Secret", "ns", "m-key")]["data"]["apiKey"] = KEY_VALUE
     patch, deployment, _ = secured(patch)
@@ -154,7 +154,7 @@ def test_a_secured_service_waits_for_its_key_and_tls_secrets_and_never_copies_th
 
     tls["type"] = "kubernetes.io/tls"
     patch, deployment, warnings = secured(patch)
-    expect(patch, "SecretKeyMissing", "tls.secretName: Secret m-tls has no key ca.crt")  # mutual needs the CA
+    expect(patch, "SecretKeyMissing", "tls.secretName: Secret m-tls has no non-empty key ca.crt")  # mutual needs the CA
     assert deployment is None and warnings[0][0] == "SecretKeyMissing"
 
     tls["data"]["ca.crt"] = CERT_B64

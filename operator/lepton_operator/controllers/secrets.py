@@ -42,10 +42,6 @@ def _not_found(namespace: str, name: str, context: str = "") -> SecretProblem:
     return SecretProblem("SecretNotFound", f"{context}Secret {name} not found in namespace {namespace}")
 
 
-def _keys_missing(name: str, missing: list[str], context: str = "") -> SecretProblem:
-    return SecretProblem("SecretKeyMissing", f"{context}Secret {name} has no key {', '.join(missing)}")
-
-
 def secret_problem(namespace: str, uri: str, ref: SecretReference | None) -> SecretProblem | None:
     """Why the Secret of ``uri``'s credentials cannot be used, or ``None`` (also when there is none)."""
     if ref is None:
@@ -57,7 +53,7 @@ def secret_problem(namespace: str, uri: str, ref: SecretReference | None) -> Sec
     required = source_credentials(uri, ref).values()
     missing = sorted(key for key, optional in required if not optional and key not in present)
     if missing:
-        return _keys_missing(ref.name, missing)
+        return SecretProblem("SecretKeyMissing", f"Secret {ref.name} has no key {', '.join(missing)}")
     return None
 
 
@@ -78,7 +74,9 @@ def required_secret_problem(namespace: str, required: RequiredSecret) -> SecretP
         return SecretProblem("SecretTypeMismatch", f"{context}Secret {required.name} is of type {actual}, not {required.type}")
     filled = {key for key, value in (secret.get("data") or {}).items() if value}
     missing = [key for key in required.keys if key not in filled]
-    return _keys_missing(required.name, missing, context) if missing else None
+    if missing:
+        return SecretProblem("SecretKeyMissing", f"{context}Secret {required.name} has no non-empty key {', '.join(missing)}")
+    return None
 
 
 def first_required_secret_problem(namespace: str, required: list[RequiredSecret]) -> SecretProblem | None:
