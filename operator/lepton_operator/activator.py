@@ -50,6 +50,14 @@ up to ``max_body_bytes``. gRPC connections are relayed byte for byte once the
 backend is ready (held and counted the same way while it is not); an HTTP/2
 connection then stays on one replica, as it would without the activator.
 
+Security stays Triton's, end to end. Every HTTP header but the hop-by-hop ones
+is forwarded, so the API key header of ``spec.auth`` reaches Triton, which
+checks it (the API refuses hop-by-hop names as that header), and Triton's 403
+comes back as it is. gRPC is relayed as bytes, so ``spec.tls`` is between the
+client and Triton: the activator holds no certificate, sees no plaintext and no
+metadata, and a mutual-TLS client's certificate reaches Triton. Its own probe is
+``/v2/health/ready``, which Triton leaves open.
+
 It runs as ``lepton-operator activator`` from the operator image; ``/healthz``
 and ``/metrics`` are on the metrics port, so every path on the HTTP port is
 Triton's (the activator answers there only with its own 503 and 502 errors).

@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +36,8 @@ from lepton_workloads import triton_config  # noqa: E402
 from lepton_workloads.triton_simulator import Model, serve  # noqa: E402
 
 from lepton_operator.activator import PENDING_METRIC, REQUESTS_METRIC, forwarded_headers  # noqa: E402
+from lepton_operator.api.inference_security import DEFAULT_HEADER  # noqa: E402
+from lepton_operator.render.inference_security import grpc_metadata_key  # noqa: E402
 
 MODEL = "double"
 T = TypeVar("T")
@@ -345,3 +348,86 @@ def test_hop_by_hop_headers_are_not_forwarded() -> None:
                "Content-Length": "3", "Inference-Header-Content-Length": "120", "Content-Type": "application/json",
                "Expect": "100-continue"}  # fmt: skip
     assert forwarded_headers(headers) == {"Inference-Header-Content-Length": "120", "Content-Type": "application/json"}
+
+
+class RestrictedHandler(ReadyHandler):
+    """Triton with ``--http-restricted-api=inference:lepton-api-key=k``: health open, infer 403 without the key."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        allowed = self.headers.get(DEFAULT_HEADER) == "k"
+        body = b'{"outputs": []}' if allowed else f'{{"error": "This API is restricted, expecting header \'{DEFAULT_HEADER}\'"}}'.encode()
+        self.send_response(200 if allowed else 403)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_the_api_key_header_reaches_triton_and_its_403_comes_back(start_activator: Callable[..., ActivatorProcess]) -> None:
+    backend = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RestrictedHandler)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    try:
+        activator = start_activator(backend.server_address[1])
+        assert chunked_infer(activator.address, [1.0] * 4, {DEFAULT_HEADER: "k"}) == (200, {"outputs": []})
+        status, answer = chunked_infer(activator.address, [1.0] * 4)
+        assert status == 403 and DEFAULT_HEADER in answer["error"]
+    finally:
+        backend.shutdown()
+        backend.server_close()
+
+
+def make_certificates(directory: Path) -> dict[str, bytes]:
+    """A CA, a server certificate for ``serve.ns.svc`` and a client certificate, all signed by the CA."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *curve, "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=test-ca")
+    for name, extension in (("server", "subjectAltName=DNS:serve.ns.svc"), ("client", "extendedKeyUsage=clientAuth")):
+        openssl("req", *curve, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        (directory / f"{name}.ext").write_text(extension + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.crt", "-days", "1", "-extfile", f"{name}.ext")  # fmt: skip
+    return {path.name: path.read_bytes() for path in directory.iterdir() if path.suffix in (".crt", ".key")}
+
+
+def test_grpc_over_mutual_tls_and_its_key_metadata_pass_through_the_relay_end_to_end(
+    start_activator: Callable[..., ActivatorProcess], tmp_path: Path
+) -> None:
+    """The activator never terminates TLS: the client's handshake (and its certificate) reach the server behind it."""
+    grpc = pytest.importorskip("grpc")
+    pem = make_certificates(tmp_path)
+    key = grpc_metadata_key(DEFAULT_HEADER)
+
+    def echo_key(_: bytes, context: Any) -> bytes:
+        return str(dict(context.invocation_metadata()).get(key, "")).encode()
+
+    server = grpc.server(ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(echo_key)})])  # fmt: skip
+    credentials = grpc.ssl_server_credentials([(pem["server.key"], pem["server.crt"])], pem["ca.crt"], True)
+    grpc_port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    health = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ReadyHandler)
+    threading.Thread(target=health.serve_forever, daemon=True).start()
+    activator = start_activator(health.server_address[1], grpc_backend_port=grpc_port)
+
+    def call(*client_pair: bytes) -> bytes:
+        channel = grpc.secure_channel(f"127.0.0.1:{activator.grpc_port}", grpc.ssl_channel_credentials(pem["ca.crt"], *client_pair),
+                                      options=[("grpc.ssl_target_name_override", "serve.ns.svc")])  # fmt: skip
+        with channel:
+            method = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            answer: bytes = method(b"", metadata=[(key, "k")], timeout=60)
+            return answer
+
+    try:
+        assert call(pem["client.key"], pem["client.crt"]) == b"k"
+        with pytest.raises(grpc.RpcError) as refused:  # no client certificate: the server behind refuses the handshake
+            call()
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop(None)
+        health.shutdown()
+        health.server_close()

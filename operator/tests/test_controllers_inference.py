@@ -107,3 +107,62 @@ def test_scale_to_zero_services_get_an_activator_in_front_once_ready_and_lose_it
     assert fake.deleted == ["serve-activator", "serve-triton"]
     converge(2, 2)  # steady passes delete nothing more
     assert fake.deleted == ["serve-activator", "serve-triton"]
+
+
+KEY_VALUE, CERT_B64 = "c3VwZXItc2VjcmV0LWtleQ==", "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t"
+SECURED: dict[str, Any] = {"model": {"name": "m", "source": {"claim": {"name": "models", "path": "m"}}},
+                           "auth": {"apiKeySecretRef": {"name": "m-key"}},
+                           "tls": {"secretName": "m-tls", "mutual": True}}  # fmt: skip
+
+
+def test_a_secured_service_waits_for_its_key_and_tls_secrets_and_never_copies_their_values(
+    fake: FakeKube, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    written: list[Any] = []
+
+    def secured(status: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, list[tuple[str, str]]]:
+        patch: dict[str, Any] = {}
+        warnings: list[tuple[str, str]] = []
+        due = controller.reconcile_service(
+            {"metadata": {"namespace": "ns", "name": "m", "uid": "u1", "generation": 1}, "spec": SECURED, "status": status},
+            patch, retry=0, logger=logging.getLogger("test"), warn=lambda r, m: warnings.append((r, m)),
+        )  # fmt: skip
+        written.extend([patch, warnings])
+        assert (due is None) == (model_available(patch)["status"] == "True")
+        return patch, fake.objects.get(("Deployment", "ns", "m")), warnings
+
+    def expect(patch: dict[str, Any], reason: str, message: str) -> None:
+        assert (model_available(patch)["reason"], model_available(patch)["message"]) == (reason, message)
+
+    patch, deployment, warnings = secured({})
+    expect(patch, "SecretNotFound", "auth.apiKeySecretRef: Secret m-key not found in namespace ns")
+    assert deployment is None and warnings == [("SecretNotFound", model_available(patch)["message"])]
+
+    fake.objects[("Secret", "ns", "m-key")] = {"metadata": {"name": "m-key"}, "type": "Opaque", "data": {"apiKey": ""}}
+    patch, deployment, _ = secured(patch)
+    expect(patch, "SecretKeyMissing", "auth.apiKeySecretRef: Secret m-key has no non-empty key apiKey")
+
+    fake.objects[("Secret", "ns", "m-key")]["data"]["apiKey"] = KEY_VALUE
+    patch, deployment, _ = secured(patch)
+    expect(patch, "SecretNotFound", "tls.secretName: Secret m-tls not found in namespace ns")
+
+    tls = {"metadata": {"name": "m-tls"}, "type": "Opaque", "data": {"tls.crt": CERT_B64, "tls.key": CERT_B64}}
+    fake.objects[("Secret", "ns", "m-tls")] = tls
+    patch, deployment, _ = secured(patch)
+    expect(patch, "SecretTypeMismatch", "tls.secretName: Secret m-tls is of type Opaque, not kubernetes.io/tls")
+
+    tls["type"] = "kubernetes.io/tls"
+    patch, deployment, warnings = secured(patch)
+    expect(patch, "SecretKeyMissing", "tls.secretName: Secret m-tls has no non-empty key ca.crt")  # mutual needs the CA
+    assert deployment is None and warnings[0][0] == "SecretKeyMissing"
+
+    tls["data"]["ca.crt"] = CERT_B64
+    patch, deployment, warnings = secured(patch)
+    assert model_available(patch)["status"] == "True" and warnings == [] and deployment is not None
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["env"] == [{"name": "LEPTON_API_KEY", "valueFrom": {"secretKeyRef": {"name": "m-key", "key": "apiKey"}}}]
+    children = [child for (kind, _, _), child in fake.objects.items() if kind != "Secret"]
+    everything = json.dumps([children, written]) + caplog.text  # objects, status patches, events, logs
+    assert "spec of generation 1 accepted" in caplog.text
+    assert all(value not in everything for value in (KEY_VALUE, CERT_B64, "super-secret-key"))

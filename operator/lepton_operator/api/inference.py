@@ -4,7 +4,8 @@ The model comes from exactly one source (a TrainingJob's export, a URI, or a
 path on a claim). ``replicas`` is what ``kubectl scale`` and an external HPA set
 through the ``/scale`` subresource; when ``autoscaling`` is present the built-in
 autoscaler owns the replica count instead. Autoscaling settings live outside the
-pod template on purpose: changing them must never restart a pod.
+pod template on purpose: changing them must never restart a pod. Access control
+(``auth``) and gRPC TLS (``tls``) are in ``api.inference_security``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from lepton_operator.api.common import (
     SecretReference,
     Tolerations,
 )
+from lepton_operator.api.inference_security import AUTH_ARGS_RULE, TLS_ARGS_RULE, GrpcTLS, InferenceAuth
 
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-zA-Z0-9][-a-zA-Z0-9_.]*$")]
 ModelFormat = Literal["pytorch_libtorch", "onnxruntime"]
@@ -227,6 +229,17 @@ class InferenceServiceSpec(ApiModel):
     """Identity of the replicas (default: the triton-server user of NGC Triton images); hardened for Pod Security restricted."""
     autoscaling: AutoscalingSpec | None = None
     """Built-in autoscaling on Triton's signals."""
+    auth: InferenceAuth | None = None
+    """Require an API key, sent in a header, for inference, metadata and every management API.
+Health and readiness (/v2/health/live, /v2/health/ready, /v2/models/<model>/ready) stay open for the probes.
+Triton enforces it: without the key HTTP answers 403, gRPC UNAVAILABLE. Metrics (port 8002) are not covered.
+Unset: anyone who reaches the Service may call the model."""
+    tls: GrpcTLS | None = None
+    """TLS (optionally mutual) on the gRPC endpoint (port 8001), from a kubernetes.io/tls Secret (as cert-manager writes it).
+The certificate must name the address clients dial (e.g. <name>.<namespace>.svc); Triton reads it at start, so a renewed one is served once the pods restart.
+Triton's HTTP endpoint (8000) has no TLS: put a TLS-terminating ingress, gateway or mesh in front of it."""
+
+    __rules__ = (AUTH_ARGS_RULE, TLS_ARGS_RULE)
 
 
 class ScaleDecision(ApiModel):

@@ -13,6 +13,10 @@ the required keys (``secrets.secret_problem``, the dataset's check): until
 then ``ModelAvailable`` is False with ``SecretNotFound`` or
 ``SecretKeyMissing``, a Warning event says so once, nothing is applied, and
 the Secret is looked up again soon, then less often (``secrets.recheck_seconds``).
+The Secrets ``spec.auth`` and ``spec.tls`` name (the API key; a
+``kubernetes.io/tls`` Secret) are waited for the same way, before the
+Deployment that reads them exists (``secrets.required_secret_problem``; one
+more reason, ``SecretTypeMismatch``).
 
 A service that may scale to zero (``autoscaling.minReplicas: 0``) also gets
 its activator Deployment and the ``<name>-triton`` Service behind it
@@ -55,6 +59,7 @@ from lepton_operator.controllers.wakeups import ObjectKey
 from lepton_operator.render import activator as render_activator
 from lepton_operator.render import common
 from lepton_operator.render import inference as render
+from lepton_operator.render import inference_security as render_security
 from lepton_operator.status import validation
 from lepton_operator.status.conditions import SecretProblem
 from lepton_operator.status.inference import MODEL_AVAILABLE, Unavailable, service_status
@@ -98,11 +103,13 @@ def _model_unavailable(spec: InferenceServiceSpec, job: Mapping[str, Any] | None
 def _stageable(
     namespace: str, spec: InferenceServiceSpec, job: Mapping[str, Any] | None
 ) -> tuple[render.Source | None, Unavailable | None, SecretProblem | None]:
-    """The source to stage, or why there is none yet (a uri's Secret must exist with its keys first)."""
+    """The source to stage, or why there is none yet (a uri's Secret, the API key's and the TLS
+    Secret must exist with their keys first)."""
     source, unavailable = _model_unavailable(spec, job)
-    if not isinstance(source, render.UriSource):
+    if source is None:
         return source, unavailable, None
-    problem = secrets.secret_problem(namespace, source.uri, source.secret_ref)
+    problem = secrets.secret_problem(namespace, source.uri, source.secret_ref) if isinstance(source, render.UriSource) else None
+    problem = problem or secrets.first_required_secret_problem(namespace, render_security.required_secrets(spec))
     if problem is None:
         return source, None, None
     return None, Unavailable(problem.reason, problem.message), problem

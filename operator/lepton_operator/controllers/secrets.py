@@ -1,11 +1,14 @@
-"""Whether a source's Secret can be used, checked before a pod needs it.
+"""Whether a Secret can be used, checked before a pod needs it: a source's credentials, an API key, TLS.
 
 The dataset preparer and the model stager get their credentials by
-``secretKeyRef`` (``render.common.source_env``); a pod whose Secret or required
-key is missing would sit in ``CreateContainerConfigError`` with the reason in
-its own events only. The controllers check first, and report the reason on
-their object instead. Only the Secret's key names are read into anything;
-its values never leave this function (nothing here logs or returns them).
+``secretKeyRef`` (``render.common.source_env``), Triton its API key by
+``secretKeyRef`` and its gRPC TLS files from a Secret volume
+(``render.inference_security``); a pod whose Secret or required key is missing
+would sit in ``CreateContainerConfigError`` or ``ContainerCreating`` with the
+reason in its own events only. The controllers check first, and report the
+reason on their object instead. Only the Secret's type, its key names and
+whether a value is empty are read into anything; its values never leave these
+functions (nothing here logs or returns them).
 
 A missing Secret is polled, not watched: watching would need cluster-wide
 list/watch on Secrets, which an operator should not ask for. The poll starts
@@ -24,6 +27,7 @@ from typing import Any
 from lepton_operator.api.common import SecretReference
 from lepton_operator.controllers import kube
 from lepton_operator.render.common import source_credentials
+from lepton_operator.render.inference_security import RequiredSecret
 from lepton_operator.status.conditions import SecretProblem
 
 #: A Secret missing for a while is looked up again this often.
@@ -34,19 +38,50 @@ FIRST_RECHECK_SECONDS = 1.0
 RECHECK_FRACTION = 0.25
 
 
+def _not_found(namespace: str, name: str, context: str = "") -> SecretProblem:
+    return SecretProblem("SecretNotFound", f"{context}Secret {name} not found in namespace {namespace}")
+
+
 def secret_problem(namespace: str, uri: str, ref: SecretReference | None) -> SecretProblem | None:
     """Why the Secret of ``uri``'s credentials cannot be used, or ``None`` (also when there is none)."""
     if ref is None:
         return None
     secret = kube.get("v1", "Secret", namespace, ref.name)
     if secret is None:
-        return SecretProblem("SecretNotFound", f"Secret {ref.name} not found in namespace {namespace}")
+        return _not_found(namespace, ref.name)
     present = set(secret.get("data") or {}) | set(secret.get("stringData") or {})
     required = source_credentials(uri, ref).values()
     missing = sorted(key for key, optional in required if not optional and key not in present)
     if missing:
         return SecretProblem("SecretKeyMissing", f"Secret {ref.name} has no key {', '.join(missing)}")
     return None
+
+
+def required_secret_problem(namespace: str, required: RequiredSecret) -> SecretProblem | None:
+    """Why a Secret the pods mount or read (an API key, gRPC TLS) cannot be used, or ``None``.
+
+    Stricter than a source's check, because Triton fails at start on what it
+    cannot use: a key must be non-empty (Triton refuses an empty restricted-API
+    value), and a TLS Secret must be of type ``kubernetes.io/tls``. Messages name
+    the spec field (``required.field``); only key names and the type are read.
+    """
+    context = f"{required.field}: "
+    secret = kube.get("v1", "Secret", namespace, required.name)
+    if secret is None:
+        return _not_found(namespace, required.name, context)
+    actual = secret.get("type") or "Opaque"
+    if required.type is not None and actual != required.type:
+        return SecretProblem("SecretTypeMismatch", f"{context}Secret {required.name} is of type {actual}, not {required.type}")
+    filled = {key for key, value in (secret.get("data") or {}).items() if value}
+    missing = [key for key in required.keys if key not in filled]
+    if missing:
+        return SecretProblem("SecretKeyMissing", f"{context}Secret {required.name} has no non-empty key {', '.join(missing)}")
+    return None
+
+
+def first_required_secret_problem(namespace: str, required: list[RequiredSecret]) -> SecretProblem | None:
+    """The first of ``required`` that cannot be used (in spec order), or ``None``."""
+    return next((problem for need in required if (problem := required_secret_problem(namespace, need))), None)
 
 
 def recheck_seconds(status: Mapping[str, Any], condition: str, now: datetime) -> float:

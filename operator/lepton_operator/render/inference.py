@@ -21,6 +21,10 @@ Pure: spec + what the reconciler resolved (the model source, the replica count)
   config into a ConfigMap; otherwise the init container (``stage_model``) takes
   the config exported next to the model and applies the spec's settings to it.
 
+``spec.auth`` (an API key) and ``spec.tls`` (gRPC TLS) add Triton's own flags,
+the key's ``secretKeyRef`` and the TLS Secret's volume
+(``render.inference_security``); the probes stay HTTP and open.
+
 Services that may scale to zero get an activator in their request path; its
 Deployment and the Services' wiring are rendered by ``render.activator`` with
 :func:`service` and :func:`child_metadata` from here.
@@ -46,6 +50,7 @@ from lepton_operator.api.common import SecretReference
 from lepton_operator.api.inference import InferenceServiceSpec, ModelSpec, TensorSpec
 from lepton_operator.api.training import SERVED_AS, OutputSpec
 from lepton_operator.render import common
+from lepton_operator.render.inference_security import container_security
 
 KIND = "InferenceService"
 ROLE = "server"
@@ -279,6 +284,8 @@ def pod_template(name: str, spec: InferenceServiceSpec, source: Source, stager_i
         volumes.append({"name": "model-source", "persistentVolumeClaim": {"claimName": source.claim, "readOnly": True}})
         mount = {"name": "model-source", "mountPath": SOURCE_MOUNT, "readOnly": True}
         stager_mounts.append({**mount, "subPath": source.path} if source.path else mount)
+    security = container_security(spec)
+    volumes += security.volumes
     server_args = [
         f"--model-repository={MODEL_REPOSITORY}",
         f"--exit-timeout-secs={triton.exit_timeout_seconds}",
@@ -286,6 +293,7 @@ def pod_template(name: str, spec: InferenceServiceSpec, source: Source, stager_i
         f"--grpc-port={GRPC_PORT}",
         f"--metrics-port={METRICS_PORT}",
         "--allow-metrics=true",
+        *security.args,
         *(triton.args or []),
     ]
     container: dict[str, Any] = {
@@ -304,8 +312,10 @@ def pod_template(name: str, spec: InferenceServiceSpec, source: Source, stager_i
         "readinessProbe": _http_probe(f"/v2/models/{model.name}/ready", 2),
         "livenessProbe": _http_probe("/v2/health/live", 6),
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
-        "volumeMounts": [{"name": "model-repository", "mountPath": MODEL_REPOSITORY, "readOnly": True}],
+        "volumeMounts": [{"name": "model-repository", "mountPath": MODEL_REPOSITORY, "readOnly": True}, *security.mounts],
     }
+    if security.env:
+        container["env"] = security.env
     resources = common.container_resources(spec.resources, spec.gpu)
     if resources:
         container["resources"] = resources
