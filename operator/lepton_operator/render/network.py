@@ -66,6 +66,7 @@ DEFAULT_MONITORING_NAMESPACE = "monitoring"
 DEFAULT_OPERATOR_NAMESPACE = "lepton-system"
 #: The labels of the operator's pods in manifests/base/deployment.yaml.
 DEFAULT_OPERATOR_POD_LABELS: Mapping[str, str] = {"app.kubernetes.io/name": "lepton-operator"}
+Spec = TrainingJobSpec | InferenceServiceSpec | LeptonDatasetSpec
 NAME_SUFFIXES: Mapping[str, str] = {
     TRAINING_JOB.kind: "training",
     INFERENCE_SERVICE.kind: "serving",
@@ -91,6 +92,17 @@ class NetworkContext:
     def monitoring_peer(self) -> dict[str, Any]:
         """Every pod of the monitoring namespace."""
         return _namespace_peer(self.monitoring_namespace)
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """``key=value,key=value`` (how the operator's pod labels are configured) -> a dict; ``ValueError`` if malformed."""
+    labels: dict[str, str] = {}
+    for item in text.split(","):
+        key, equals, value = item.strip().partition("=")
+        if not key or not equals:
+            raise ValueError(f"{item.strip()!r} is not key=value")
+        labels[key] = value
+    return labels
 
 
 def _namespace_peer(namespace: str) -> dict[str, Any]:
@@ -183,3 +195,12 @@ def dataset_policy(name: str, namespace: str, uid: str, spec: LeptonDatasetSpec,
     if allowed:
         ingress.append({"from": allowed})
     return network_policy(LEPTON_DATASET.kind, name, namespace, uid, preparers, ingress, spec.network_policy)
+
+
+def object_policy(name: str, namespace: str, uid: str, spec: Spec, context: NetworkContext) -> dict[str, Any] | None:
+    """The policy of an object of any kind, by the type of its spec."""
+    if isinstance(spec, TrainingJobSpec):
+        return training_policy(name, namespace, uid, spec, context)
+    if isinstance(spec, InferenceServiceSpec):
+        return inference_policy(name, namespace, uid, spec, context)
+    return dataset_policy(name, namespace, uid, spec, context)
