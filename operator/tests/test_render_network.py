@@ -162,8 +162,8 @@ def test_only_the_operator_reads_a_workers_progress_port() -> None:
 
 
 def test_allow_from_widens_training_ingress_to_every_port() -> None:
-    spec = training_spec(allowFrom=[{"namespaceSelector": {"matchLabels": {"team": "tools"}}, "podSelector": {"matchLabels": {"app": "debugger"}}},
-                                    {"ipBlock": {"cidr": "192.168.0.0/16", "except": ["192.168.9.0/24"]}}])  # fmt: skip
+    debuggers = {"namespaceSelector": {"matchLabels": {"team": "tools"}}, "podSelector": {"matchLabels": {"app": "debugger"}}}
+    spec = training_spec(allowFrom=[debuggers, {"ipBlock": {"cidr": "192.168.0.0/16", "except": ["192.168.9.0/24"]}}])
     policy = training_policy(spec)
     debugger = Pod("tools-ns", {"app": "debugger"}, {"team": "tools"})
     assert admits(policy, debugger, MASTER_PORT) and admits(policy, debugger, NCCL_PORT)
@@ -199,7 +199,8 @@ def test_inference_accepts_its_namespace_on_http_and_grpc_and_monitoring_on_metr
 
 
 def test_allow_from_widens_inference_http_and_grpc_but_not_metrics() -> None:
-    policy = inference_policy(inference_spec(allowFrom=[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "web"}}}]))
+    web = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "web"}}}
+    policy = inference_policy(inference_spec(allowFrom=[web]))
     frontend = Pod("web", {"app": "frontend"})
     assert admits(policy, frontend, inference.HTTP_PORT) and admits(policy, frontend, inference.GRPC_PORT)
     assert not admits(policy, frontend, inference.METRICS_PORT)
@@ -254,7 +255,8 @@ def test_egress_when_set_allows_dns_own_pods_and_allow_to_only() -> None:
     assert not egress_admits(policy, NEIGHBOUR, 80) and not egress_admits(policy, worker(job="other"), NCCL_PORT)
     triton = Pod(NS, inference.selector("serve"))
     preparer = Pod(NS, dataset.prepare_job("imagenet", NS, "uid-3", dataset_spec())["spec"]["template"]["metadata"]["labels"])
-    for rendered, own in ((inference_policy(inference_spec(egress={})), triton), (dataset_policy(dataset_spec(egress={})), preparer)):
+    closed = ((inference_policy(inference_spec(egress={})), triton), (dataset_policy(dataset_spec(egress={})), preparer))
+    for rendered, own in closed:
         assert rendered["spec"]["policyTypes"] == ["Ingress", "Egress"]  # egress: {} is DNS and own pods only
         assert egress_admits(rendered, own, 8000) and not egress_admits(rendered, NEIGHBOUR, 8000)
 

@@ -66,6 +66,7 @@ DEFAULT_MONITORING_NAMESPACE = "monitoring"
 DEFAULT_OPERATOR_NAMESPACE = "lepton-system"
 #: The labels of the operator's pods in manifests/base/deployment.yaml.
 DEFAULT_OPERATOR_POD_LABELS: Mapping[str, str] = {"app.kubernetes.io/name": "lepton-operator"}
+#: The spec of any kind (each has a networkPolicy).
 Spec = TrainingJobSpec | InferenceServiceSpec | LeptonDatasetSpec
 NAME_SUFFIXES: Mapping[str, str] = {
     TRAINING_JOB.kind: "training",
@@ -116,7 +117,8 @@ def policy_name(kind: str, name: str) -> str:
 
 def peer(spec: NetworkPeer) -> dict[str, Any]:
     """A spec's peer as a NetworkPolicy peer (its ports, for an egress peer, go into the rule)."""
-    return spec.model_dump(by_alias=True, exclude_none=True, mode="json", include={"namespace_selector", "pod_selector", "ip_block"})
+    selected = {"namespace_selector", "pod_selector", "ip_block"}
+    return spec.model_dump(by_alias=True, exclude_none=True, mode="json", include=selected)
 
 
 def tcp(*ports: int) -> list[dict[str, Any]]:
@@ -174,7 +176,8 @@ def training_policy(job: str, namespace: str, uid: str, spec: TrainingJobSpec, c
     return network_policy(TRAINING_JOB.kind, job, namespace, uid, workers, ingress, spec.network_policy)
 
 
-def inference_policy(name: str, namespace: str, uid: str, spec: InferenceServiceSpec, context: NetworkContext) -> dict[str, Any] | None:
+def inference_policy(name: str, namespace: str, uid: str, spec: InferenceServiceSpec,
+                     context: NetworkContext) -> dict[str, Any] | None:  # fmt: skip
     """Triton and activator pods: the namespace and ``allowFrom`` on HTTP and gRPC, monitoring on metrics."""
     servers = {
         "matchLabels": {common.owner_label(INFERENCE_SERVICE.kind): name},
@@ -187,7 +190,8 @@ def inference_policy(name: str, namespace: str, uid: str, spec: InferenceService
     return network_policy(INFERENCE_SERVICE.kind, name, namespace, uid, servers, ingress, spec.network_policy)
 
 
-def dataset_policy(name: str, namespace: str, uid: str, spec: LeptonDatasetSpec, context: NetworkContext) -> dict[str, Any] | None:
+def dataset_policy(name: str, namespace: str, uid: str, spec: LeptonDatasetSpec,
+                   context: NetworkContext) -> dict[str, Any] | None:  # fmt: skip
     """The prepare pods: the operator on the progress port (the one port they serve), ``allowFrom`` peers."""
     preparers = {"matchLabels": common.selector_labels(LEPTON_DATASET.kind, name, PREPARE_ROLE)}
     ingress = [{"from": [context.operator_peer()], "ports": tcp(common.progress_port())}]
