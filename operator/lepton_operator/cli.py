@@ -43,7 +43,7 @@ def _crds(args: argparse.Namespace) -> int:
 
 def run_options(args: argparse.Namespace) -> OperatorOptions:
     """The operator options from parsed ``run`` flags."""
-    from lepton_operator.controllers.config import OperatorOptions  # noqa: PLC0415
+    from lepton_operator.controllers.config import OperatorOptions, network_context  # noqa: PLC0415
 
     fields: dict[str, Any] = {
         "namespaces": tuple(args.namespace),
@@ -55,6 +55,7 @@ def run_options(args: argparse.Namespace) -> OperatorOptions:
         "prometheus_url": args.prometheus_url,
         "autoscale_interval": args.autoscale_interval,
         "progress_interval": args.progress_interval,
+        "network": network_context(args.monitoring_namespace, args.operator_pod_labels),
     }
     if args.priority is not None:
         fields["priority"] = args.priority
@@ -73,6 +74,15 @@ def _port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{text} is not a TCP port (1-65535)")
     return port
+
+
+def _labels(text: str) -> dict[str, str]:
+    from lepton_operator.render.network import parse_labels  # noqa: PLC0415 - only `run` parses labels
+
+    try:
+        return parse_labels(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def _add_run(commands: Any) -> None:
@@ -126,6 +136,22 @@ def _add_run(commands: Any) -> None:
         type=float,
         default=10.0,
         help="seconds between two reads of a running trainer's or preparer's /progress (default: 10)",
+    )
+    run.add_argument(
+        "--monitoring-namespace",
+        default=None,
+        metavar="NS",
+        help="namespace whose pods may scrape the metrics ports of Lepton's pods (NetworkPolicies)"
+        " (default: $LEPTON_MONITORING_NAMESPACE, else monitoring)",
+    )
+    run.add_argument(
+        "--operator-pod-labels",
+        type=_labels,
+        default=None,
+        metavar="KEY=VALUE,...",
+        help="labels of the operator's pods, which NetworkPolicies let read the progress ports"
+        " (default: $LEPTON_OPERATOR_POD_LABELS, else app.kubernetes.io/name=lepton-operator);"
+        " their namespace is $POD_NAMESPACE, else lepton-system",
     )
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     run.set_defaults(handler=_run)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from lepton_operator.controllers import kube
+from lepton_operator.controllers import kube, network
 
 Key = tuple[str, str, str]
 
@@ -54,4 +54,5 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeKube:
     api = FakeKube()
     for name in ("get", "apply", "list_labelled", "delete"):
         monkeypatch.setattr(kube, name, getattr(api, name))
+    monkeypatch.setattr(network, "POLICIES", network.PolicySync())  # no policy synced by an earlier test
     return api

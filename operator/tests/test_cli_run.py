@@ -10,6 +10,14 @@ import pytest
 from lepton_operator import cli
 from lepton_operator.controllers import config, runner
 from lepton_operator.controllers.config import OperatorOptions
+from lepton_operator.render.network import NetworkContext
+
+
+@pytest.fixture(autouse=True)
+def no_network_settings_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's pod sets these; a test's result must not depend on where it runs."""
+    for name in (config.MONITORING_NAMESPACE_ENV, config.OPERATOR_NAMESPACE_ENV, config.OPERATOR_POD_LABELS_ENV):
+        monkeypatch.delenv(name, raising=False)
 
 
 def options(*argv: str) -> OperatorOptions:
@@ -47,8 +55,18 @@ def test_every_flag() -> None:
     assert options("-v", "--priority", "0").verbose and options("--priority", "-5").priority == -5
 
 
+def test_network_policy_settings_from_flags_or_the_operators_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert options().network == NetworkContext()  # monitoring, lepton-system, app.kubernetes.io/name=lepton-operator
+    flagged = options("--monitoring-namespace", "observability", "--operator-pod-labels", "app=lepton,tier=control")
+    assert flagged.network == NetworkContext("observability", "lepton-system", {"app": "lepton", "tier": "control"})
+    monkeypatch.setenv(config.OPERATOR_NAMESPACE_ENV, "platform")  # the Deployment's fieldRef
+    monkeypatch.setenv(config.MONITORING_NAMESPACE_ENV, "prom")
+    assert options().network == NetworkContext("prom", "platform")
+    assert options("--monitoring-namespace", "obs").network.monitoring_namespace == "obs"  # the flag wins
+
+
 @pytest.mark.parametrize("argv", [["--metrics-port", "0"], ["--health-port", "70000"], ["--metrics-port", "http"],
-                                  ["--priority", "high"], ["--bogus"]])  # fmt: skip
+                                  ["--priority", "high"], ["--operator-pod-labels", "app"], ["--bogus"]])  # fmt: skip
 def test_bad_flags_exit_with_usage(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         cli.build_parser().parse_args(["run", *argv])

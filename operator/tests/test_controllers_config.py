@@ -11,6 +11,7 @@ import pytest
 
 from lepton_operator.controllers import config, startup
 from lepton_operator.controllers.config import OperatorOptions, configure, retry_delay
+from lepton_operator.render.network import NetworkContext
 
 
 def configured(**options: object) -> kopf.OperatorSettings:
@@ -142,3 +143,14 @@ def test_peering_object_creation_is_retried_until_it_succeeds(monkeypatch: pytes
     monkeypatch.setattr(startup, "ensure_peering", fake_ensure)
     asyncio.run(startup.keep_ensuring_peering("lepton-y", logging.getLogger("test"), delays=(0.0,)))
     assert calls == ["lepton-y"] * 3
+
+
+def test_network_settings_come_from_flags_then_the_environment_then_defaults() -> None:
+    assert config.network_context(environ={}) == NetworkContext() == NetworkContext(
+        "monitoring", "lepton-system", {"app.kubernetes.io/name": "lepton-operator"}
+    )
+    environ = {"LEPTON_MONITORING_NAMESPACE": "prom", "POD_NAMESPACE": "ops", "LEPTON_OPERATOR_POD_LABELS": "app=lepton, tier=ops"}
+    assert config.network_context(environ=environ) == NetworkContext("prom", "ops", {"app": "lepton", "tier": "ops"})
+    assert config.network_context("obs", {"a": "b"}, environ) == NetworkContext("obs", "ops", {"a": "b"})
+    with pytest.raises(ValueError, match="not key=value"):
+        config.network_context(environ={"LEPTON_OPERATOR_POD_LABELS": "app"})

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 import aiohttp
+import kopf
 import pytest
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import DynamicApiError
@@ -18,7 +19,7 @@ from fake_kube import FakeKube, fake  # noqa: F401 - the fixture
 from lepton_operator import metrics
 from lepton_operator.api.dataset import LeptonDatasetSpec
 from lepton_operator.controllers import dataset as controller
-from lepton_operator.controllers import kube, secrets
+from lepton_operator.controllers import kube, network, secrets
 from lepton_operator.controllers.progress import ProgressPoller
 from lepton_operator.controllers.wakeups import ObjectKey, Wakeups
 from lepton_operator.render import dataset as render
@@ -167,3 +168,40 @@ def test_running_preparers_live_progress_reaches_status_and_metrics(fake: FakeKu
 async def poll(poller: ProgressPoller) -> list[ObjectKey]:
     async with aiohttp.ClientSession() as session:
         return await poller.poll(session)
+
+
+OPEN_SOURCE = {"source": {"uri": "https://h/x/"}, "modality": "text"}
+
+
+def test_prepare_pods_are_isolated_before_their_job_exists_and_the_policy_goes_when_disabled(fake: FakeKube) -> None:
+    run(body(OPEN_SOURCE))
+    kinds = [kind for kind, _, _ in fake.objects]
+    assert kinds.index("NetworkPolicy") < kinds.index("Job")
+    policy = fake.objects[("NetworkPolicy", "ns", "d-prepare")]
+    assert policy["spec"]["podSelector"]["matchLabels"]["lepton.ai/role"] == "prepare"
+    disabled = {**OPEN_SOURCE, "networkPolicy": {"enabled": False}}
+    run(body(disabled, {"observedGeneration": 1}, generation=2))
+    assert fake.deleted == ["d-prepare"]
+    run(body(disabled, {"observedGeneration": 2}, generation=2))
+    assert fake.deleted == ["d-prepare"]  # once, by the pass that first saw the generation
+
+
+def test_a_refused_policy_fails_the_pass_before_any_job(fake: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pods are never created without their isolation: the pass is retried with a ReconcileError instead."""
+    applied = kube.apply
+
+    def refuse_policies(manifest: dict[str, Any]) -> dict[str, Any]:
+        if manifest["kind"] == "NetworkPolicy":
+            raise RuntimeError("networkpolicies is forbidden")
+        return applied(manifest)
+
+    monkeypatch.setattr(kube, "apply", refuse_policies)
+    patch: dict[str, Any] = {}
+    with pytest.raises(kopf.TemporaryError):
+        controller.reconcile_dataset(body(OPEN_SOURCE), patch, retry=0, logger=logging.getLogger("test"), warn=lambda r, m: None)
+    assert not [key for key in fake.objects if key[0] == "Job"]
+    ready = next(c for c in patch["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "ReconcileError" and "forbidden" in ready["message"]
+    monkeypatch.setattr(kube, "apply", applied)
+    run(body(OPEN_SOURCE))  # the retry writes the policy it could not write before
+    assert ("NetworkPolicy", "ns", "d-prepare") in fake.objects and [key for key in fake.objects if key[0] == "Job"]

@@ -15,9 +15,10 @@ import pytest
 
 from fake_kube import FakeKube, fake  # noqa: F401 - the fixture
 from lepton_operator.api.inference import InferenceServiceSpec
-from lepton_operator.controllers import config
+from lepton_operator.controllers import config, network
 from lepton_operator.controllers import inference as controller
 from lepton_operator.controllers import secrets
+from lepton_operator.render.network import NetworkContext
 
 SPEC: dict[str, Any] = {
     "model": {
@@ -166,3 +167,23 @@ def test_a_secured_service_waits_for_its_key_and_tls_secrets_and_never_copies_th
     everything = json.dumps([children, written]) + caplog.text  # objects, status patches, events, logs
     assert "spec of generation 1 accepted" in caplog.text
     assert all(value not in everything for value in (KEY_VALUE, CERT_B64, "super-secret-key"))
+
+
+def test_the_services_policy_uses_the_operators_monitoring_namespace_and_goes_when_disabled(fake: FakeKube) -> None:
+    network.POLICIES.context = NetworkContext(monitoring_namespace="observability")
+    raw: dict[str, Any] = {"model": {"name": "m", "source": {"claim": {"name": "models", "path": "m"}}}}
+
+    def converge(generation: int, observed: int | None) -> None:
+        body = {"metadata": {"namespace": "ns", "name": "serve", "uid": "u1", "generation": generation},
+                "spec": raw, "status": {"observedGeneration": observed} if observed else {}}  # fmt: skip
+        controller.converge(body, InferenceServiceSpec.model_validate(raw), datetime.now(UTC))
+
+    converge(1, None)
+    policy = fake.objects[("NetworkPolicy", "ns", "serve-serving")]
+    metrics_rule = next(rule for rule in policy["spec"]["ingress"] if rule["ports"] == [{"port": 8002, "protocol": "TCP"}])
+    assert metrics_rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}]
+    raw["networkPolicy"] = {"enabled": False}
+    converge(2, 1)
+    assert fake.deleted.count("serve-serving") == 1 and ("Deployment", "ns", "serve") in fake.objects  # serving goes on
+    converge(2, 2)
+    assert fake.deleted.count("serve-serving") == 1

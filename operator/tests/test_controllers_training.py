@@ -13,7 +13,7 @@ import kopf
 import pytest
 
 from lepton_operator import metrics
-from lepton_operator.controllers import admission, kube
+from lepton_operator.controllers import admission, kube, network
 from lepton_operator.api.training import TrainingJobSpec
 from lepton_operator.controllers import training as controller
 from lepton_operator.controllers.progress import ProgressPoller
@@ -27,6 +27,12 @@ NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 LOGGER = logging.getLogger("test")
 
 
+@pytest.fixture(autouse=True)
+def fresh_policies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts as a fresh operator would: no policy synced yet."""
+    monkeypatch.setattr(network, "POLICIES", network.PolicySync())
+
+
 class FakeApi:
     """Records every write; serves pods and datasets from dicts."""
 
@@ -34,6 +40,9 @@ class FakeApi:
         self.pods = pods or []
         self.datasets: dict[str, dict[str, Any]] = {}
         self.calls: list[tuple[str, str]] = []
+        self.policies: list[tuple[str, str, int]] = []
+        """NetworkPolicy writes, kept apart from ``calls``: (verb, object, how many other writes came before)."""
+        self.applied_policies: list[dict[str, Any]] = []
         self.job: dict[str, Any] | None = None
         self.nodes = [cpu_node("n", 64)]
         self.others: list[dict[str, Any]] = []
@@ -64,6 +73,10 @@ class FakeApi:
         return True
 
     def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        if manifest["kind"] == "NetworkPolicy":
+            self.policies.append(("apply", manifest["metadata"]["name"], len(self.calls)))
+            self.applied_policies.append(dict(manifest))
+            return dict(manifest)
         self.calls.append(("apply", f"{manifest['kind']}/{manifest['metadata']['name']}"))
         return dict(manifest)
 
@@ -74,6 +87,9 @@ class FakeApi:
 
     def delete(self, api_version: str, kind: str, namespace: str | None, name: str, propagation: str = "",
                grace_period_seconds: int | None = None) -> bool:  # fmt: skip
+        if kind == "NetworkPolicy":
+            self.policies.append(("delete", name, len(self.calls)))
+            return True
         self.calls.append(("delete", f"{kind}/{name}" + ("!" if grace_period_seconds == 0 else "")))
         return True
 
@@ -113,6 +129,7 @@ def test_new_job_gets_claim_service_and_every_worker(monkeypatch: pytest.MonkeyP
         ("apply", "PersistentVolumeClaim/job-checkpoint"),
         ("apply", "Service/job"),
     ]
+    assert api.policies == [("apply", "job-training", 0)]  # isolated before anything else is written
     assert sorted(api.calls[2:]) == [("create", "Pod/job-worker-0-g0"), ("create", "Pod/job-worker-1-g0")]
     assert patch["phase"] == "Starting" and due is None
     assert events == [("Normal", "Starting", "creating 2 workers (group 0)")]
@@ -330,3 +347,27 @@ def test_worker_zeros_live_progress_reaches_status_and_metrics_and_survives_a_fa
 async def poll(poller: ProgressPoller) -> list[ObjectKey]:
     async with aiohttp.ClientSession() as session:
         return await poller.poll(session)
+
+
+def test_the_workers_policy_is_written_once_per_generation_deleted_when_disabled_and_again_after_a_restart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api = FakeApi()
+
+    def pass_over(generation: int, uid: str = "uid-1", **network_policy: Any) -> list[tuple[str, str]]:
+        job = body({"networkPolicy": network_policy}, {"phase": "Running", "group": 0, "observedGeneration": 1})
+        job["metadata"].update(generation=generation, uid=uid)
+        api.policies = []
+        run(api, monkeypatch, job)
+        return [(verb, name) for verb, name, _ in api.policies]
+
+    assert pass_over(1) == [("apply", "job-training")]
+    assert pass_over(1) == []  # a steady pass writes no policy
+    assert pass_over(2, enabled=False) == [("delete", "job-training")]
+    assert pass_over(2, enabled=False) == []
+    widened = {"allowFrom": [{"podSelector": {"matchLabels": {"app": "debugger"}}}]}
+    assert pass_over(3, **widened) == [("apply", "job-training")]  # enabled again, and widened
+    assert {"podSelector": {"matchLabels": {"app": "debugger"}}} in api.applied_policies[-1]["spec"]["ingress"][0]["from"]
+    controller.stopped(ObjectKey("TrainingJob", "ml", "job"))  # this replica paused, or the loop ended
+    assert pass_over(3, **widened) == [("apply", "job-training")]  # a replica that acts again writes it once more
+    assert pass_over(3, "uid-2", **widened) == [("apply", "job-training")]  # same name and generation, another object

@@ -31,6 +31,7 @@ from lepton_operator.api.common import (
     StorageClassName,
     Tolerations,
 )
+from lepton_operator.api.network import NetworkPolicySpec
 from lepton_operator.api.quantity import Quantity
 
 SOURCE_URI_PATTERN = (
@@ -172,6 +173,8 @@ class LeptonDatasetSpec(ApiModel):
     """The claim that holds the shards."""
     prepare: PrepareSpec = Field(default_factory=PrepareSpec)
     """The preparation Job."""
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+    """Network isolation of the prepare pods (a NetworkPolicy the operator renders; on by default)."""
 
 
 class DatasetProgress(ApiModel):

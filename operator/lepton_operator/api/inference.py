@@ -33,6 +33,7 @@ from lepton_operator.api.common import (
     Tolerations,
 )
 from lepton_operator.api.inference_security import AUTH_ARGS_RULE, TLS_ARGS_RULE, GrpcTLS, InferenceAuth
+from lepton_operator.api.network import NetworkPolicySpec
 
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-zA-Z0-9][-a-zA-Z0-9_.]*$")]
 ModelFormat = Literal["pytorch_libtorch", "onnxruntime"]
@@ -223,6 +224,8 @@ class InferenceServiceSpec(ApiModel):
     """Node labels each replica must match."""
     tolerations: Tolerations | None = None
     """Extra tolerations."""
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+    """Network isolation of the Triton and activator pods (a NetworkPolicy the operator renders; on by default)."""
     security_context: PodSecurity = Field(
         default_factory=lambda: PodSecurity(run_as_user=TRITON_UID, run_as_group=TRITON_UID)
     )

@@ -31,6 +31,7 @@ from lepton_operator.api.common import (
     StorageClassName,
     Tolerations,
 )
+from lepton_operator.api.network import NetworkPolicySpec
 from lepton_operator.api.quantity import Quantity
 
 #: Labels of every worker pod: its index and its group generation (see render.training).
@@ -237,6 +238,8 @@ class TrainingJobSpec(ApiModel):
     """Secrets for pulling the image."""
     security_context: PodSecurity | None = None
     """Identity the workers run as; they are hardened for Pod Security restricted whatever it is."""
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+    """Network isolation of the workers (a NetworkPolicy the operator renders; on by default)."""
 
     __rules__ = (
         Rule(

@@ -19,6 +19,7 @@ import kopf
 
 from lepton_operator.render.common import DEFAULT_WORKLOADS_IMAGE
 from lepton_operator.render import activator as render_activator
+from lepton_operator.render import network as render_network
 
 ANNOTATION_PREFIX = "lepton.ai"
 DEFAULT_PEERING_NAME = "lepton-operator"
@@ -32,6 +33,13 @@ WORKLOADS_IMAGE_ENV = "LEPTON_WORKLOADS_IMAGE"
 #: The image of the activator pods in front of scale-to-zero InferenceServices: the operator's
 #: own (``lepton-operator activator``). Set by the Deployment next to the workloads image.
 ACTIVATOR_IMAGE_ENV = "LEPTON_ACTIVATOR_IMAGE"
+#: What the NetworkPolicies take from the operator's configuration (``render.network.NetworkContext``):
+#: the namespace whose pods scrape metrics ports (``--monitoring-namespace`` wins over it), the
+#: operator's own namespace (the Deployment sets it from the pod's metadata.namespace), and its pods'
+#: labels as ``key=value,...`` (``--operator-pod-labels`` wins over it).
+MONITORING_NAMESPACE_ENV = "LEPTON_MONITORING_NAMESPACE"
+OPERATOR_NAMESPACE_ENV = "POD_NAMESPACE"
+OPERATOR_POD_LABELS_ENV = "LEPTON_OPERATOR_POD_LABELS"
 
 #: Without ``--priority`` replicas rank themselves by start time: the oldest acts,
 #: a newer one (the Deployment's replacement for a lost pod, a rollout's new pods)
@@ -102,6 +110,8 @@ class OperatorOptions:
     """Seconds between two rounds of the autoscaler over every autoscaled service."""
     progress_interval: float = 10.0
     """Seconds between two reads of a running workload's live progress (``controllers.progress``)."""
+    network: render_network.NetworkContext = field(default_factory=render_network.NetworkContext)
+    """Where the monitoring namespace and the operator's pods are, for the NetworkPolicies (see :func:`network_context`)."""
 
     @property
     def clusterwide(self) -> bool:
@@ -120,6 +130,27 @@ def workloads_image(environ: Mapping[str, str] = os.environ) -> str:
 def activator_image(environ: Mapping[str, str] = os.environ) -> str:
     """The activator's image (the operator image) from the operator's environment, else the released one."""
     return environ.get(ACTIVATOR_IMAGE_ENV) or render_activator.DEFAULT_IMAGE
+
+
+def network_context(
+    monitoring_namespace: str | None = None,
+    operator_pod_labels: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> render_network.NetworkContext:
+    """The policies' view of the operator: a flag's value, else the environment's, else the default.
+
+    ``ValueError`` when the environment's pod labels are malformed.
+    """
+    labels = operator_pod_labels
+    if labels is None and environ.get(OPERATOR_POD_LABELS_ENV):
+        labels = render_network.parse_labels(environ[OPERATOR_POD_LABELS_ENV])
+    return render_network.NetworkContext(
+        monitoring_namespace=monitoring_namespace
+        or environ.get(MONITORING_NAMESPACE_ENV)
+        or render_network.DEFAULT_MONITORING_NAMESPACE,
+        operator_namespace=environ.get(OPERATOR_NAMESPACE_ENV) or render_network.DEFAULT_OPERATOR_NAMESPACE,
+        operator_pod_labels=dict(labels or render_network.DEFAULT_OPERATOR_POD_LABELS),
+    )
 
 
 def configure(settings: kopf.OperatorSettings, options: OperatorOptions) -> None:

@@ -5,7 +5,9 @@ and nothing is created); check the source's Secret and its keys (names only,
 values are never read into anything we write); apply the claim; find the Job of
 the current data hash, creating it when missing; list its pods (their
 termination messages carry the preparer's result); compute the status with
-``status.dataset`` and patch it when it changed.
+``status.dataset`` and patch it when it changed. The prepare pods' NetworkPolicy
+(``render.network``) is synced first, by ``network.POLICIES``: once per
+generation, deleted when disabled, before any Job exists.
 
 A data-changing spec edit gives a new hash: Jobs of other hashes are deleted
 with foreground propagation and the new Job is created only once they are gone,
@@ -34,7 +36,7 @@ from pydantic import ValidationError
 from lepton_operator import metrics
 from lepton_operator.api.dataset import LeptonDatasetSpec
 from lepton_operator.api.meta import GROUP, LEPTON_DATASET, VERSION
-from lepton_operator.controllers import kube, loop, secrets
+from lepton_operator.controllers import kube, loop, network, secrets
 from lepton_operator.controllers.config import workloads_image
 from lepton_operator.controllers.progress import PROGRESS, target_of
 from lepton_operator.controllers.reconcile import Logger, Warn, failed_pass
@@ -133,13 +135,14 @@ def reconcile_dataset(
             metrics.record_reconcile(KIND, "invalid", time.perf_counter() - started)
             return None
         assert isinstance(parsed, LeptonDatasetSpec)
+        key = ObjectKey(KIND, namespace, name)
+        network.POLICIES.sync(key, uid, generation, parsed)
         problem = secrets.secret_problem(namespace, parsed.source.uri, parsed.source.secret_ref)
         claim = _ensure_claim(namespace, name, uid, parsed, warn)
         job, stale = (None, False) if problem is not None else _current_job(namespace, name, uid, parsed)
         pods: list[dict[str, Any]] = []
         if job is not None:
             pods = kube.list_labelled("v1", "Pod", namespace, f"{JOB_NAME_LABEL}={job['metadata']['name']}")
-        key = ObjectKey(KIND, namespace, name)
         new = dataset_status.dataset_status(
             generation, render.claim_name(name), job, pods, problem, existing, moment, claim_object=claim,
             live=PROGRESS.live(key),
@@ -172,6 +175,12 @@ async def forget_deleted(body: Mapping[str, Any], type: str | None, **_: Any) ->
         metrics.forget_dataset(str(metadata.get("namespace")), str(metadata.get("name")))
 
 
-loop.register(LEPTON_DATASET, reconcile_dataset, on_stop=PROGRESS.forget)
+def stopped(key: ObjectKey) -> None:
+    """The dataset's loop ended (deleted, or this replica paused): stop polling, sync its policy again if it returns."""
+    PROGRESS.forget(key)
+    network.POLICIES.forget(key)
+
+
+loop.register(LEPTON_DATASET, reconcile_dataset, on_stop=stopped)
 loop.wake_owner_on(LEPTON_DATASET, "batch", "v1", "jobs")
 kopf.on.event(GROUP, VERSION, LEPTON_DATASET.plural, id="forget-metrics")(forget_deleted)

@@ -29,6 +29,9 @@ activator away, the Service turns back to Triton and the pass that first sees
 the new generation deletes the activator's children
 (``render.activator.obsolete``); steady passes cost no extra API calls.
 
+The service's NetworkPolicy (``render.network``) is synced by ``network.POLICIES``
+before anything else is applied: once per generation, deleted when disabled.
+
 Replicas: without ``spec.autoscaling`` the Deployment gets ``spec.replicas``,
 which ``kubectl scale`` and an external HPA/KEDA set through the ``/scale``
 subresource. With autoscaling, the built-in autoscaler (``autoscaler``) owns
@@ -50,7 +53,7 @@ import kopf
 from lepton_operator import metrics
 from lepton_operator.api.inference import InferenceServiceSpec
 from lepton_operator.api.meta import API_VERSION, GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION
-from lepton_operator.controllers import kube, loop, reconcile, secrets
+from lepton_operator.controllers import kube, loop, network, reconcile, secrets
 from lepton_operator.controllers.autoscaler import AUTOSCALER, REPLICAS_LOCK
 from lepton_operator.controllers.config import activator_image, retry_delay, workloads_image
 from lepton_operator.controllers.startup import options_of, spawn
@@ -127,6 +130,7 @@ def converge(
     key = ObjectKey(KIND, namespace, name)
     JOB_WAITERS.set(key, ref.name if ref else None)
     AUTOSCALER.track(key, uid, spec)
+    network.POLICIES.sync(key, uid, generation, spec)
     job = kube.get(API_VERSION, TRAINING_JOB.kind, namespace, ref.name) if ref else None
     source, unavailable, problem = _stageable(namespace, spec, job)
     with REPLICAS_LOCK:
@@ -195,6 +199,7 @@ def stopped(key: ObjectKey) -> None:
     """The object's loop ended (deleted, or this replica paused): forget it everywhere."""
     JOB_WAITERS.set(key, None)
     AUTOSCALER.untrack(key)
+    network.POLICIES.forget(key)
 
 
 @kopf.on.startup()

@@ -3,7 +3,9 @@
 One pass (run by ``loop``, one loop per job): validate the spec (an invalid one
 is reported by ``reconcile.reconcile`` and nothing else happens), read the
 job's worker pods by label and its dataset, let :func:`status.training.assess`
-decide, then act in an order that survives a crash at any point:
+decide, then act in an order that survives a crash at any point (the workers'
+NetworkPolicy, ``render.network``, is synced before all of it by
+``network.POLICIES``: once per generation, deleted when disabled):
 
 1. a group restart is written to status *before* the old pods are deleted, so
    the restart is counted exactly once even if the pass dies right after;
@@ -37,7 +39,7 @@ from pydantic import ValidationError
 from lepton_operator import metrics
 from lepton_operator.api.meta import API_VERSION, GROUP, LEPTON_DATASET, TRAINING_JOB, VERSION
 from lepton_operator.api.training import TrainingJobSpec
-from lepton_operator.controllers import admission, kube, loop, reconcile
+from lepton_operator.controllers import admission, kube, loop, network, reconcile
 from lepton_operator.controllers.admission import ADMISSION
 from lepton_operator.controllers.config import retry_delay
 from lepton_operator.controllers.progress import PROGRESS, target_of
@@ -206,6 +208,7 @@ def reconcile_job(
     DATASET_USERS.note(namespace, name, parsed.dataset.name if parsed.dataset else None)
     key = ObjectKey(KIND, namespace, name)
     try:
+        network.POLICIES.sync(key, uid, generation, parsed)
         ready, why = dataset_readiness(namespace, parsed)
         selector = common.label_selector(render.worker_selector(name))
         pods = kube.list_labelled("v1", "Pod", namespace, selector)
@@ -382,9 +385,15 @@ def groups_waiting_for(pod: Mapping[str, Any]) -> list[ObjectKey]:
     return waiting
 
 
+def stopped(key: ObjectKey) -> None:
+    """The job's loop ended (deleted, or this replica paused): stop polling, sync its policy again if it returns."""
+    PROGRESS.forget(key)
+    network.POLICIES.forget(key)
+
+
 def register() -> None:
     """Register the loop, its wake-ups and the metric clean-up with kopf."""
-    loop.register(TRAINING_JOB, reconcile_job, on_stop=PROGRESS.forget)
+    loop.register(TRAINING_JOB, reconcile_job, on_stop=stopped)
     loop.wake_owner_on(TRAINING_JOB, "", "v1", "pods")
     loop.wake_on("", "v1", "pods", groups_waiting_for, labels={common.owner_label(KIND): kopf.PRESENT},
                  handler_id="wake-trainingjob-gangs")  # fmt: skip
