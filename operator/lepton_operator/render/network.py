@@ -56,7 +56,8 @@ from lepton_operator.render.inference import GRPC_PORT, HTTP_PORT, METRICS_PORT
 from lepton_operator.render.inference import ROLE as SERVER_ROLE
 from lepton_operator.render.training import worker_selector
 
-API_VERSION = "networking.k8s.io/v1"
+API_GROUP, VERSION, PLURAL = "networking.k8s.io", "v1", "networkpolicies"
+API_VERSION = f"{API_GROUP}/{VERSION}"
 KIND = "NetworkPolicy"
 ROLE = "network"
 #: The label every namespace carries with its own name (set by the API server).
