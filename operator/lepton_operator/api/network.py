@@ -13,21 +13,28 @@ Peers are a subset of the NetworkPolicy peer on purpose: selectors are
 alone, as the Kubernetes API requires. Every rule below is checked at admission
 (schema bounds and patterns, and CEL through :class:`~lepton_operator.api.common.Rule`),
 so a policy the operator renders from a valid spec is one the API server takes.
-One thing is left to the API server at apply time: that each ``except`` lies
-inside its ``cidr`` (CEL's CIDR functions need a newer API server than the
-CRDs otherwise do).
+Two things are not in the CRD's schema: label *keys* (a structural schema has
+no ``propertyNames``, and a CEL rule over every key of every selector costs
+more than the API server's budget allows) are checked by the operator when it
+parses the spec, so a bad key is a terminal ``InvalidSpec`` condition, not an
+apply that fails forever; and that each ``except`` lies inside its ``cidr``
+is left to the API server at apply time (CEL's CIDR functions need a newer API
+server than the CRDs otherwise do).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, field_validator
 
 from lepton_operator.api.common import ApiModel, Rule
 
 #: A label value: at most 63 characters, alphanumeric at both ends, ``-_.`` inside.
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+#: A label key: an optional DNS-subdomain prefix and ``/``, then a name shaped like a label value (1-63).
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4_CIDR = rf"{_OCTET}(\.{_OCTET}){{3}}/(3[0-2]|[12]?[0-9])"
 _IPV6_CIDR = r"[0-9a-fA-F:.]*:[0-9a-fA-F:.]*/(12[0-8]|1[01][0-9]|[1-9]?[0-9])"
@@ -47,6 +54,16 @@ class LabelSelector(ApiModel):
     match_labels: dict[str, LabelValue] = Field(default_factory=dict, max_length=16)
     """Labels the namespace or pod must have, e.g. {team: search}.
 Empty or unset: every namespace (as namespaceSelector) or every pod of the namespace (as podSelector)."""
+
+    @field_validator("match_labels")
+    @classmethod
+    def _keys_are_label_keys(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key in labels:
+            prefix, _, name = key.rpartition("/")
+            if not re.match(LABEL_KEY, key) or len(name) > 63 or len(prefix) > 253:
+                raise ValueError(f"{key!r} is not a label key (an optional DNS-subdomain prefix and '/', then"
+                                 " 1-63 letters, digits, '-', '_' or '.', alphanumeric at both ends)")  # fmt: skip
+        return labels
 
 
 class IPBlock(ApiModel):
