@@ -35,8 +35,8 @@ How it knows the backend is ready, with no RBAC at all: a connection to the
 (its replicas' readiness is the model's readiness). After a refused connection,
 and at start, the activator probes ``/v2/health/ready`` through the Service
 every ``probe_interval`` seconds until it answers 200, then forwards. A request
-whose connection is refused is not lost: nothing was sent, so it is held and
-tried again (the only retry; a request that reached a replica is never
+whose connection is refused, or not answered within ``connect_timeout``, is
+not lost: nothing was sent, so it is held and tried again (the only retry; a request that reached a replica is never
 re-sent). Each forwarded request opens a new connection, so kube-proxy balances
 requests over the replicas instead of pinning them to the ones the activator
 first connected to.
@@ -242,8 +242,11 @@ class Activator:
                     await response.write_eof()
                     self.requests.labels("forwarded").inc()
                     return response
-            except aiohttp.ClientConnectorError:
-                self.backend.lost()  # nothing was sent: hold it and try again
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+                # Refused, or no answer within connect_timeout (a Service without endpoints behind a
+                # NetworkPolicy enforcer drops the SYN instead of rejecting it): nothing was sent,
+                # so hold it and try again.
+                self.backend.lost()
             except aiohttp.ClientError as error:
                 self.requests.labels("backend_error").inc()
                 message = f"activator: {request.method} {request.rel_url} to {self.config.backend} failed: {error}"

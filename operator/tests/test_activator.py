@@ -265,6 +265,47 @@ def test_requests_at_zero_are_held_counted_and_answered_once_a_replica_is_ready(
     wait_for(lambda: activator.pending() == 0, "the gauge back at 0")
 
 
+class BlackHole:
+    """A port whose connections never complete, as a Service without endpoints behaves behind an enforcer.
+
+    kube-proxy answers a connection to such a Service with a reject; a NetworkPolicy
+    enforcer whose accept rule runs first (kube-router on the local cluster) lets the
+    SYN go on to nowhere, so the client's connect times out instead. Here: a listener
+    with a backlog of one whose queue is filled, so the kernel drops further SYNs.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", port))
+        self.listener.listen(0)
+        self.fillers = [socket.create_connection(("127.0.0.1", port), timeout=5)]  # the queue is full now
+
+    def close(self) -> None:
+        for sock in (*self.fillers, self.listener):
+            sock.close()
+
+
+def test_a_connect_that_times_out_is_held_like_a_refused_one_not_failed(
+    start_activator: Callable[..., ActivatorProcess], simulator: Simulator
+) -> None:
+    simulator.start()
+    activator = start_activator(simulator.port)
+    assert infer(activator.address, [1, 1, 1, 1]).tolist() == [[2.0] * 4]  # the backend is known ready
+    simulator.stop()
+    hole = BlackHole(simulator.port)
+    try:
+        call = Call.start(lambda: infer(activator.address, [2, 2, 2, 2]))
+        wait_for(lambda: activator.pending() == 1, "the request held after its connect timed out")
+        assert call.thread.is_alive()
+    finally:
+        hole.close()
+    simulator.start()
+    outcome = call.wait()
+    assert "error" not in outcome and outcome["result"].tolist() == [[4.0] * 4]
+    assert activator.outcomes("backend_error") == 0
+
+
 def test_without_a_replica_requests_fail_after_the_hold_timeout_with_a_clear_503(
     start_activator: Callable[..., ActivatorProcess],
 ) -> None:
