@@ -32,10 +32,20 @@ with the first full sync after that. :func:`synced` therefore looks at the names
 table for the ``ACCEPT`` of policy-compliant traffic that only a completed full sync writes into
 ``KUBE-ROUTER-FORWARD``. Once that is there, a NetworkPolicy (or pod, or namespace) event triggers
 a full sync at once; :data:`IPTABLES_SYNC_PERIOD` bounds the time a missed event can go
-unnoticed. Measured here: a policy's rules are in place within a second or two of its create.
+unnoticed. Measured here (6 creates on the 2-core machine): a policy's chain is in the filter
+table 20-70 ms after ``kubectl create`` returns; one full sync takes about 80 ms; the cluster is
+synced about 1 s after kube-router starts.
 
 Denied traffic is **rejected** (``REJECT``, ICMP port unreachable, so a TCP client sees
 "connection refused" at once), not dropped, and logged with ``NFLOG`` group 100.
+
+Beside kube-proxy: kube-router keeps its jump at the top of the filter table's ``FORWARD``,
+``INPUT`` and ``OUTPUT`` and ends each pod's chain with an ``ACCEPT``, so kube-proxy's filter
+rules after it (the ``REJECT`` of a Service without endpoints) no longer see pod traffic; and it
+rewrites the whole filter table at each sync (``iptables-save`` then ``iptables-restore``), so a
+filter rule kube-proxy writes in between waits for kube-proxy's next sync. Seen: a pod's connection
+to a Service without endpoints now times out instead of being refused. Service routing lives in
+the ``nat`` table, which kube-router leaves alone. k3s runs the same pair.
 
 **Traffic from the node itself is always allowed.** Every pod's chain starts with
 ``-m addrtype --src-type LOCAL -d <pod IP> -j ACCEPT``: a packet whose source address is one of
