@@ -3,7 +3,9 @@
 ``create`` prepares the real node's parts (host check, binaries, images), makes the network and
 mount namespaces (:mod:`localcluster.netns`), starts the port forwarder, runs
 ``kwokctl create cluster --runtime binary`` *inside* the network namespace (its components
-inherit it) and then the real node (:mod:`localcluster.realnode`). kwokctl's own child processes
+inherit it), then the real node (:mod:`localcluster.realnode`) and, once the node has registered,
+its NetworkPolicy enforcer (:mod:`localcluster.kuberouter`, waited on until its first rule sync,
+so a policy created by any later test is enforced). kwokctl's own child processes
 are watched while it runs, so a component that dies fails the start at once, with the tail of
 every log. ``up`` reuses a healthy cluster (every kwokctl component and node process alive, the
 API ready) or deletes and recreates it; it then tops up the kwok node pool, installs CoreDNS and
@@ -23,7 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from localcluster import build, config, images, netns, nodeconfig, nodes, realnode, storage, versions
+from localcluster import build, config, images, kuberouter, netns, nodeconfig, nodes, realnode, storage, versions
 from localcluster.handle import MODE_LOCAL, Cluster, ClusterError, api_ready, wait_ready
 from localcluster.kube import Kubectl, KubectlError, wait_until
 from localcluster.lepton import free_port
@@ -151,7 +153,7 @@ def _prepare_node() -> tuple[netns.Instance, realnode.NodeImages]:
     problems = realnode.host_problems()
     if problems:
         raise ClusterError(cannot_host(problems))
-    build.ensure_built(("node", "coredns", "storage"))
+    build.ensure_built(("node", "coredns", "storage", "netpol"))
     inst = netns.instance()
     try:
         node_images = realnode.node_images()
@@ -211,7 +213,11 @@ def create(timeout: float) -> None:
         phase = "the real node"
         realnode.start(inst, pki_dir(), api_port, node_images)
         build.log(f"  containerd, kubelet and kube-proxy up in {time.monotonic() - start:.1f} s")
-    except (ClusterError, realnode.NodeError, OSError, subprocess.SubprocessError) as exc:
+        phase = "the NetworkPolicy enforcer"
+        kuberouter.start(inst, pki_dir(), api_port, Kubectl(versions.path_of("kubectl"), kubeconfig()))
+        build.log(f"  kube-router's NetworkPolicy controller synced {time.monotonic() - start:.1f} s after start")
+    except (ClusterError, realnode.NodeError, KubectlError, AssertionError, OSError,
+            subprocess.SubprocessError) as exc:
         stop()
         raise ClusterError(f"{phase} did not start: {exc}") from None
 

@@ -14,7 +14,8 @@ control plane (which already runs inside the namespace of :mod:`localcluster.net
    namespaces with its data directory in the cache (kept between runs, so a warm start imports
    nothing); the images imported; then kubelet (same namespaces) and kube-proxy (network
    namespace). Each process is detached with its pid in ``<state>/node/pids`` and its log in
-   ``<state>/node/logs``.
+   ``<state>/node/logs``. Once the node has registered, :mod:`localcluster.kuberouter` starts the
+   NetworkPolicy enforcer the same way (:data:`KUBE_ROUTER`, one of :data:`PROCESSES`).
 4. :func:`install_dns` applies CoreDNS (``nodeconfig.coredns_manifests``) and waits until it serves.
 
 :func:`stop` removes the node's containers from containerd (so its kept data directory carries
@@ -50,9 +51,11 @@ PACKAGES: dict[str, str] = {
     "containernetworking-plugins": "/usr/lib/cni/bridge", "iptables": "/usr/sbin/iptables",
     "conntrack": "/usr/sbin/conntrack", "busybox-static": "/bin/busybox", "gcc": "/usr/bin/gcc",
     "buildah": "/usr/bin/buildah", "skopeo": "/usr/bin/skopeo", "umoci": "/usr/bin/umoci",
-    "debootstrap": "/usr/sbin/debootstrap",
+    "debootstrap": "/usr/sbin/debootstrap", "ipset": "/usr/sbin/ipset",
 }
-PROCESSES = ("forwarder", "containerd", "kubelet", "kube-proxy")
+#: The NetworkPolicy enforcer, started by :mod:`localcluster.kuberouter` once the node exists.
+KUBE_ROUTER = "kube-router"
+PROCESSES = ("forwarder", "containerd", "kubelet", "kube-proxy", KUBE_ROUTER)
 PAUSE_REF = "localhost/lepton/pause:1"
 BUSYBOX_REF = "localhost/lepton/busybox:1"
 COREDNS_REF = f"localhost/lepton/coredns:{versions.COREDNS_VERSION}"
@@ -210,7 +213,7 @@ def log_tail(inst: netns.Instance, lines: int = 15, width: int = 300) -> str:
     return "\n".join(parts)
 
 
-def _await(proc: subprocess.Popen[bytes], inst: netns.Instance, name: str, ready: object, what: str,
+def await_ready(proc: subprocess.Popen[bytes], inst: netns.Instance, name: str, ready: object, what: str,
            timeout: float = 60.0) -> None:
     def check() -> bool:
         if proc.poll() is not None:
@@ -233,7 +236,7 @@ def start_forwarder(inst: netns.Instance, port: int, target: tuple[str, int] | N
     log_file = logs_dir(inst) / f"{name}.log"
     log_file.unlink(missing_ok=True)
     proc = spawn(inst, name, [sys.executable, str(FORWARDER), str(inst.net_file), spec])
-    _await(proc, inst, name, lambda: "ready" in log_file.read_text(), f"the port forwarder {name}", 20)
+    await_ready(proc, inst, name, lambda: "ready" in log_file.read_text(), f"the port forwarder {name}", 20)
     return proc
 
 
@@ -255,7 +258,7 @@ def _remove_containers(inst: netns.Instance) -> int:
     return len(ids)
 
 
-def _sign(pki: Path, out: Path, name: str, subject: str) -> tuple[Path, Path]:
+def sign_client_cert(pki: Path, out: Path, name: str, subject: str) -> tuple[Path, Path]:
     """A client certificate for ``subject`` signed by kwokctl's CA (``pki/ca.crt``, ``ca.key``)."""
     key, csr, crt = out / f"{name}.key", out / f"{name}.csr", out / f"{name}.crt"
     steps = [["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
@@ -269,7 +272,7 @@ def _sign(pki: Path, out: Path, name: str, subject: str) -> tuple[Path, Path]:
     return crt, key
 
 
-def _write(path: Path, text: str) -> Path:
+def write_file(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
@@ -281,30 +284,31 @@ def start(inst: netns.Instance, pki: Path, api_port: int, node_images: NodeImage
     certs = base / "pki"
     certs.mkdir(parents=True, exist_ok=True)
     server = f"https://127.0.0.1:{api_port}"
-    kubelet_crt, kubelet_key = _sign(pki, certs, "kubelet", f"/O=system:nodes/CN=system:node:{nodeconfig.NODE_NAME}")
-    proxy_crt, proxy_key = _sign(pki, certs, "kube-proxy", "/CN=system:kube-proxy")
-    kubelet_kubeconfig = _write(base / "kubelet.kubeconfig", yaml.safe_dump(
+    kubelet_crt, kubelet_key = sign_client_cert(pki, certs, "kubelet",
+                                                f"/O=system:nodes/CN=system:node:{nodeconfig.NODE_NAME}")
+    proxy_crt, proxy_key = sign_client_cert(pki, certs, "kube-proxy", "/CN=system:kube-proxy")
+    kubelet_kubeconfig = write_file(base / "kubelet.kubeconfig", yaml.safe_dump(
         nodeconfig.kubeconfig(server, pki / "ca.crt", kubelet_crt, kubelet_key, "kubelet")))
-    proxy_kubeconfig = _write(base / "kube-proxy.kubeconfig", yaml.safe_dump(
+    proxy_kubeconfig = write_file(base / "kube-proxy.kubeconfig", yaml.safe_dump(
         nodeconfig.kubeconfig(server, pki / "ca.crt", proxy_crt, proxy_key, "kube-proxy")))
     cni_dir = base / "cni"
-    _write(cni_dir / "10-lepton.conflist", json.dumps(nodeconfig.cni_conflist(), indent=2))
-    containerd_toml = _write(base / "containerd.toml", nodeconfig.containerd_config(
+    write_file(cni_dir / "10-lepton.conflist", json.dumps(nodeconfig.cni_conflist(), indent=2))
+    containerd_toml = write_file(base / "containerd.toml", nodeconfig.containerd_config(
         root=containerd_root(inst), state=NODE_RUN / "containerd", socket=SOCKET, runc_root=NODE_RUN / "runc",
         cni_conf_dir=cni_dir, sandbox_image=node_images.pause.ref))
-    resolv = _write(base / "resolv.conf", nodeconfig.resolv_conf())
-    kubelet_yaml = _write(base / "kubelet.yaml", yaml.safe_dump(nodeconfig.kubelet_config(
+    resolv = write_file(base / "resolv.conf", nodeconfig.resolv_conf())
+    kubelet_yaml = write_file(base / "kubelet.yaml", yaml.safe_dump(nodeconfig.kubelet_config(
         cgroup_root=inst.cgroup_root, runtime_socket=SOCKET, client_ca=pki / "ca.crt", resolv_conf=resolv)))
-    proxy_yaml = _write(base / "kube-proxy.yaml", yaml.safe_dump(
+    proxy_yaml = write_file(base / "kube-proxy.yaml", yaml.safe_dump(
         nodeconfig.kube_proxy_config(kubeconfig=proxy_kubeconfig)))
 
     containerd_root(inst).mkdir(parents=True, exist_ok=True)
     containerd = spawn(inst, "containerd", [*inst.node_argv(), "containerd", "--config", str(containerd_toml)])
-    _await(containerd, inst, "containerd", lambda: _ctr(inst, "version").returncode == 0, "containerd's socket", 30)
+    await_ready(containerd, inst, "containerd", lambda: _ctr(inst, "version").returncode == 0, "containerd's socket", 30)
     if _remove_containers(inst):  # a run that was killed left pods behind: start CRI afresh
         stop_pid(containerd.pid)
         containerd = spawn(inst, "containerd", [*inst.node_argv(), "containerd", "--config", str(containerd_toml)])
-        _await(containerd, inst, "containerd", lambda: _ctr(inst, "version").returncode == 0, "containerd", 30)
+        await_ready(containerd, inst, "containerd", lambda: _ctr(inst, "version").returncode == 0, "containerd", 30)
     imported = images.import_images(node_images.all(), ctr_argv(inst))
     if imported:
         log(f"imported into the node's containerd: {', '.join(imported)}")
@@ -318,8 +322,8 @@ def start(inst: netns.Instance, pki: Path, api_port: int, node_images: NodeImage
         "--node-labels", labels, "--v", "1"])
     proxy = spawn(inst, "kube-proxy", [*inst.network_argv(), str(versions.path_of("kube-proxy")),
                                         "--config", str(proxy_yaml), "--v", "1"])
-    _await(kubelet, inst, "kubelet", lambda: _http_ok_in(inst, "http://127.0.0.1:10248/healthz"), "kubelet /healthz")
-    _await(proxy, inst, "kube-proxy", lambda: _http_ok_in(inst, "http://127.0.0.1:10256/healthz"),
+    await_ready(kubelet, inst, "kubelet", lambda: _http_ok_in(inst, "http://127.0.0.1:10248/healthz"), "kubelet /healthz")
+    await_ready(proxy, inst, "kube-proxy", lambda: _http_ok_in(inst, "http://127.0.0.1:10256/healthz"),
            "kube-proxy /healthz")
 
 
@@ -344,9 +348,9 @@ def install_dns(kubectl: Kubectl, timeout: float = 120.0) -> None:
 
 
 def stop(inst: netns.Instance) -> None:
-    """Stop kubelet and kube-proxy, remove the node's containers, stop containerd and the forwarder."""
+    """Stop kubelet, kube-proxy and kube-router, remove the node's containers, stop containerd and the forwarder."""
     current = pids(inst)
-    for name in ("kubelet", "kube-proxy"):
+    for name in ("kubelet", "kube-proxy", KUBE_ROUTER):
         if name in current:
             stop_pid(current[name], 10)
     if "containerd" in current and pid_alive(current["containerd"]):

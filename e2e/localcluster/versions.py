@@ -41,6 +41,11 @@ COREDNS_MAIN_PACKAGE = "github.com/coredns/coredns"
 #: StorageClass (``standard``), so claims behave as they do on kind. Plain ``go install``.
 LOCAL_PATH_VERSION = "v0.0.30"
 LOCAL_PATH_MAIN_PACKAGE = "github.com/rancher/local-path-provisioner"
+#: The real node's NetworkPolicy enforcer (test harness only, never shipped: security flaws are
+#: reported for this release, the only one on the module proxy). No replace directives in its
+#: go.mod, so a plain ``go install`` builds it; see ``localcluster.kuberouter``.
+KUBE_ROUTER_VERSION = "v2.1.0"
+KUBE_ROUTER_MAIN_PACKAGE = "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"
 
 #: Binaries built from k8s.io/kubernetes, and their main packages.
 KUBERNETES_COMMANDS: dict[str, str] = {
@@ -66,7 +71,7 @@ class Binary:
 
     name: str
     version: str
-    group: str  # "kubernetes" | "etcd" | "kwok" | "node" | "coredns" | "storage" | "kind" | "versitygw"
+    group: str  # "kubernetes" | "etcd" | "kwok" | "node" | "coredns" | "storage" | "netpol" | "kind" | "versitygw"
 
 
 BINARIES: tuple[Binary, ...] = (
@@ -79,6 +84,7 @@ NODE_BINARIES: tuple[Binary, ...] = (
     *(Binary(n, NODE_KUBERNETES_VERSION, "node") for n in NODE_COMMANDS),
     Binary("coredns", COREDNS_VERSION, "coredns"),
     Binary("local-path-provisioner", LOCAL_PATH_VERSION, "storage"),
+    Binary("kube-router", KUBE_ROUTER_VERSION, "netpol"),
 )
 KIND_BINARY = Binary("kind", KIND_VERSION, "kind")
 VERSITYGW_BINARY = Binary("versitygw", VERSITYGW_VERSION, "versitygw")

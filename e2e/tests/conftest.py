@@ -12,6 +12,8 @@
   ``default`` ServiceAccount exists (pods are refused before), deleted afterwards without waiting.
 * ``real_namespace`` (function): the same without the kwok annotations: its pods run on the local
   cluster's real node (on kind, on any worker).
+* ``other_real_namespace`` (function): a second namespace like ``real_namespace``, for a client
+  outside the namespace under test (NetworkPolicies that admit only the same namespace).
 * ``incluster_namespace`` (function): a kwok namespace served only by the in-cluster operator.
 * ``built_images``, ``incluster_operator`` (session): from ``incluster_fixtures``: the shipped
   images built here and loaded into the cluster, and the operator installed from
@@ -91,6 +93,12 @@ def namespace(request: pytest.FixtureRequest, cluster_kubectl: Kubectl) -> Itera
 @pytest.fixture
 def real_namespace(request: pytest.FixtureRequest, cluster_kubectl: Kubectl) -> Iterator[str]:
     name = _namespace_name(request.node.name)
+    yield from _fresh_namespace(cluster_kubectl, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+
+@pytest.fixture
+def other_real_namespace(request: pytest.FixtureRequest, cluster_kubectl: Kubectl) -> Iterator[str]:
+    name = _namespace_name("other-" + request.node.name)
     yield from _fresh_namespace(cluster_kubectl, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 
 

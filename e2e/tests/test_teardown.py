@@ -3,8 +3,9 @@
 A second local cluster instance (its own state directory, hence its own network and mount
 namespaces, cgroup root and ports) is brought up and down with the same CLI users run, while the
 session's cluster keeps running. Afterwards no process, host mount, namespace or cgroup of that
-instance may remain, and the host's ``ip_forward``, the sysctls the kubelet writes, its iptables,
-links and routes must be exactly as before.
+instance may remain (kube-router, the NetworkPolicy enforcer, included: it must be seen running
+first), and the host's ``ip_forward``, the sysctls the kubelet writes, its iptables, ipsets, links
+and routes must be exactly as before.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def host_state() -> dict[str, str]:
         "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text(),
         **{name: (Path("/proc/sys") / name).read_text() for name in netns.KUBELET_SYSCTLS},
         "iptables": "\n".join(line.split(" [", 1)[0] for line in iptables),
+        "ipsets": run("ipset", "list", "-name"),
         "links": "\n".join(line.split(":")[1] for line in run("ip", "-o", "link").splitlines()),
         "routes": run("ip", "route"),
     }
@@ -57,6 +59,7 @@ def test_second_instance_comes_up_beside_the_session_cluster_and_leaves_nothing(
         inodes = netns.recorded_inodes(inst)
         running = netns.leftovers(inst, inodes)
         assert all(running.values()), f"the audit must see the running instance: {running}"
+        assert any(p.endswith(" kube-router") for p in running["processes"]), running["processes"]
         second = Kubectl(cluster.kubectl_binary, up.stdout.strip())
         nodes = {n["metadata"]["name"]: node_ready(n) for n in second.get("nodes")}
         assert nodes == {nodeconfig.NODE_NAME: True, "kwok-gpu-0": True}
