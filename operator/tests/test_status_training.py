@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from hypothesis import given, settings
@@ -11,35 +11,11 @@ from hypothesis import strategies as st
 
 from lepton_operator.api.training import RestartPolicy, TrainingJobSpec
 from lepton_operator.status import training as t
-
-NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+from worker_pods import NOW, failed, live_pod, pod
 
 
 def spec(**fields: Any) -> TrainingJobSpec:
     return TrainingJobSpec.model_validate({"image": "trainer:1", **fields})
-
-
-def pod(index: int, group: int = 0, phase: str = "Running", *, ready: bool = True, node: str | None = "n1",
-        conditions: list[dict[str, Any]] | None = None, terminated: dict[str, Any] | None = None,
-        deleting: bool = False, reason: str | None = None) -> dict[str, Any]:  # fmt: skip
-    status: dict[str, Any] = {"phase": phase, "conditions": list(conditions or [])}
-    if phase == "Running":
-        status["conditions"].append({"type": "Ready", "status": "True" if ready else "False"})
-    if terminated is not None:
-        status["containerStatuses"] = [{"name": "worker", "state": {"terminated": terminated}}]
-    if reason:
-        status["reason"] = reason
-    metadata: dict[str, Any] = {
-        "name": f"job-worker-{index}-g{group}",
-        "labels": {"lepton.ai/worker-index": str(index), "lepton.ai/group": str(group)},
-    }
-    if deleting:
-        metadata["deletionTimestamp"] = "2026-01-02T03:04:00Z"
-    return {"metadata": metadata, "spec": {"nodeName": node} if node else {}, "status": status}
-
-
-def failed(index: int, code: int, group: int = 0, reason: str = "Error", message: str = "") -> dict[str, Any]:
-    return pod(index, group, "Failed", terminated={"exitCode": code, "reason": reason, "message": message})
 
 
 def assess(job: TrainingJobSpec, pods: list[dict[str, Any]], status: dict[str, Any] | None = None, *,
@@ -366,12 +342,6 @@ def failed_restarts_of(plan: t.Plan) -> int:
 def test_a_job_starting_to_run_is_looked_at_again_at_its_deadline() -> None:
     plan = assess(spec(runPolicy={"activeDeadlineSeconds": 60}), [pod(0)], {"phase": "Starting", "group": 0})
     assert plan.phase == "Running" and plan.status["startTime"] == "2026-01-02T03:04:05Z" and plan.requeue == 60
-
-
-def live_pod(index: int, uid: str, group: int = 0, **fields: Any) -> dict[str, Any]:
-    found = pod(index, group, **fields)
-    found["metadata"]["uid"] = uid
-    return found
 
 
 RUNNING = {"phase": "Running", "group": 0, "workers": {"desired": 2}}

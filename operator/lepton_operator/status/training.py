@@ -61,8 +61,6 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from lepton_operator.api.training import (
-    WORKER_GROUP_LABEL,
-    WORKER_INDEX_LABEL,
     RestartCounts,
     RestartPolicy,
     TrainingJobSpec,
@@ -72,6 +70,23 @@ from lepton_operator.api.training import (
 from lepton_operator.status import capacity, claims
 from lepton_operator.status.capacity import Held
 from lepton_operator.status import conditions as cond
+from lepton_operator.status.conditions import parse_time as _parse_time
+from lepton_operator.status.training_pods import (
+    blocked_message,
+    deleted_at,
+    meta as _meta,
+    pod_condition as _condition,
+    pod_group,
+    pod_index,
+    pod_name,
+    pod_status as _status,
+    ready,
+    running,
+    succeeded,
+    terminated_state as _terminated,
+    terminating,
+    unschedulable_message,
+)
 
 # Failure reasons (restart budgets are kept per reason).
 RETRYABLE_EXIT_CODE = "RetryableExitCode"
@@ -88,15 +103,6 @@ UNSCHEDULABLE = capacity.UNSCHEDULABLE
 WAITING_FOR_CAPACITY = capacity.WAITING_FOR_CAPACITY
 #: A worker's container cannot start (image, config or security context): it waits forever, so say why.
 CONTAINER_BLOCKED = "ContainerBlocked"
-_BLOCKED_WAITING = {
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "ErrImageNeverPull",
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "RunContainerError",
-}
 
 # Reasons in pod conditions (DisruptionTarget) and pod status, as Kubernetes writes them.
 _NODE_LOSS_DISRUPTIONS = {"DeletionByTaintManager", "DeletionByPodGC", "TerminationByKubelet"}
@@ -161,82 +167,6 @@ class Plan:
         return str(self.status.get("phase"))
 
 
-# ---------------------------------------------------------------------------
-# pods
-
-
-def _meta(pod: Mapping[str, Any]) -> Mapping[str, Any]:
-    return pod.get("metadata") or {}
-
-
-def _status(pod: Mapping[str, Any]) -> Mapping[str, Any]:
-    return pod.get("status") or {}
-
-
-def _int_label(pod: Mapping[str, Any], label: str) -> int | None:
-    value = str((_meta(pod).get("labels") or {}).get(label, ""))
-    return int(value) if value.isdigit() else None
-
-
-def pod_group(pod: Mapping[str, Any]) -> int | None:
-    """The group generation of a worker pod (``None`` when the label is missing or odd)."""
-    return _int_label(pod, WORKER_GROUP_LABEL)
-
-
-def pod_index(pod: Mapping[str, Any]) -> int | None:
-    """The worker index of a pod (``None`` when the label is missing or odd)."""
-    return _int_label(pod, WORKER_INDEX_LABEL)
-
-
-def terminating(pod: Mapping[str, Any]) -> bool:
-    return bool(_meta(pod).get("deletionTimestamp"))
-
-
-def _condition(pod: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
-    for item in _status(pod).get("conditions") or []:
-        if item.get("type") == ctype:
-            found: Mapping[str, Any] = item
-            return found
-    return None
-
-
-def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    for container in _status(pod).get("containerStatuses") or []:
-        state = container.get("state") or {}
-        if state.get("terminated"):
-            terminated: Mapping[str, Any] = state["terminated"]
-            return terminated
-    return None
-
-
-def running(pod: Mapping[str, Any]) -> bool:
-    return _status(pod).get("phase") == "Running" and not terminating(pod)
-
-
-def ready(pod: Mapping[str, Any]) -> bool:
-    found = _condition(pod, "Ready")
-    return running(pod) and found is not None and found.get("status") == "True"
-
-
-def unschedulable_message(pod: Mapping[str, Any]) -> str | None:
-    """The scheduler's message when it cannot place ``pod``, else ``None``."""
-    found = _condition(pod, "PodScheduled")
-    if found is not None and found.get("status") == "False" and found.get("reason") == UNSCHEDULABLE:
-        return str(found.get("message") or "the scheduler cannot place the worker")
-    return None
-
-
-def blocked_message(pod: Mapping[str, Any]) -> str | None:
-    """Why a container of ``pod`` cannot start (the kubelet's waiting reason and message), else ``None``."""
-    status = _status(pod)
-    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
-        waiting = (container.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in _BLOCKED_WAITING:
-            detail = f": {waiting['message']}" if waiting.get("message") else ""
-            return f"worker {_meta(pod).get('name', '?')} {waiting['reason']}{detail}"
-    return None
-
-
 def classify(pod: Mapping[str, Any], policy: RestartPolicy) -> Failure | None:
     """Why a worker pod failed (``None`` when it has not).
 
@@ -280,17 +210,6 @@ def lost(pod: Mapping[str, Any], policy: RestartPolicy) -> Failure:
         return Failure(PREEMPTED, True, f"worker {pod_name(pod)} was preempted ({cause})", deleted_at(pod))
     return Failure(NODE_LOST, policy.on_node_loss == "Replace", f"worker {pod_name(pod)} was deleted ({cause or 'by someone else'})",
                    deleted_at(pod))  # fmt: skip
-
-
-def deleted_at(pod: Mapping[str, Any]) -> datetime | None:
-    """When a pod was deleted: its ``deletionTimestamp`` is that moment plus the grace period."""
-    meta = _meta(pod)
-    due = _parse_time(meta.get("deletionTimestamp"))
-    return None if due is None else due - timedelta(seconds=int(meta.get("deletionGracePeriodSeconds") or 0))
-
-
-def succeeded(pod: Mapping[str, Any]) -> bool:
-    return _status(pod).get("phase") == "Succeeded"
 
 
 def parse_progress(report: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -383,12 +302,6 @@ def decide(failure: Failure, restarts: RestartCounts, policy: RestartPolicy, now
 
 # ---------------------------------------------------------------------------
 # the pass
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 @dataclass(frozen=True)
@@ -556,11 +469,6 @@ def _assess(
     if runs >= replicas and not plan.create_workers:
         return builder.set("Running", "AllWorkersRunning", f"all {replicas} workers are running")
     return builder.set("Starting", "WorkersStarting", f"{runs} of {replicas} workers are running")
-
-
-def pod_name(pod: Mapping[str, Any]) -> str:
-    """A pod's name."""
-    return str(_meta(pod).get("name"))
 
 
 def progress_pod(plan: Plan, pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
