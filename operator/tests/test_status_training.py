@@ -9,8 +9,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lepton_operator.api.training import RestartPolicy, TrainingJobSpec
+from lepton_operator.api.training import RestartCounts, TrainingJobSpec
 from lepton_operator.status import training as t
+from lepton_operator.status.training_failures import failure_restarts
 from worker_pods import NOW, failed, live_pod, pod
 
 
@@ -112,26 +113,6 @@ def test_missing_worker_is_created_without_touching_the_others() -> None:
     assert plan.create_workers and plan.delete_pods == []
 
 
-def test_classification_of_failures() -> None:
-    policy = RestartPolicy()
-    assert t.classify(pod(0), policy) is None
-    assert t.classify(failed(0, 143), policy) == t.Failure("RetryableExitCode", True, t.classify(failed(0, 143), policy).message)  # type: ignore[union-attr]
-    oom = t.classify(failed(0, 137, reason="OOMKilled"), policy)
-    assert oom is not None and (oom.reason, oom.retryable) == ("OOMKilled", True)
-    code = t.classify(failed(0, 1), policy)
-    assert code is not None and (code.reason, code.retryable) == ("NonRetryableExitCode", False)
-    assert "exit code 1" in code.message
-    preempted = pod(0, phase="Failed", conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}])
-    assert t.classify(preempted, policy) == t.Failure("Preempted", True, "worker job-worker-0-g0 was preempted (PreemptionByScheduler)")
-    lost = pod(0, phase="Unknown")
-    found = t.classify(lost, policy)
-    assert found is not None and (found.reason, found.retryable) == ("NodeLost", True)
-    found = t.classify(lost, RestartPolicy(on_node_loss="Fail"))
-    assert found is not None and not found.retryable
-    no_oom_retry = t.classify(failed(0, 137, reason="OOMKilled"), RestartPolicy(retryable_exit_codes=[143]))
-    assert no_oom_retry is not None and not no_oom_retry.retryable
-
-
 def test_retryable_failure_restarts_the_whole_group_after_recording_it() -> None:
     job = spec(workers={"replicas": 3}, restartPolicy={"backoffLimit": 2, "backoff": {"initialSeconds": 10}})
     plan = assess(job, [pod(0), failed(1, 143), pod(2)], {"phase": "Running", "group": 0})
@@ -157,11 +138,6 @@ def test_new_group_waits_for_old_pods_and_the_backoff() -> None:
     assert plan.status["reason"] == "Backoff" and plan.requeue == 6 and not plan.create_workers
     plan = assess(job, [], status, now=NOW + timedelta(seconds=10))
     assert plan.create_workers and plan.group == 1 and plan.phase == "Starting"
-
-
-def test_backoff_doubles_and_is_capped() -> None:
-    policy = RestartPolicy.model_validate({"backoff": {"initialSeconds": 10, "maxSeconds": 60}})
-    assert [t.backoff_seconds(policy, n) for n in range(6)] == [0, 10, 20, 40, 60, 60]
 
 
 def test_non_retryable_exit_fails_at_once_and_keeps_failed_pods() -> None:
@@ -336,7 +312,7 @@ def test_elastic_group_losing_a_node_shrinks_as_a_resize() -> None:
 
 
 def failed_restarts_of(plan: t.Plan) -> int:
-    return t.failure_restarts(t.RestartCounts.model_validate(plan.status["restarts"]))
+    return failure_restarts(RestartCounts.model_validate(plan.status["restarts"]))
 
 
 def test_a_job_starting_to_run_is_looked_at_again_at_its_deadline() -> None:
