@@ -1,8 +1,10 @@
-"""TrainingJob decisions without a cluster: phases, gang start, failure classes, restart budgets, lifecycle."""
+"""TrainingJob decisions without a cluster: phases, gang start, failures and restart budgets, progress, lifecycle.
+
+The parts the pass reads have their own tests: test_status_training_pods, _failures, _progress.
+"""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,7 +13,9 @@ from hypothesis import strategies as st
 
 from lepton_operator.api.training import RestartCounts, TrainingJobSpec
 from lepton_operator.status import training as t
+from lepton_operator.status.capacity import Held
 from lepton_operator.status.training_failures import failure_restarts
+from lepton_operator.status.training_progress import PROGRESS_SCHEMA
 from worker_pods import NOW, failed, live_pod, pod
 
 
@@ -66,7 +70,7 @@ def test_a_gang_that_cannot_be_scheduled_says_why() -> None:
 
 
 def test_a_group_held_by_gang_admission_is_pending_with_how_much_fits_and_still_creates_its_pods() -> None:
-    held = t.capacity.Held("WaitingForCapacity", "waiting for room for the whole group: 4 workers of nvidia.com/gpu 8 each, 2 fit now")
+    held = Held("WaitingForCapacity", "waiting for room for the whole group: 4 workers of nvidia.com/gpu 8 each, 2 fit now")
     job = spec(workers={"replicas": 4, "gpu": {"count": 8}})
     plan = assess(job, [], held=held)
     assert plan.create_workers and plan.phase == "Pending" and plan.status["reason"] == "WaitingForCapacity"
@@ -325,7 +329,7 @@ RUNNING = {"phase": "Running", "group": 0, "workers": {"desired": 2}}
 
 def test_a_live_report_advances_the_step_while_the_group_runs() -> None:
     job, pods = spec(workers={"replicas": 2}), [live_pod(0, "u0"), live_pod(1, "u1")]
-    report = {"schema": t.PROGRESS_SCHEMA, "step": 40, "epoch": 1, "loss": 0.5}
+    report = {"schema": PROGRESS_SCHEMA, "step": 40, "epoch": 1, "loss": 0.5}
     plan = assess(job, pods, RUNNING, live={"u0": report})
     assert plan.phase == "Running"
     assert plan.status["progress"] == {"step": 40, "epoch": 1, "loss": 0.5, "updateTime": "2026-01-02T03:04:05Z"}
@@ -341,19 +345,6 @@ def test_without_a_new_report_the_last_progress_and_its_time_are_kept() -> None:
     # a failed poll (nothing live), the same report again, a report of a pod not in the group (an old one)
     for live in ({}, {"u0": {"step": 40, "epoch": 1, "loss": 0.5}}, {"gone": {"step": 90}}):
         assert assess(job, pods, previous, live=live).status["progress"] == shown
-
-
-def test_termination_message_and_live_report_go_through_one_parser_and_the_highest_step_wins() -> None:
-    document = {"schema": t.PROGRESS_SCHEMA, "step": 7, "epoch": 0, "loss": 1.5, "resumedFrom": 0}
-    parsed = {"step": 7, "epoch": 0, "loss": 1.5, "resumedFrom": 0}
-    assert t.parse_progress(document) == t.parse_progress(json.dumps(document)) == parsed
-    assert t.parse_progress("torch warnings...\n" + json.dumps(document)) == parsed  # FallbackToLogsOnError
-    assert t.parse_progress({"step": 7.0}) == {"step": 7}  # an older trainer: no schema
-    for other in ({"schema": "lepton.ai/prepare-progress/v1", "step": 7}, {"epoch": 1}, {"step": True}, "[1]", None):
-        assert t.parse_progress(other) is None
-    ended = live_pod(0, "u0", phase="Succeeded", terminated={"exitCode": 0, "message": json.dumps({**document, "step": 9})})
-    assert t.progress_of([ended], {"u0": document}) == {"step": 9, "epoch": 0, "loss": 1.5, "resumedFrom": 0}
-    assert t.progress_of([live_pod(0, "u0")], {"u0": {**document, "step": 12}})["step"] == 12
 
 
 def test_progress_is_read_from_worker_zero_of_a_running_group_only() -> None:

@@ -22,11 +22,12 @@ Rules, in order of precedence:
   WaitingForCapacity and says how many workers fit now, or Unschedulable with
   the short resource when it would not fit even on empty nodes.
 * A failed worker fails its group, and so does a worker on a lost node (deleted,
-  or NotReady past ``nodeLossGraceSeconds``; ``onNodeLoss: Fail`` fails the job). The failure is classified (:func:`classify`):
-  a retryable exit code, OOMKilled, a lost node, a preemption, or a
-  non-retryable exit code. The first failure is the cause (:func:`first_failure`):
-  the peers of a killed worker fail right after it, and are not held against the
-  job (Kubeflow #1579). Each retryable reason has its own budget of
+  or NotReady past ``nodeLossGraceSeconds``; ``onNodeLoss: Fail`` fails the job).
+  The failure is classified (``training_failures.classify``): a retryable exit
+  code, OOMKilled, a lost node, a preemption, or a non-retryable exit code. The
+  first failure is the cause (``training_failures.first_failure``): the peers of
+  a killed worker fail right after it, and are not held against the job
+  (Kubeflow #1579). Each retryable reason has its own budget of
   ``backoffLimit`` group restarts; the restart after the budget is spent fails
   the job instead (so exactly ``backoffLimit`` restarts happen per reason). A
   non-retryable exit fails the job at once.
@@ -40,21 +41,19 @@ Rules, in order of precedence:
   (``initialSeconds * 2**(restarts - 1)``, capped at ``maxSeconds``) has passed.
   ``suspend`` bumps it too, so a resumed group never meets a pod of the old one.
 
-Progress: a trainer reports ``{"schema": "lepton.ai/training-progress/v1",
-"step", "epoch", "loss", "resumedFrom"}`` as JSON twice (``resumedFrom``: the
-checkpoint step the group started from, so a restart shows where it resumed): live, on ``GET /progress`` of its
-rank 0 while it trains (the controller polls worker 0 and passes the last
-answer in ``Observed.live``), and at the end in its termination message
-(``/dev/termination-log``). Both go through :func:`parse_progress`; among the
-reports of the current group's workers the highest step wins, and
-``status.progress`` keeps the last one when nothing new arrives (a failed poll
-clears nothing). ``updateTime`` changes only when the values do. No pod needs
-RBAC for any of it.
+Progress: the trainer's reports (live from worker 0's ``GET /progress``, passed
+in ``Observed.live``, and in the termination messages) are parsed and ranked in
+``training_progress``; ``status.progress`` keeps the last one when nothing new
+arrives (a failed poll clears nothing), and ``updateTime`` changes only when the
+values do.
+
+This module holds the decision only. What one pod says (its group, index, state,
+why it waits) is ``training_pods``; why a worker failed and whether that
+restarts the group or fails the job is ``training_failures``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -69,7 +68,7 @@ from lepton_operator.api.training import (
 from lepton_operator.status import capacity, claims
 from lepton_operator.status.capacity import Held
 from lepton_operator.status import conditions as cond
-from lepton_operator.status.conditions import parse_time as _parse_time
+from lepton_operator.status.conditions import parse_time
 from lepton_operator.status.training_failures import (
     NODE_LOST,
     PREEMPTED,
@@ -83,18 +82,17 @@ from lepton_operator.status.training_failures import (
 )
 from lepton_operator.status.training_pods import (
     blocked_message,
-    meta as _meta,
     pod_group,
     pod_index,
     pod_name,
-    pod_status as _status,
+    pod_status,
     ready,
     running,
     succeeded,
-    terminated_state as _terminated,
     terminating,
     unschedulable_message,
 )
+from lepton_operator.status.training_progress import progress_of
 
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 
@@ -105,8 +103,6 @@ WAITING_FOR_CAPACITY = capacity.WAITING_FOR_CAPACITY
 CONTAINER_BLOCKED = "ContainerBlocked"
 
 FINAL: tuple[TrainingPhase, ...] = ("Succeeded", "Failed")
-
-PROGRESS_SCHEMA = "lepton.ai/training-progress/v1"
 
 EventType = Literal["Normal", "Warning"]
 
@@ -138,52 +134,6 @@ class Plan:
     @property
     def phase(self) -> str:
         return str(self.status.get("phase"))
-
-
-def parse_progress(report: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """``{step, epoch, loss, resumedFrom}`` of one trainer report, or ``None`` when it is not one.
-
-    ``report`` is a termination message (its last line is the JSON document;
-    a message that falls back to the logs may have more lines before it) or the
-    document ``/progress`` answered. A document of another schema, or without
-    a ``step``, is not a report; one without ``schema`` (older trainers) is.
-    """
-    document: Any = report
-    if isinstance(report, str):
-        try:
-            document = json.loads(report.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            return None
-    if not isinstance(document, Mapping) or document.get("schema", PROGRESS_SCHEMA) != PROGRESS_SCHEMA:
-        return None
-    fields = {k: document[k] for k in ("step", "epoch", "loss", "resumedFrom")
-              if isinstance(document.get(k), int | float) and not isinstance(document.get(k), bool)}  # fmt: skip
-    for k in ("step", "epoch", "resumedFrom"):
-        if k in fields:
-            fields[k] = int(fields[k])
-    return fields if fields.get("step", -1) >= 0 else None
-
-
-def progress_of(
-    pods: Sequence[Mapping[str, Any]], live: Mapping[str, Mapping[str, Any]] | None = None
-) -> dict[str, Any] | None:
-    """The trainer's progress among ``pods``: termination messages and ``live`` reports (pod uid -> document).
-
-    The highest step wins (on a tie the live report, the newer one). A live
-    report of a pod that is not in ``pods`` (an old group's) is ignored.
-    """
-    best: dict[str, Any] | None = None
-    for pod in pods:
-        uid = str(_meta(pod).get("uid") or "")
-        reports = [(_terminated(pod) or {}).get("message"), (live or {}).get(uid) if uid else None]
-        for fields in (parse_progress(report) for report in reports if report):
-            if fields is not None and (best is None or fields["step"] >= best["step"]):
-                best = fields
-    return best
-
-
-# ---------------------------------------------------------------------------
-# the pass
 
 
 @dataclass(frozen=True)
@@ -218,7 +168,7 @@ def assess(
         # Finished in this very pass: nothing else may wake the job when its TTL is due.
         plan.requeue = float(ttl)
     deadline = spec.run_policy.active_deadline_seconds
-    started = _parse_time(plan.status.get("startTime"))
+    started = parse_time(plan.status.get("startTime"))
     if deadline is not None and started is not None and plan.phase not in FINAL:
         # Also when the job started in this very pass: nothing else would wake it at its deadline.
         left = (started + timedelta(seconds=deadline) - observed.now).total_seconds()
@@ -248,7 +198,7 @@ def _assess(
         builder.finish(previous.phase, previous.reason or previous.phase, _message(previous), event=False)
         builder.clean_up(pods)
         ttl = spec.run_policy.ttl_seconds_after_finished
-        finished = _parse_time(previous.completion_time)
+        finished = parse_time(previous.completion_time)
         if ttl is not None and finished is not None:
             due = (finished + timedelta(seconds=ttl) - observed.now).total_seconds()
             plan.delete_job = due <= 0
@@ -262,7 +212,7 @@ def _assess(
         return builder.set("Suspended", "Suspended", "the job is suspended; its workers are deleted")
 
     deadline = spec.run_policy.active_deadline_seconds
-    started = _parse_time(previous.start_time)
+    started = parse_time(previous.start_time)
     if deadline is not None and started is not None:
         left = (started + timedelta(seconds=deadline) - observed.now).total_seconds()
         if left <= 0:
@@ -321,7 +271,7 @@ def _assess(
         phase: TrainingPhase = "Restarting" if restarts.total > 0 else "Starting"
         return builder.set(phase, "WaitingForOldWorkers", f"waiting for {len(going) + len(stale)} old worker pods to go")
 
-    last_restart = _parse_time(restarts.last_time)
+    last_restart = parse_time(restarts.last_time)
     if restarts.total > 0 and not current and last_restart is not None:
         wait = last_restart + timedelta(seconds=restart_delay(spec.restart_policy, restarts)) - observed.now
         if wait.total_seconds() > 0:
@@ -358,7 +308,6 @@ def progress_pod(plan: Plan, pods: Sequence[Mapping[str, Any]]) -> Mapping[str, 
     if plan.phase != "Running":
         return None
     return next((p for p in pods if pod_group(p) == plan.group and pod_index(p) == 0 and running(p)), None)
-
 
 
 def target_size(spec: TrainingJobSpec, capacity: int | None) -> int:
@@ -402,7 +351,7 @@ class _Builder:
         if policy == "All":
             doomed = [p for p in pods if not terminating(p)]
         elif policy == "Running":
-            doomed = [p for p in pods if not terminating(p) and _status(p).get("phase") in ("Pending", "Running", None)]
+            doomed = [p for p in pods if not terminating(p) and pod_status(p).get("phase") in ("Pending", "Running", None)]
         else:
             doomed = []
         self.plan.delete_pods = [pod_name(p) for p in doomed]
@@ -441,10 +390,10 @@ class _Builder:
         conditions = cond.set_conditions(previous.conditions or [], new, self.now)
         workers = {
             "desired": self.plan.replicas,
-            "active": sum(1 for p in current if _status(p).get("phase") in ("Pending", "Running", None)),
+            "active": sum(1 for p in current if pod_status(p).get("phase") in ("Pending", "Running", None)),
             "ready": sum(1 for p in current if ready(p)),
             "succeeded": sum(1 for p in current if succeeded(p)),
-            "failed": sum(1 for p in current if _status(p).get("phase") == "Failed"),
+            "failed": sum(1 for p in current if pod_status(p).get("phase") == "Failed"),
         }
         progress = previous.progress.to_wire() if previous.progress else None
         reported = progress_of(current, self.live)
