@@ -1,45 +1,26 @@
-"""TrainingJob decisions without a cluster: phases, gang start, failure classes, restart budgets, lifecycle."""
+"""TrainingJob decisions without a cluster: phases, gang start, failures and restart budgets, progress, lifecycle.
+
+The parts the pass reads have their own tests: test_status_training_pods, _failures, _progress.
+"""
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lepton_operator.api.training import RestartPolicy, TrainingJobSpec
+from lepton_operator.api.training import RestartCounts, TrainingJobSpec
 from lepton_operator.status import training as t
-
-NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+from lepton_operator.status.capacity import Held
+from lepton_operator.status.training_failures import failure_restarts
+from lepton_operator.status.training_progress import PROGRESS_SCHEMA
+from worker_pods import NOW, failed, live_pod, pod
 
 
 def spec(**fields: Any) -> TrainingJobSpec:
     return TrainingJobSpec.model_validate({"image": "trainer:1", **fields})
-
-
-def pod(index: int, group: int = 0, phase: str = "Running", *, ready: bool = True, node: str | None = "n1",
-        conditions: list[dict[str, Any]] | None = None, terminated: dict[str, Any] | None = None,
-        deleting: bool = False, reason: str | None = None) -> dict[str, Any]:  # fmt: skip
-    status: dict[str, Any] = {"phase": phase, "conditions": list(conditions or [])}
-    if phase == "Running":
-        status["conditions"].append({"type": "Ready", "status": "True" if ready else "False"})
-    if terminated is not None:
-        status["containerStatuses"] = [{"name": "worker", "state": {"terminated": terminated}}]
-    if reason:
-        status["reason"] = reason
-    metadata: dict[str, Any] = {
-        "name": f"job-worker-{index}-g{group}",
-        "labels": {"lepton.ai/worker-index": str(index), "lepton.ai/group": str(group)},
-    }
-    if deleting:
-        metadata["deletionTimestamp"] = "2026-01-02T03:04:00Z"
-    return {"metadata": metadata, "spec": {"nodeName": node} if node else {}, "status": status}
-
-
-def failed(index: int, code: int, group: int = 0, reason: str = "Error", message: str = "") -> dict[str, Any]:
-    return pod(index, group, "Failed", terminated={"exitCode": code, "reason": reason, "message": message})
 
 
 def assess(job: TrainingJobSpec, pods: list[dict[str, Any]], status: dict[str, Any] | None = None, *,
@@ -89,7 +70,7 @@ def test_a_gang_that_cannot_be_scheduled_says_why() -> None:
 
 
 def test_a_group_held_by_gang_admission_is_pending_with_how_much_fits_and_still_creates_its_pods() -> None:
-    held = t.capacity.Held("WaitingForCapacity", "waiting for room for the whole group: 4 workers of nvidia.com/gpu 8 each, 2 fit now")
+    held = Held("WaitingForCapacity", "waiting for room for the whole group: 4 workers of nvidia.com/gpu 8 each, 2 fit now")
     job = spec(workers={"replicas": 4, "gpu": {"count": 8}})
     plan = assess(job, [], held=held)
     assert plan.create_workers and plan.phase == "Pending" and plan.status["reason"] == "WaitingForCapacity"
@@ -136,26 +117,6 @@ def test_missing_worker_is_created_without_touching_the_others() -> None:
     assert plan.create_workers and plan.delete_pods == []
 
 
-def test_classification_of_failures() -> None:
-    policy = RestartPolicy()
-    assert t.classify(pod(0), policy) is None
-    assert t.classify(failed(0, 143), policy) == t.Failure("RetryableExitCode", True, t.classify(failed(0, 143), policy).message)  # type: ignore[union-attr]
-    oom = t.classify(failed(0, 137, reason="OOMKilled"), policy)
-    assert oom is not None and (oom.reason, oom.retryable) == ("OOMKilled", True)
-    code = t.classify(failed(0, 1), policy)
-    assert code is not None and (code.reason, code.retryable) == ("NonRetryableExitCode", False)
-    assert "exit code 1" in code.message
-    preempted = pod(0, phase="Failed", conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}])
-    assert t.classify(preempted, policy) == t.Failure("Preempted", True, "worker job-worker-0-g0 was preempted (PreemptionByScheduler)")
-    lost = pod(0, phase="Unknown")
-    found = t.classify(lost, policy)
-    assert found is not None and (found.reason, found.retryable) == ("NodeLost", True)
-    found = t.classify(lost, RestartPolicy(on_node_loss="Fail"))
-    assert found is not None and not found.retryable
-    no_oom_retry = t.classify(failed(0, 137, reason="OOMKilled"), RestartPolicy(retryable_exit_codes=[143]))
-    assert no_oom_retry is not None and not no_oom_retry.retryable
-
-
 def test_retryable_failure_restarts_the_whole_group_after_recording_it() -> None:
     job = spec(workers={"replicas": 3}, restartPolicy={"backoffLimit": 2, "backoff": {"initialSeconds": 10}})
     plan = assess(job, [pod(0), failed(1, 143), pod(2)], {"phase": "Running", "group": 0})
@@ -181,11 +142,6 @@ def test_new_group_waits_for_old_pods_and_the_backoff() -> None:
     assert plan.status["reason"] == "Backoff" and plan.requeue == 6 and not plan.create_workers
     plan = assess(job, [], status, now=NOW + timedelta(seconds=10))
     assert plan.create_workers and plan.group == 1 and plan.phase == "Starting"
-
-
-def test_backoff_doubles_and_is_capped() -> None:
-    policy = RestartPolicy.model_validate({"backoff": {"initialSeconds": 10, "maxSeconds": 60}})
-    assert [t.backoff_seconds(policy, n) for n in range(6)] == [0, 10, 20, 40, 60, 60]
 
 
 def test_non_retryable_exit_fails_at_once_and_keeps_failed_pods() -> None:
@@ -360,7 +316,7 @@ def test_elastic_group_losing_a_node_shrinks_as_a_resize() -> None:
 
 
 def failed_restarts_of(plan: t.Plan) -> int:
-    return t.failure_restarts(t.RestartCounts.model_validate(plan.status["restarts"]))
+    return failure_restarts(RestartCounts.model_validate(plan.status["restarts"]))
 
 
 def test_a_job_starting_to_run_is_looked_at_again_at_its_deadline() -> None:
@@ -368,18 +324,12 @@ def test_a_job_starting_to_run_is_looked_at_again_at_its_deadline() -> None:
     assert plan.phase == "Running" and plan.status["startTime"] == "2026-01-02T03:04:05Z" and plan.requeue == 60
 
 
-def live_pod(index: int, uid: str, group: int = 0, **fields: Any) -> dict[str, Any]:
-    found = pod(index, group, **fields)
-    found["metadata"]["uid"] = uid
-    return found
-
-
 RUNNING = {"phase": "Running", "group": 0, "workers": {"desired": 2}}
 
 
 def test_a_live_report_advances_the_step_while_the_group_runs() -> None:
     job, pods = spec(workers={"replicas": 2}), [live_pod(0, "u0"), live_pod(1, "u1")]
-    report = {"schema": t.PROGRESS_SCHEMA, "step": 40, "epoch": 1, "loss": 0.5}
+    report = {"schema": PROGRESS_SCHEMA, "step": 40, "epoch": 1, "loss": 0.5}
     plan = assess(job, pods, RUNNING, live={"u0": report})
     assert plan.phase == "Running"
     assert plan.status["progress"] == {"step": 40, "epoch": 1, "loss": 0.5, "updateTime": "2026-01-02T03:04:05Z"}
@@ -395,19 +345,6 @@ def test_without_a_new_report_the_last_progress_and_its_time_are_kept() -> None:
     # a failed poll (nothing live), the same report again, a report of a pod not in the group (an old one)
     for live in ({}, {"u0": {"step": 40, "epoch": 1, "loss": 0.5}}, {"gone": {"step": 90}}):
         assert assess(job, pods, previous, live=live).status["progress"] == shown
-
-
-def test_termination_message_and_live_report_go_through_one_parser_and_the_highest_step_wins() -> None:
-    document = {"schema": t.PROGRESS_SCHEMA, "step": 7, "epoch": 0, "loss": 1.5, "resumedFrom": 0}
-    parsed = {"step": 7, "epoch": 0, "loss": 1.5, "resumedFrom": 0}
-    assert t.parse_progress(document) == t.parse_progress(json.dumps(document)) == parsed
-    assert t.parse_progress("torch warnings...\n" + json.dumps(document)) == parsed  # FallbackToLogsOnError
-    assert t.parse_progress({"step": 7.0}) == {"step": 7}  # an older trainer: no schema
-    for other in ({"schema": "lepton.ai/prepare-progress/v1", "step": 7}, {"epoch": 1}, {"step": True}, "[1]", None):
-        assert t.parse_progress(other) is None
-    ended = live_pod(0, "u0", phase="Succeeded", terminated={"exitCode": 0, "message": json.dumps({**document, "step": 9})})
-    assert t.progress_of([ended], {"u0": document}) == {"step": 9, "epoch": 0, "loss": 1.5, "resumedFrom": 0}
-    assert t.progress_of([live_pod(0, "u0")], {"u0": {**document, "step": 12}})["step"] == 12
 
 
 def test_progress_is_read_from_worker_zero_of_a_running_group_only() -> None:

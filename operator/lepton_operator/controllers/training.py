@@ -49,6 +49,7 @@ from lepton_operator.render import common
 from lepton_operator.render import training as render
 from lepton_operator.status import capacity
 from lepton_operator.status import training as assessing
+from lepton_operator.status.training_pods import pod_group, pod_index, pod_name, terminating
 from lepton_operator.status import validation
 
 KIND = TRAINING_JOB.kind
@@ -108,9 +109,9 @@ def carry_out(plan: assessing.Plan, key: ObjectKey, uid: str, spec: TrainingJobS
     if plan.restarted is not None:
         kube.patch_status(TRAINING_JOB, namespace, name, plan.status)
         metrics.record_training_restarts(namespace, name, restarts_by_reason(plan.status))
-    stranded = {assessing.pod_name(p) for p in pods if (p.get("spec") or {}).get("nodeName") in lost_nodes}
-    doomed = list(plan.delete_pods) + [assessing.pod_name(p) for p in pods
-                                       if assessing.terminating(p) and assessing.pod_name(p) in stranded]  # fmt: skip
+    stranded = {pod_name(p) for p in pods if (p.get("spec") or {}).get("nodeName") in lost_nodes}
+    doomed = list(plan.delete_pods) + [pod_name(p) for p in pods
+                                       if terminating(p) and pod_name(p) in stranded]  # fmt: skip
     for pod in dict.fromkeys(doomed):
         kube.delete("v1", "Pod", namespace, pod, grace_period_seconds=0 if pod in stranded else None)
     if plan.delete_job:
@@ -125,9 +126,9 @@ def carry_out(plan: assessing.Plan, key: ObjectKey, uid: str, spec: TrainingJobS
         if claim is not None:
             kube.apply(claim)
         kube.apply(render.headless_service(name, namespace, uid, spec))
-    group = [p for p in pods if assessing.pod_group(p) == plan.group and not assessing.terminating(p)]
-    waiting = [p for p in group if admission.gated(p) and assessing.pod_name(p) not in plan.delete_pods]
-    existing = {assessing.pod_index(p) for p in group}
+    group = [p for p in pods if pod_group(p) == plan.group and not terminating(p)]
+    waiting = [p for p in group if admission.gated(p) and pod_name(p) not in plan.delete_pods]
+    existing = {pod_index(p) for p in group}
     rendered = render.worker_group(name, namespace, uid, spec, plan.replicas, plan.group) if plan.create_workers else []
     missing = [worker for worker in rendered if int(worker["metadata"]["labels"][render.INDEX_LABEL]) not in existing]
     if not missing and not waiting:
@@ -140,14 +141,14 @@ def carry_out(plan: assessing.Plan, key: ObjectKey, uid: str, spec: TrainingJobS
         list(CREATORS.map(kube.create, [render.gated(worker) for worker in missing]))
         return held
     list(CREATORS.map(kube.create, missing))
-    list(CREATORS.map(lambda p: kube.remove_scheduling_gates(namespace, assessing.pod_name(p)), waiting))
+    list(CREATORS.map(lambda p: kube.remove_scheduling_gates(namespace, pod_name(p)), waiting))
     ADMISSION.written(key)
     return None
 
 
 def claims_waited_on(namespace: str, name: str, spec: TrainingJobSpec, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The claims the workers mount, read only while a worker waits for a node (a claim may hold it)."""
-    if not any(not (p.get("spec") or {}).get("nodeName") and not assessing.terminating(p) for p in pods):
+    if not any(not (p.get("spec") or {}).get("nodeName") and not terminating(p) for p in pods):
         return []
     names = {render.checkpoint_claim_name(name, spec), render.output_claim_name(name, spec),
              spec.dataset.name if spec.dataset else None}  # fmt: skip
@@ -379,7 +380,7 @@ NODES = NodeWatch()
 def groups_waiting_for(pod: Mapping[str, Any]) -> list[ObjectKey]:
     """Jobs whose group waits for room, when a worker of any job gives its room back (finished or going)."""
     finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-    waiting = ADMISSION.waiting() if finished or assessing.terminating(pod) else []
+    waiting = ADMISSION.waiting() if finished or terminating(pod) else []
     if waiting:
         ADMISSION.invalidate()
     return waiting

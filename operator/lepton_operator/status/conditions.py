@@ -57,6 +57,13 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_time(value: str | None) -> datetime | None:
+    """The moment a ``metav1.Time`` names (the inverse of :func:`format_time`); ``None`` for none."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
 def truncate(message: str, limit: int = MAX_MESSAGE_LENGTH) -> str:
     """``message`` cut to at most ``limit`` characters, marking the cut."""
     if len(message) <= limit:

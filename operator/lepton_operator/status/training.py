@@ -22,11 +22,12 @@ Rules, in order of precedence:
   WaitingForCapacity and says how many workers fit now, or Unschedulable with
   the short resource when it would not fit even on empty nodes.
 * A failed worker fails its group, and so does a worker on a lost node (deleted,
-  or NotReady past ``nodeLossGraceSeconds``; ``onNodeLoss: Fail`` fails the job). The failure is classified (:func:`classify`):
-  a retryable exit code, OOMKilled, a lost node, a preemption, or a
-  non-retryable exit code. The first failure is the cause (:func:`first_failure`):
-  the peers of a killed worker fail right after it, and are not held against the
-  job (Kubeflow #1579). Each retryable reason has its own budget of
+  or NotReady past ``nodeLossGraceSeconds``; ``onNodeLoss: Fail`` fails the job).
+  The failure is classified (``training_failures.classify``): a retryable exit
+  code, OOMKilled, a lost node, a preemption, or a non-retryable exit code. The
+  first failure is the cause (``training_failures.first_failure``): the peers of
+  a killed worker fail right after it, and are not held against the job
+  (Kubeflow #1579). Each retryable reason has its own budget of
   ``backoffLimit`` group restarts; the restart after the budget is spent fails
   the job instead (so exactly ``backoffLimit`` restarts happen per reason). A
   non-retryable exit fails the job at once.
@@ -40,31 +41,26 @@ Rules, in order of precedence:
   (``initialSeconds * 2**(restarts - 1)``, capped at ``maxSeconds``) has passed.
   ``suspend`` bumps it too, so a resumed group never meets a pod of the old one.
 
-Progress: a trainer reports ``{"schema": "lepton.ai/training-progress/v1",
-"step", "epoch", "loss", "resumedFrom"}`` as JSON twice (``resumedFrom``: the
-checkpoint step the group started from, so a restart shows where it resumed): live, on ``GET /progress`` of its
-rank 0 while it trains (the controller polls worker 0 and passes the last
-answer in ``Observed.live``), and at the end in its termination message
-(``/dev/termination-log``). Both go through :func:`parse_progress`; among the
-reports of the current group's workers the highest step wins, and
-``status.progress`` keeps the last one when nothing new arrives (a failed poll
-clears nothing). ``updateTime`` changes only when the values do. No pod needs
-RBAC for any of it.
+Progress: the trainer's reports (live from worker 0's ``GET /progress``, passed
+in ``Observed.live``, and in the termination messages) are parsed and ranked in
+``training_progress``; ``status.progress`` keeps the last one when nothing new
+arrives (a failed poll clears nothing), and ``updateTime`` changes only when the
+values do.
+
+This module holds the decision only. What one pod says (its group, index, state,
+why it waits) is ``training_pods``; why a worker failed and whether that
+restarts the group or fails the job is ``training_failures``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from lepton_operator.api.training import (
-    WORKER_GROUP_LABEL,
-    WORKER_INDEX_LABEL,
     RestartCounts,
-    RestartPolicy,
     TrainingJobSpec,
     TrainingJobStatus,
     TrainingPhase,
@@ -72,15 +68,32 @@ from lepton_operator.api.training import (
 from lepton_operator.status import capacity, claims
 from lepton_operator.status.capacity import Held
 from lepton_operator.status import conditions as cond
+from lepton_operator.status.conditions import parse_time
+from lepton_operator.status.training_failures import (
+    NODE_LOST,
+    PREEMPTED,
+    RESIZED,
+    Failure,
+    classify,
+    decide,
+    first_failure,
+    lost,
+    restart_delay,
+)
+from lepton_operator.status.training_pods import (
+    blocked_message,
+    pod_group,
+    pod_index,
+    pod_name,
+    pod_status,
+    ready,
+    running,
+    succeeded,
+    terminating,
+    unschedulable_message,
+)
+from lepton_operator.status.training_progress import progress_of
 
-# Failure reasons (restart budgets are kept per reason).
-RETRYABLE_EXIT_CODE = "RetryableExitCode"
-NON_RETRYABLE_EXIT_CODE = "NonRetryableExitCode"
-OOM_KILLED = "OOMKilled"
-NODE_LOST = "NodeLost"
-PREEMPTED = "Preempted"
-RESIZED = "Resized"
-BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 WORKERS_SCHEDULED = "WorkersScheduled"
@@ -88,48 +101,10 @@ UNSCHEDULABLE = capacity.UNSCHEDULABLE
 WAITING_FOR_CAPACITY = capacity.WAITING_FOR_CAPACITY
 #: A worker's container cannot start (image, config or security context): it waits forever, so say why.
 CONTAINER_BLOCKED = "ContainerBlocked"
-_BLOCKED_WAITING = {
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "ErrImageNeverPull",
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "RunContainerError",
-}
-
-# Reasons in pod conditions (DisruptionTarget) and pod status, as Kubernetes writes them.
-_NODE_LOSS_DISRUPTIONS = {"DeletionByTaintManager", "DeletionByPodGC", "TerminationByKubelet"}
-_PREEMPTIONS = {"PreemptionByScheduler", "EvictionByEvictionAPI"}
 
 FINAL: tuple[TrainingPhase, ...] = ("Succeeded", "Failed")
 
-PROGRESS_SCHEMA = "lepton.ai/training-progress/v1"
-
 EventType = Literal["Normal", "Warning"]
-
-
-@dataclass(frozen=True)
-class Failure:
-    """Why one worker failed, whether that may restart the group, and when it happened (if known)."""
-
-    reason: str
-    retryable: bool
-    message: str
-    at: datetime | None = None
-
-
-def first_failure(failures: Sequence[Failure]) -> Failure:
-    """The failure that brought the group down: the first one.
-
-    When one worker dies, its peers fail right after it (torchrun's workers lose their
-    connection and exit with 1, a non-retryable code): those are consequences, and taking one
-    of them for the cause would fail a job that one killed worker should only restart. So the
-    earliest failure is the cause. One seen without a time (a node NotReady, a vanished pod)
-    counts as earliest; among equally early ones (the API's times have whole seconds) a
-    retryable one wins, as a peer failing in the same second is most likely its consequence.
-    """
-    return min(failures, key=lambda f: (f.at is not None, f.at or datetime.min, not f.retryable))
 
 
 @dataclass(frozen=True)
@@ -159,236 +134,6 @@ class Plan:
     @property
     def phase(self) -> str:
         return str(self.status.get("phase"))
-
-
-# ---------------------------------------------------------------------------
-# pods
-
-
-def _meta(pod: Mapping[str, Any]) -> Mapping[str, Any]:
-    return pod.get("metadata") or {}
-
-
-def _status(pod: Mapping[str, Any]) -> Mapping[str, Any]:
-    return pod.get("status") or {}
-
-
-def _int_label(pod: Mapping[str, Any], label: str) -> int | None:
-    value = str((_meta(pod).get("labels") or {}).get(label, ""))
-    return int(value) if value.isdigit() else None
-
-
-def pod_group(pod: Mapping[str, Any]) -> int | None:
-    """The group generation of a worker pod (``None`` when the label is missing or odd)."""
-    return _int_label(pod, WORKER_GROUP_LABEL)
-
-
-def pod_index(pod: Mapping[str, Any]) -> int | None:
-    """The worker index of a pod (``None`` when the label is missing or odd)."""
-    return _int_label(pod, WORKER_INDEX_LABEL)
-
-
-def terminating(pod: Mapping[str, Any]) -> bool:
-    return bool(_meta(pod).get("deletionTimestamp"))
-
-
-def _condition(pod: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
-    for item in _status(pod).get("conditions") or []:
-        if item.get("type") == ctype:
-            found: Mapping[str, Any] = item
-            return found
-    return None
-
-
-def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    for container in _status(pod).get("containerStatuses") or []:
-        state = container.get("state") or {}
-        if state.get("terminated"):
-            terminated: Mapping[str, Any] = state["terminated"]
-            return terminated
-    return None
-
-
-def running(pod: Mapping[str, Any]) -> bool:
-    return _status(pod).get("phase") == "Running" and not terminating(pod)
-
-
-def ready(pod: Mapping[str, Any]) -> bool:
-    found = _condition(pod, "Ready")
-    return running(pod) and found is not None and found.get("status") == "True"
-
-
-def unschedulable_message(pod: Mapping[str, Any]) -> str | None:
-    """The scheduler's message when it cannot place ``pod``, else ``None``."""
-    found = _condition(pod, "PodScheduled")
-    if found is not None and found.get("status") == "False" and found.get("reason") == UNSCHEDULABLE:
-        return str(found.get("message") or "the scheduler cannot place the worker")
-    return None
-
-
-def blocked_message(pod: Mapping[str, Any]) -> str | None:
-    """Why a container of ``pod`` cannot start (the kubelet's waiting reason and message), else ``None``."""
-    status = _status(pod)
-    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
-        waiting = (container.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in _BLOCKED_WAITING:
-            detail = f": {waiting['message']}" if waiting.get("message") else ""
-            return f"worker {_meta(pod).get('name', '?')} {waiting['reason']}{detail}"
-    return None
-
-
-def classify(pod: Mapping[str, Any], policy: RestartPolicy) -> Failure | None:
-    """Why a worker pod failed (``None`` when it has not).
-
-    Order matters: a disruption (node loss, preemption) is the cause even when
-    the container then exits with SIGTERM's code; OOMKilled is told apart from
-    other SIGKILLs by the kubelet's reason.
-    """
-    status = _status(pod)
-    phase = status.get("phase")
-    disruption = _condition(pod, "DisruptionTarget")
-    cause = str(disruption.get("reason")) if disruption and disruption.get("status") == "True" else ""
-    name = str(_meta(pod).get("name", "?"))
-    node_loss_ok = policy.on_node_loss == "Replace"
-    disrupted = _parse_time((disruption or {}).get("lastTransitionTime")) if cause else None
-    if phase == "Unknown" or status.get("reason") == "NodeLost" or (cause in _NODE_LOSS_DISRUPTIONS and terminating(pod)):
-        return Failure(NODE_LOST, node_loss_ok, f"worker {name} lost its node ({cause or status.get('reason') or phase})", disrupted)
-    if phase != "Failed":
-        return None
-    if cause in _PREEMPTIONS or status.get("reason") in ("Evicted", "Preempting"):
-        return Failure(PREEMPTED, True, f"worker {name} was preempted ({cause or status.get('reason')})", disrupted)
-    if cause in _NODE_LOSS_DISRUPTIONS:
-        return Failure(NODE_LOST, node_loss_ok, f"worker {name} lost its node ({cause})", disrupted)
-    terminated = _terminated(pod) or {}
-    code, ended = terminated.get("exitCode"), _parse_time(terminated.get("finishedAt"))
-    detail = f"exit code {code}" + (f", {terminated['reason']}" if terminated.get("reason") else "")
-    if terminated.get("reason") == OOM_KILLED:
-        return Failure(OOM_KILLED, 137 in policy.retryable_exit_codes, f"worker {name} was OOMKilled ({detail})", ended)
-    if isinstance(code, int) and code in policy.retryable_exit_codes:
-        return Failure(RETRYABLE_EXIT_CODE, True, f"worker {name} failed with retryable {detail}", ended)
-    return Failure(NON_RETRYABLE_EXIT_CODE, False, f"worker {name} failed with non-retryable {detail}", ended)
-
-
-def lost(pod: Mapping[str, Any], policy: RestartPolicy) -> Failure:
-    """Why a worker of the current group is being deleted by someone else than the operator."""
-    found = classify(pod, policy)
-    if found is not None:
-        return found
-    disruption = _condition(pod, "DisruptionTarget")
-    cause = str(disruption.get("reason")) if disruption and disruption.get("status") == "True" else ""
-    if cause in _PREEMPTIONS:
-        return Failure(PREEMPTED, True, f"worker {pod_name(pod)} was preempted ({cause})", deleted_at(pod))
-    return Failure(NODE_LOST, policy.on_node_loss == "Replace", f"worker {pod_name(pod)} was deleted ({cause or 'by someone else'})",
-                   deleted_at(pod))  # fmt: skip
-
-
-def deleted_at(pod: Mapping[str, Any]) -> datetime | None:
-    """When a pod was deleted: its ``deletionTimestamp`` is that moment plus the grace period."""
-    meta = _meta(pod)
-    due = _parse_time(meta.get("deletionTimestamp"))
-    return None if due is None else due - timedelta(seconds=int(meta.get("deletionGracePeriodSeconds") or 0))
-
-
-def succeeded(pod: Mapping[str, Any]) -> bool:
-    return _status(pod).get("phase") == "Succeeded"
-
-
-def parse_progress(report: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """``{step, epoch, loss, resumedFrom}`` of one trainer report, or ``None`` when it is not one.
-
-    ``report`` is a termination message (its last line is the JSON document;
-    a message that falls back to the logs may have more lines before it) or the
-    document ``/progress`` answered. A document of another schema, or without
-    a ``step``, is not a report; one without ``schema`` (older trainers) is.
-    """
-    document: Any = report
-    if isinstance(report, str):
-        try:
-            document = json.loads(report.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            return None
-    if not isinstance(document, Mapping) or document.get("schema", PROGRESS_SCHEMA) != PROGRESS_SCHEMA:
-        return None
-    fields = {k: document[k] for k in ("step", "epoch", "loss", "resumedFrom")
-              if isinstance(document.get(k), int | float) and not isinstance(document.get(k), bool)}  # fmt: skip
-    for k in ("step", "epoch", "resumedFrom"):
-        if k in fields:
-            fields[k] = int(fields[k])
-    return fields if fields.get("step", -1) >= 0 else None
-
-
-def progress_of(
-    pods: Sequence[Mapping[str, Any]], live: Mapping[str, Mapping[str, Any]] | None = None
-) -> dict[str, Any] | None:
-    """The trainer's progress among ``pods``: termination messages and ``live`` reports (pod uid -> document).
-
-    The highest step wins (on a tie the live report, the newer one). A live
-    report of a pod that is not in ``pods`` (an old group's) is ignored.
-    """
-    best: dict[str, Any] | None = None
-    for pod in pods:
-        uid = str(_meta(pod).get("uid") or "")
-        reports = [(_terminated(pod) or {}).get("message"), (live or {}).get(uid) if uid else None]
-        for fields in (parse_progress(report) for report in reports if report):
-            if fields is not None and (best is None or fields["step"] >= best["step"]):
-                best = fields
-    return best
-
-
-# ---------------------------------------------------------------------------
-# restart policy
-
-
-def backoff_seconds(policy: RestartPolicy, restarts: int) -> float:
-    """Delay before the group of the ``restarts``-th failure restart starts (exponential, capped)."""
-    if restarts <= 0:
-        return 0.0
-    return float(min(policy.backoff.initial_seconds * 2 ** min(restarts - 1, 32), policy.backoff.max_seconds))
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What a failed group leads to."""
-
-    restart: bool
-    reason: str
-    message: str
-    restarts: RestartCounts
-
-
-def failure_restarts(restarts: RestartCounts) -> int:
-    """Restarts caused by failures (membership changes of elastic jobs are not failures)."""
-    return restarts.total - (restarts.by_reason or {}).get(RESIZED, 0)
-
-
-def restart_delay(policy: RestartPolicy, restarts: RestartCounts) -> float:
-    """Delay before the group of the latest restart starts: none after a resize, else the backoff."""
-    if restarts.last_reason == RESIZED:
-        return 0.0
-    return backoff_seconds(policy, failure_restarts(restarts))
-
-
-def decide(failure: Failure, restarts: RestartCounts, policy: RestartPolicy, now: str) -> Decision:
-    """Restart the group (budget left for this reason, or a resize) or fail the job."""
-    if not failure.retryable:
-        return Decision(False, failure.reason, failure.message, restarts)
-    spent = (restarts.by_reason or {}).get(failure.reason, 0)
-    if spent >= policy.backoff_limit and failure.reason != RESIZED:
-        message = f"{failure.message}; backoffLimit {policy.backoff_limit} reached for {failure.reason}"
-        return Decision(False, BACKOFF_LIMIT_EXCEEDED, message, restarts)
-    by_reason = {**(restarts.by_reason or {}), failure.reason: spent + 1}
-    counted = RestartCounts(total=restarts.total + 1, by_reason=by_reason, last_reason=failure.reason, last_time=now)
-    return Decision(True, failure.reason, failure.message, counted)
-
-
-# ---------------------------------------------------------------------------
-# the pass
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 @dataclass(frozen=True)
@@ -423,7 +168,7 @@ def assess(
         # Finished in this very pass: nothing else may wake the job when its TTL is due.
         plan.requeue = float(ttl)
     deadline = spec.run_policy.active_deadline_seconds
-    started = _parse_time(plan.status.get("startTime"))
+    started = parse_time(plan.status.get("startTime"))
     if deadline is not None and started is not None and plan.phase not in FINAL:
         # Also when the job started in this very pass: nothing else would wake it at its deadline.
         left = (started + timedelta(seconds=deadline) - observed.now).total_seconds()
@@ -453,7 +198,7 @@ def _assess(
         builder.finish(previous.phase, previous.reason or previous.phase, _message(previous), event=False)
         builder.clean_up(pods)
         ttl = spec.run_policy.ttl_seconds_after_finished
-        finished = _parse_time(previous.completion_time)
+        finished = parse_time(previous.completion_time)
         if ttl is not None and finished is not None:
             due = (finished + timedelta(seconds=ttl) - observed.now).total_seconds()
             plan.delete_job = due <= 0
@@ -467,7 +212,7 @@ def _assess(
         return builder.set("Suspended", "Suspended", "the job is suspended; its workers are deleted")
 
     deadline = spec.run_policy.active_deadline_seconds
-    started = _parse_time(previous.start_time)
+    started = parse_time(previous.start_time)
     if deadline is not None and started is not None:
         left = (started + timedelta(seconds=deadline) - observed.now).total_seconds()
         if left <= 0:
@@ -526,7 +271,7 @@ def _assess(
         phase: TrainingPhase = "Restarting" if restarts.total > 0 else "Starting"
         return builder.set(phase, "WaitingForOldWorkers", f"waiting for {len(going) + len(stale)} old worker pods to go")
 
-    last_restart = _parse_time(restarts.last_time)
+    last_restart = parse_time(restarts.last_time)
     if restarts.total > 0 and not current and last_restart is not None:
         wait = last_restart + timedelta(seconds=restart_delay(spec.restart_policy, restarts)) - observed.now
         if wait.total_seconds() > 0:
@@ -558,17 +303,11 @@ def _assess(
     return builder.set("Starting", "WorkersStarting", f"{runs} of {replicas} workers are running")
 
 
-def pod_name(pod: Mapping[str, Any]) -> str:
-    """A pod's name."""
-    return str(_meta(pod).get("name"))
-
-
 def progress_pod(plan: Plan, pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The pod whose live progress to read: worker 0 of a Running group (global rank 0 runs there)."""
     if plan.phase != "Running":
         return None
     return next((p for p in pods if pod_group(p) == plan.group and pod_index(p) == 0 and running(p)), None)
-
 
 
 def target_size(spec: TrainingJobSpec, capacity: int | None) -> int:
@@ -612,7 +351,7 @@ class _Builder:
         if policy == "All":
             doomed = [p for p in pods if not terminating(p)]
         elif policy == "Running":
-            doomed = [p for p in pods if not terminating(p) and _status(p).get("phase") in ("Pending", "Running", None)]
+            doomed = [p for p in pods if not terminating(p) and pod_status(p).get("phase") in ("Pending", "Running", None)]
         else:
             doomed = []
         self.plan.delete_pods = [pod_name(p) for p in doomed]
@@ -651,10 +390,10 @@ class _Builder:
         conditions = cond.set_conditions(previous.conditions or [], new, self.now)
         workers = {
             "desired": self.plan.replicas,
-            "active": sum(1 for p in current if _status(p).get("phase") in ("Pending", "Running", None)),
+            "active": sum(1 for p in current if pod_status(p).get("phase") in ("Pending", "Running", None)),
             "ready": sum(1 for p in current if ready(p)),
             "succeeded": sum(1 for p in current if succeeded(p)),
-            "failed": sum(1 for p in current if _status(p).get("phase") == "Failed"),
+            "failed": sum(1 for p in current if pod_status(p).get("phase") == "Failed"),
         }
         progress = previous.progress.to_wire() if previous.progress else None
         reported = progress_of(current, self.live)
