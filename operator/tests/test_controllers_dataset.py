@@ -62,6 +62,26 @@ def test_missing_secret_then_missing_key_then_job(fake: FakeKube) -> None:
     assert token == {"name": "LEPTON_SOURCE_TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "tok"}}}
 
 
+def test_a_source_ca_bundle_configmap_and_key_are_waited_for_before_the_job(fake: FakeKube) -> None:
+    spec = {"source": {"uri": "https://data.corp/x/", "caBundle": {"configMapRef": {"name": "corp-ca", "key": "bundle.pem"}}},
+            "modality": "text"}  # fmt: skip
+    patch, due, warnings = run(body(spec))
+    validated = next(c for c in patch["conditions"] if c["type"] == "Validated")
+    assert (patch["phase"], validated["reason"], due) == ("Pending", "ConfigMapNotFound", secrets.FIRST_RECHECK_SECONDS)
+    assert warnings == [("ConfigMapNotFound", "caBundle: ConfigMap corp-ca not found in namespace ns")]
+    assert not [k for k in fake.objects if k[0] == "Job"]
+    fake.objects[("ConfigMap", "ns", "corp-ca")] = {"metadata": {"name": "corp-ca"}, "data": {"bundle.pem": ""}}
+    patch, due, warnings = run(body(spec, patch))
+    assert warnings[0] == ("ConfigMapKeyMissing", "caBundle: ConfigMap corp-ca has no non-empty key bundle.pem")
+    assert not [k for k in fake.objects if k[0] == "Job"] and due is not None
+    fake.objects[("ConfigMap", "ns", "corp-ca")]["data"]["bundle.pem"] = "-----BEGIN CERTIFICATE-----"
+    patch, due, _ = run(body(spec, patch))
+    assert patch["phase"] == "Preparing" and due is None
+    [job] = [o for k, o in fake.objects.items() if k[0] == "Job"]
+    volumes = job["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "source-ca", "configMap": {"name": "corp-ca", "items": [{"key": "bundle.pem", "path": "ca.crt"}]}} in volumes
+
+
 def test_data_change_replaces_the_job_after_the_old_one_is_gone(fake: FakeKube) -> None:
     spec = {"source": {"uri": "https://h/x/"}, "modality": "text"}
     run(body(spec))

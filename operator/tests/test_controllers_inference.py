@@ -74,6 +74,38 @@ def test_uri_source_waits_for_its_secret_and_keys_then_stages_with_references(fa
     assert "c2VjcmV0LXZhbHVl" not in json.dumps(deployment) and "aWQtdmFsdWU=" not in json.dumps(deployment)
 
 
+def test_a_uri_source_waits_for_its_ca_bundle_configmap_and_key_then_stages_with_it_mounted(fake: FakeKube) -> None:
+    spec = {"model": {"name": "resnet", "source": {"uri": "https://models.corp/resnet/",
+                                                    "caBundle": {"configMapRef": {"name": "corp-ca"}}}}}  # fmt: skip
+
+    def reconcile(status: dict[str, Any]) -> tuple[dict[str, Any], float | None, list[tuple[str, str]]]:
+        patch: dict[str, Any] = {}
+        warnings: list[tuple[str, str]] = []
+        obj = {"metadata": {"namespace": "ns", "name": "serve", "uid": "u1", "generation": 1}, "spec": spec, "status": status}
+        due = controller.reconcile_service(obj, patch, retry=0, logger=logging.getLogger("test"),
+                                           warn=lambda r, m: warnings.append((r, m)))  # fmt: skip
+        return patch, due, warnings
+
+    patch, due, warnings = reconcile({})
+    condition = model_available(patch)
+    assert (patch["phase"], condition["reason"]) == ("Pending", "ConfigMapNotFound") and due == secrets.FIRST_RECHECK_SECONDS
+    assert warnings == [("ConfigMapNotFound", "caBundle: ConfigMap corp-ca not found in namespace ns")]
+    assert not [key for key in fake.objects if key[0] == "Deployment"]
+    _, _, warnings = reconcile(patch)
+    assert warnings == []  # the same status: no second event
+
+    fake.objects[("ConfigMap", "ns", "corp-ca")] = {"metadata": {"name": "corp-ca"}, "data": {"ca-bundle.crt": "PEM"}}
+    patch, due, warnings = reconcile(patch)
+    assert model_available(patch)["reason"] == "ConfigMapKeyMissing" and warnings[0][0] == "ConfigMapKeyMissing"
+    assert not [key for key in fake.objects if key[0] == "Deployment"]
+
+    fake.objects[("ConfigMap", "ns", "corp-ca")]["data"]["ca.crt"] = "-----BEGIN CERTIFICATE-----"
+    patch, due, warnings = reconcile(patch)
+    assert (patch["phase"], model_available(patch)["status"], due, warnings) == ("Progressing", "True", None, [])
+    [stager] = fake.objects[("Deployment", "ns", "serve")]["spec"]["template"]["spec"]["initContainers"]
+    assert {"name": "LEPTON_SOURCE_CA_FILE", "value": "/lepton/source-ca/corp-ca/ca.crt"} in stager["env"]
+
+
 def test_scale_to_zero_services_get_an_activator_in_front_once_ready_and_lose_it_when_min_replicas_rises(
     fake: FakeKube, monkeypatch: pytest.MonkeyPatch
 ) -> None:

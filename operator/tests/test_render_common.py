@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import restricted_policy
 
-from lepton_operator.api.common import GPUSpec, PodSecurity, ResourceRequirements, SecretReference, Toleration
+from lepton_operator.api.common import CABundle, GPUSpec, PodSecurity, ResourceRequirements, SecretReference, Toleration
 from lepton_operator.render import common
 
 
@@ -107,3 +107,15 @@ def test_source_env_has_settings_as_values_and_credentials_by_reference_only() -
     ]
     assert common.source_env("https://h/x/", SecretReference(name="t"))[0]["valueFrom"]["secretKeyRef"]["key"] == "token"
     assert common.source_env("https://h/x/", None) == []
+
+
+def test_source_trust_mounts_one_configmap_key_read_only_and_names_the_file() -> None:
+    assert common.source_trust(None) == common.SourceTrust()
+    trust = common.source_trust(CABundle.model_validate({"configMapRef": {"name": "corp-ca", "key": "ca-bundle.crt"}}))
+    assert trust.env == [{"name": "LEPTON_SOURCE_CA_FILE", "value": "/lepton/source-ca/corp-ca/ca.crt"}]
+    # One item: no other key of the ConfigMap reaches the pod, and the file name never depends on the key.
+    assert trust.volumes == [
+        {"name": "source-ca", "configMap": {"name": "corp-ca", "items": [{"key": "ca-bundle.crt", "path": "ca.crt"}]}}
+    ]
+    # A directory mount, not a subPath: the kubelet refreshes it when the bundle is rewritten.
+    assert trust.mounts == [{"name": "source-ca", "mountPath": "/lepton/source-ca/corp-ca", "readOnly": True}]

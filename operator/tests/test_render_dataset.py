@@ -118,3 +118,17 @@ def test_preparer_declares_the_progress_port_and_gets_it_in_its_environment() ->
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["ports"] == [{"name": "progress", "containerPort": 9400}]
     assert env_of(job)["LEPTON_PROGRESS_PORT"] == "9400"
+
+
+def test_a_source_ca_bundle_is_mounted_into_the_preparer_only_when_set() -> None:
+    plain = render.prepare_job("imgs", "ns", "u", spec())["spec"]["template"]["spec"]
+    assert "LEPTON_SOURCE_CA_FILE" not in env_of({"spec": {"template": {"spec": plain}}})
+    assert [volume["name"] for volume in plain["volumes"]] == ["data"]
+    source = {"uri": "https://data.corp/images/", "caBundle": {"configMapRef": {"name": "corp-ca"}}}
+    job = render.prepare_job("imgs", "ns", "u", spec(source=source))
+    pod = job["spec"]["template"]["spec"]
+    assert env_of(job)["LEPTON_SOURCE_CA_FILE"] == "/lepton/source-ca/corp-ca/ca.crt"
+    [container] = pod["containers"]
+    assert {"name": "source-ca", "mountPath": "/lepton/source-ca/corp-ca", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "source-ca", "configMap": {"name": "corp-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}} in pod["volumes"]
+    assert restricted_policy.violations(pod) == []  # a ConfigMap volume is allowed under restricted

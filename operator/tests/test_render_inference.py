@@ -139,6 +139,26 @@ def test_uri_source_settings_and_credentials_reach_the_stager_by_reference_as_fo
     assert [item for item in preparer["env"] if item["name"] in env] == stager["env"]
 
 
+CA_SOURCE: dict[str, Any] = {"uri": "https://models.corp/resnet/", "caBundle": {"configMapRef": {"name": "corp-ca"}}}
+
+
+def test_a_uri_source_ca_bundle_is_mounted_into_the_stager_only_the_same_way_as_for_the_preparer() -> None:
+    parsed = spec(model={**BASE["model"], "source": CA_SOURCE})
+    pod = deployment(parsed, source=inference.resolve_source(parsed, None))["spec"]["template"]["spec"]
+    [stager] = pod["initContainers"]
+    ca_mount = {"name": "source-ca", "mountPath": "/lepton/source-ca/corp-ca", "readOnly": True}
+    assert ca_mount in stager["volumeMounts"]
+    assert {"name": "LEPTON_SOURCE_CA_FILE", "value": "/lepton/source-ca/corp-ca/ca.crt"} in stager["env"]
+    assert {"name": "source-ca", "configMap": {"name": "corp-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}} in pod["volumes"]
+    assert all(mount["name"] != "source-ca" for mount in triton({"spec": {"template": {"spec": pod}}})["volumeMounts"])
+    dataset = LeptonDatasetSpec.model_validate({"source": CA_SOURCE, "modality": "image"})
+    preparer_pod = render_dataset.prepare_job("d", "ns", "u", dataset)["spec"]["template"]["spec"]
+    [preparer] = preparer_pod["containers"]
+    assert ca_mount in preparer["volumeMounts"] and [v for v in preparer_pod["volumes"] if v["name"] == "source-ca"] == [
+        v for v in pod["volumes"] if v["name"] == "source-ca"
+    ]
+
+
 def test_stager_failures_reach_the_termination_message() -> None:
     for source in (SOURCE, UriSource("https://models.example/resnet/")):
         [stager] = deployment(source=source)["spec"]["template"]["spec"]["initContainers"]
@@ -146,6 +166,7 @@ def test_stager_failures_reach_the_termination_message() -> None:
         assert stager["terminationMessagePath"] == "/dev/termination-log"
         assert stager["terminationMessagePolicy"] == "FallbackToLogsOnError"
         assert "env" not in stager  # no credentials, no S3 settings: nothing to pass
+        assert all(volume["name"] != "source-ca" for volume in deployment(source=source)["spec"]["template"]["spec"]["volumes"])
 
 
 def test_prometheus_scrape_annotations_and_labels() -> None:

@@ -13,6 +13,8 @@ variable, because the operator's Job sets the environment:
 ``LEPTON_SOURCE_TOKEN``     bearer token for http(s) sources (secretKeyRef)
 ``LEPTON_S3_ENDPOINT``      S3-compatible endpoint URL; ``AWS_REGION``, ``AWS_*`` keys
                             (secretKeyRef) for s3:// sources
+``LEPTON_SOURCE_CA_FILE``   CA bundle added to the system roots for the source
+                            (``caBundle``, see ``source_tls``)
 ``LEPTON_MODALITY``         image | audio | text | tabular | multimodal
 ``LEPTON_OUTPUT_DIR``       the dataset claim's mount (shards + manifest)
 ``LEPTON_SHARD_TARGET_BYTES`` / ``LEPTON_SHARD_COUNT``  shard size or count
@@ -69,6 +71,7 @@ from typing import Any
 
 from lepton_workloads import progress_server, shards
 from lepton_workloads.prepare_layouts import LayoutError, Record, read_ahead, records
+from lepton_workloads.source_tls import TLS_REASON, Trust
 from lepton_workloads.sources import S3Options, SourceError, fetch, token_from_env
 
 RESULT_SCHEMA = "lepton.ai/prepare-result/v1"
@@ -79,7 +82,9 @@ STAGING_DIR = ".staging"
 PROGRESS_FILE = ".progress.json"
 EXIT_RETRYABLE = 1
 EXIT_PERMANENT = 3
-RETRYABLE_REASONS = frozenset({"SourceUnreachable", "SourceTruncated", "AccessDenied"})
+#: A refused certificate is retried like refused credentials: the CA bundle's ConfigMap (mounted as a
+#: directory, refreshed by the kubelet) or the server's certificate may be fixed while the Job backs off.
+RETRYABLE_REASONS = frozenset({"SourceUnreachable", "SourceTruncated", "AccessDenied", TLS_REASON})
 MAX_RESULT_BYTES = 4096
 
 
@@ -228,7 +233,8 @@ def prepare(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
                        started)  # fmt: skip
     staging = output / STAGING_DIR
     fetched = fetch(args.source, staging, source_root=args.source_root, token=token_from_env(),
-                    progress=reporter.bytes, s3=S3Options.from_env(), sha256=args.sha256 or None)  # fmt: skip
+                    progress=reporter.bytes, s3=S3Options.from_env(), sha256=args.sha256 or None,
+                    trust=Trust.from_env())  # fmt: skip
     items = records(args.modality, fetched.root)
     if not items:
         raise PrepareError("EmptyDataset", f"no {args.modality} records found in {args.source}")

@@ -32,6 +32,13 @@ silently truncated dataset. A bearer token (``LEPTON_SOURCE_TOKEN``, from the
 Secret by reference) is sent as ``Authorization`` to the source host only.
 Every failure raises :class:`SourceError` with a CamelCase reason, which the
 preparer puts in its result document and the stager in its termination message.
+
+https sources and s3:// over https are verified against one
+:class:`~lepton_workloads.source_tls.Trust` per fetch (the system roots plus
+the source's ``caBundle``, ``LEPTON_SOURCE_CA_FILE``); a certificate that does
+not verify, or a bundle that cannot be loaded, is ``SourceTLSError`` naming
+what was trusted, never ``SourceUnreachable``. Nothing is written outside
+``staging`` before the fetch succeeds, so a refused source loses nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import hashlib
 import http.client
 import os
 import shutil
+import ssl
 import tarfile
 import urllib.error
 import urllib.parse
@@ -51,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton_workloads.hashing_writer import HashingWriter
+from lepton_workloads.source_tls import TLS_REASON, Trust, certificate_failure, refusal, unusable_bundle
 
 CHUNK = 1 << 20
 TIMEOUT_SECONDS = 60.0
@@ -93,24 +102,50 @@ def is_archive(name: str) -> bool:
     return name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def _open(url: str, token: str | None) -> http.client.HTTPResponse:
-    request = urllib.request.Request(url)  # noqa: S310 - the scheme is checked by fetch()
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
+def tls_context(trust: Trust) -> ssl.SSLContext:
+    """``trust``'s context; an unusable CA bundle is a :data:`~lepton_workloads.source_tls.TLS_REASON` error."""
     try:
-        response: http.client.HTTPResponse = urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS)  # noqa: S310
+        return trust.context()
+    except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+        raise SourceError(TLS_REASON, unusable_bundle(trust, error)) from error
+
+
+def _unreachable_or_refused(target: str, error: BaseException, trust: Trust) -> SourceError:
+    """A transport error as a :class:`SourceError`: ``SourceTLSError`` when a certificate did not verify."""
+    failure = certificate_failure(error)
+    if failure is not None:
+        return SourceError(TLS_REASON, refusal(target, failure, trust))
+    return SourceError("SourceUnreachable", f"{target}: {getattr(error, 'reason', None) or error}")
+
+
+@dataclass(frozen=True)
+class _Http:
+    """How every request of one http(s) fetch is made: the bearer token and the TLS trust."""
+
+    token: str | None
+    trust: Trust
+    context: ssl.SSLContext
+
+
+def _open(url: str, client: _Http) -> http.client.HTTPResponse:
+    request = urllib.request.Request(url)  # noqa: S310 - the scheme is checked by fetch()
+    if client.token:
+        request.add_header("Authorization", f"Bearer {client.token}")
+    try:
+        response: http.client.HTTPResponse = urllib.request.urlopen(  # noqa: S310
+            request, timeout=TIMEOUT_SECONDS, context=client.context
+        )
     except urllib.error.HTTPError as error:
         raise SourceError("SourceUnreachable", f"GET {url}: HTTP {error.code} {error.reason}") from error
     except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise SourceError("SourceUnreachable", f"GET {url}: {reason}") from error
+        raise _unreachable_or_refused(f"GET {url}", error, client.trust) from error
     return response
 
 
-def _download(url: str, target: Path, token: str | None, done: int, progress: Progress) -> tuple[int, str]:
+def _download(url: str, target: Path, client: _Http, done: int, progress: Progress) -> tuple[int, str]:
     """Stream ``url`` to ``target``; returns (bytes, sha256 hex). Short reads are errors."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _open(url, token) as response, HashingWriter(target) as out:
+    with _open(url, client) as response, HashingWriter(target) as out:
         length = response.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
         try:
@@ -125,8 +160,8 @@ def _download(url: str, target: Path, token: str | None, done: int, progress: Pr
     return size, sha
 
 
-def _index_links(url: str, token: str | None) -> list[str]:
-    with _open(url, token) as response:
+def _index_links(url: str, client: _Http) -> list[str]:
+    with _open(url, client) as response:
         page = response.read().decode("utf-8", errors="replace")
     parser = _Links()
     parser.feed(page)
@@ -175,23 +210,23 @@ def _settle(staging: Path, name: str, size: int, sha: str, expected: str | None)
     return Fetched(staging, size, sha)
 
 
-def _fetch_http(uri: str, staging: Path, token: str | None, progress: Progress, sha256: str | None) -> Fetched:
+def _fetch_http(uri: str, staging: Path, client: _Http, progress: Progress, sha256: str | None) -> Fetched:
     shutil.rmtree(staging, ignore_errors=True)  # a retried pod starts the download over, cleanly
     staging.mkdir(parents=True)
     if not uri.endswith("/"):
         name = Path(urllib.parse.urlparse(uri).path).name or "data"
-        size, sha = _download(uri, staging / name, token, 0, progress)
+        size, sha = _download(uri, staging / name, client, 0, progress)
         return _settle(staging, name, size, sha, sha256)
     total = 0
     pending = [uri]
     while pending:
         index = pending.pop()
-        for link in _index_links(index, token):
+        for link in _index_links(index, client):
             if link.endswith("/"):
                 pending.append(link)
                 continue
             relative = urllib.parse.unquote(link[len(uri) :])
-            size, _ = _download(link, staging / relative, token, total, progress)
+            size, _ = _download(link, staging / relative, client, total, progress)
             total += size
     return Fetched(staging, total, None)
 
@@ -227,7 +262,7 @@ def token_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     return _setting(os.environ if environ is None else environ, "LEPTON_SOURCE_TOKEN")
 
 
-def _s3_client(options: S3Options) -> Any:
+def _s3_client(options: S3Options, context: ssl.SSLContext) -> Any:
     import urllib3
     from minio import Minio
 
@@ -237,6 +272,7 @@ def _s3_client(options: S3Options) -> Any:
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=10, read=TIMEOUT_SECONDS),
         retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        ssl_context=context,  # used for https endpoints only; verifies chain and host name
     )
     return Minio(
         endpoint.netloc, access_key=options.access_key, secret_key=options.secret_key,
@@ -245,7 +281,7 @@ def _s3_client(options: S3Options) -> Any:
     )  # fmt: skip
 
 
-def _s3_errors(uri: str) -> Any:
+def _s3_errors(uri: str, trust: Trust) -> Any:
     """A context manager turning the SDK's and urllib3's errors into :class:`SourceError`."""
     import contextlib
 
@@ -260,6 +296,8 @@ def _s3_errors(uri: str) -> Any:
             reason = "AccessDenied" if error.code in DENIED else "SourceUnreachable"
             raise SourceError(reason, f"{uri}: {error.code}: {error.message}") from error
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as error:
+            if certificate_failure(error) is not None:
+                raise _unreachable_or_refused(uri, error, trust) from error
             raise SourceError("SourceUnreachable", f"{uri}: {type(error).__name__}: {error}") from error
 
     return translate()
@@ -283,13 +321,13 @@ def _s3_download(client: Any, bucket: str, key: str, target: Path, done: int, pr
     return size, sha
 
 
-def _fetch_s3(uri: str, staging: Path, options: S3Options, progress: Progress, sha256: str | None) -> Fetched:
+def _fetch_s3(uri: str, staging: Path, options: S3Options, trust: Trust, progress: Progress, sha256: str | None) -> Fetched:
     parsed = urllib.parse.urlparse(uri)
     bucket, key = parsed.netloc, urllib.parse.unquote(parsed.path).lstrip("/")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    client = _s3_client(options)
-    with _s3_errors(uri):
+    client = _s3_client(options, tls_context(trust))
+    with _s3_errors(uri, trust):
         if key and not key.endswith("/"):
             name = Path(key).name
             size, sha = _s3_download(client, bucket, key, staging / name, 0, progress)
@@ -342,8 +380,12 @@ def fetch(
     progress: Progress,
     s3: S3Options | None = None,
     sha256: str | None = None,
+    trust: Trust | None = None,
 ) -> Fetched:
     """Make ``uri`` readable as local files; see the module docstring for what is accepted.
+
+    ``trust``: what https and s3-over-https sources are verified against; the
+    system roots when ``None`` (callers pass ``Trust.from_env()``).
 
     ``sha256``: what a single-object source must hash to, checked before it is unpacked
     (``ChecksumMismatch``); a directory source cannot have one (``ChecksumNotApplicable``).
@@ -364,8 +406,9 @@ def fetch(
         shutil.copy(path, staging / path.name)
         return _settle(staging, path.name, fetched.bytes, fetched.sha256, sha256)
     scheme = urllib.parse.urlparse(uri).scheme
+    trust = trust or Trust()
     if scheme in ("http", "https"):
-        return _fetch_http(uri, staging, token, progress, sha256)
+        return _fetch_http(uri, staging, _Http(token, trust, tls_context(trust)), progress, sha256)
     if scheme == "s3":
-        return _fetch_s3(uri, staging, s3 or S3Options(), progress, sha256)
+        return _fetch_s3(uri, staging, s3 or S3Options(), trust, progress, sha256)
     raise SourceError("UnsupportedSource", f"{uri}: the source must be pvc://, a file path, http(s):// or s3://")

@@ -9,7 +9,9 @@ Where the model comes from (``--source``):
   ``file://`` URI: read in place.
 * a remote URI, fetched by :func:`lepton_workloads.sources.fetch`, the same
   fetch path as the dataset preparer's (credentials and endpoint from the same
-  environment, see :meth:`sources.S3Options.from_env`):
+  environment, see :meth:`sources.S3Options.from_env`; an https or s3-over-https
+  source verified against the system roots plus ``LEPTON_SOURCE_CA_FILE``, see
+  :mod:`lepton_workloads.source_tls`):
 
   - ``s3://bucket/prefix/`` or ``http(s)://host/dir/`` (an http directory
     index) - every file below, e.g. an export as the TrainingJob writes it
@@ -53,6 +55,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from lepton_workloads import sources, triton_config
+from lepton_workloads.source_tls import Trust
 from lepton_workloads.sources import SourceError
 
 CONFIG_FILE = "config.pbtxt"
@@ -129,7 +132,7 @@ def _reporter() -> sources.Progress:
 
 def _fetch(uri: str, into: Path) -> Path:
     fetched = sources.fetch(uri, into, source_root=into, token=sources.token_from_env(), progress=_reporter(),
-                            s3=sources.S3Options.from_env())  # fmt: skip
+                            s3=sources.S3Options.from_env(), trust=Trust.from_env())  # fmt: skip
     return fetched.root
 
 

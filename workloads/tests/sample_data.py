@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -39,14 +40,19 @@ def make_text(root: Path, count: int) -> None:
     (root / "part-0.jsonl").write_text("".join(json.dumps({"id": i, "text": f"line {i}"}) + "\n" for i in range(count)))
 
 
-def wait_until_serving(server: subprocess.Popen[bytes], url: str, timeout: float, log: Path | None = None) -> None:
-    """Return once ``url`` answers at all (any HTTP status); kill ``server`` and raise if it never does."""
+def wait_until_serving(
+    server: subprocess.Popen[bytes], url: str, timeout: float, log: Path | None = None, context: ssl.SSLContext | None = None
+) -> None:
+    """Return once ``url`` answers at all (any HTTP status); kill ``server`` and raise if it never does.
+
+    ``context``: how to verify an https ``url`` (a test CA's), the default trust when ``None``.
+    """
 
     def answers() -> bool:
         if server.poll() is not None:
             raise RuntimeError(f"{url}: the server exited with {server.returncode}")
         try:
-            urllib.request.urlopen(url, timeout=1).close()  # noqa: S310
+            urllib.request.urlopen(url, timeout=1, context=context).close()  # noqa: S310
         except urllib.error.HTTPError:
             return True  # an error status is an answer (S3 says 403 to an unsigned request)
         except OSError:

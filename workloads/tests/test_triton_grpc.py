@@ -1,6 +1,6 @@
 """The simulator's gRPC front end, driven by tritonclient.grpc: Triton's RPCs, restrictions, TLS and mutual TLS.
 
-Certificates come from a CA the test makes (``triton_fixtures.make_certificates``).
+Certificates come from a CA the test makes (``certificates.make_certificates``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from tritonclient.utils import InferenceServerException
 
 from lepton_workloads import triton_grpc, triton_restricted
 from lepton_workloads.triton_simulator import TRITONSERVER_FLAGS, Model, serve, tritonserver_args
-from triton_fixtures import MODEL, Certificates, expected, make_certificates, write_doubler
+from certificates import Certificates, make_certificates
+from triton_fixtures import MODEL, expected, write_doubler
 
 KEY, SECRET = "lepton-key", "s3cret"
 HEADER = f"triton-grpc-protocol-{KEY}"

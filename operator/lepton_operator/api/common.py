@@ -150,6 +150,35 @@ class SecretReference(ApiModel):
     to the key in the Secret that holds it. Unset: the Secret's keys are used by those names."""
 
 
+ConfigMapKey = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
+"""A key of a ConfigMap (the API server's rule for data keys)."""
+
+
+class ConfigMapKeyReference(ApiModel):
+    """One key of a ConfigMap in the same namespace."""
+
+    name: ObjectName
+    """Name of the ConfigMap."""
+    key: ConfigMapKey = "ca.crt"
+    """Key holding the PEM bundle; ca.crt when unset (OpenShift's injected bundle uses ca-bundle.crt)."""
+
+
+class CABundle(ApiModel):
+    """PEM CA certificates to trust for this source, in addition to the image's system roots.
+
+    For a source whose server certificate is signed by a private CA (a corporate
+    CA, an in-cluster MinIO or Ceph gateway): the fetching pod verifies the source
+    against the system roots plus these certificates, and refuses it otherwise
+    (SourceTLSError); verification is never turned off. The ConfigMap is mounted
+    read-only, so a bundle that trust-manager or OpenShift's CA injection updates
+    reaches the next fetch. Nothing is fetched until the ConfigMap and its key
+    exist (reason ConfigMapNotFound or ConfigMapKeyMissing meanwhile).
+    """
+
+    config_map_ref: ConfigMapKeyReference
+    """The ConfigMap and key holding the PEM bundle."""
+
+
 S3Endpoint = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://\S+$")]
 """An S3 endpoint URL (MinIO, Ceph, versitygw, another cloud's S3 API); AWS when unset."""
 S3Region = Annotated[str, StringConstraints(max_length=64)]
@@ -161,6 +190,20 @@ S3_SETTINGS_RULE = Rule(
     ".endpoint",
 )
 """The rule of every source with ``uri``, ``endpoint`` and ``region`` fields (datasets, models)."""
+CA_BUNDLE_RULE = Rule(
+    "!has(self.caBundle) || (has(self.uri) && (self.uri.startsWith('https://') || (self.uri.startsWith('s3://')"
+    " && (!has(self.endpoint) || self.endpoint.startsWith('https://')))))",
+    "caBundle applies to sources fetched over TLS only: https://, or s3:// with no endpoint or an https:// one",
+    lambda s: s.ca_bundle is None or over_tls(s.uri, s.endpoint),
+    ".caBundle",
+)
+"""The rule of every source with a ``caBundle`` field: a CA is only for a source fetched over TLS."""
+
+
+def over_tls(uri: str | None, endpoint: str | None) -> bool:
+    """Whether a source is fetched over TLS: https://, or s3:// through AWS or an https:// endpoint."""
+    uri = uri or ""
+    return uri.startswith("https://") or (uri.startswith("s3://") and (endpoint is None or endpoint.startswith("https://")))
 
 
 class ResourceRequirements(ApiModel):

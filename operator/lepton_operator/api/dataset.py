@@ -15,7 +15,9 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from lepton_operator.api.common import (
+    CA_BUNDLE_RULE,
     S3_SETTINGS_RULE,
+    CABundle,
     AccessModes,
     ApiModel,
     Conditions,
@@ -55,8 +57,13 @@ class DataSource(ApiModel):
     """S3 endpoint URL for S3-compatible stores (MinIO, Ceph, versitygw); s3:// sources only."""
     region: S3Region | None = None
     """S3 region; s3:// sources only."""
+    ca_bundle: CABundle | None = None
+    """CA certificates (PEM, in a ConfigMap) the preparer trusts for this source, besides the system roots.
+For https:// sources and s3:// sources over https; verification is never turned off.
+Preparation waits (ConfigMapNotFound, ConfigMapKeyMissing) until the ConfigMap and key exist.
+A source whose certificate does not verify fails with SourceTLSError."""
 
-    __rules__ = (S3_SETTINGS_RULE,)
+    __rules__ = (S3_SETTINGS_RULE, CA_BUNDLE_RULE)
 
 
 class ShardSpec(ApiModel):

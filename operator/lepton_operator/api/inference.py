@@ -15,8 +15,10 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from lepton_operator.api.common import (
+    CA_BUNDLE_RULE,
     S3_SETTINGS_RULE,
     ApiModel,
+    CABundle,
     Args,
     Conditions,
     GPUSpec,
@@ -79,6 +81,11 @@ The service waits (ModelAvailable False: SecretNotFound, SecretKeyMissing) until
     """S3 endpoint URL for S3-compatible stores (MinIO, Ceph, versitygw); s3:// uris only."""
     region: S3Region | None = None
     """S3 region; s3:// uris only."""
+    ca_bundle: CABundle | None = None
+    """CA certificates (PEM, in a ConfigMap) the model stager trusts for the uri, besides the system roots.
+For https:// uris and s3:// uris over https; verification is never turned off.
+The service waits (ModelAvailable False: ConfigMapNotFound, ConfigMapKeyMissing) until the ConfigMap and key exist.
+A uri whose certificate does not verify fails staging with SourceTLSError."""
     claim: ClaimPath | None = None
     """A directory on a PVC."""
 
@@ -95,6 +102,7 @@ The service waits (ModelAvailable False: SecretNotFound, SecretKeyMissing) until
             ".secretRef",
         ),
         S3_SETTINGS_RULE,
+        CA_BUNDLE_RULE,
     )
 
 

@@ -15,7 +15,8 @@ so two preparers never write the same claim at once. Job events wake the loop
 (a pod's end always updates its Job). While the Job runs, the pass asks the
 progress poller (``progress``) to read the running pod's ``/progress``; a
 changed report wakes the loop, and the next pass shows it in
-``status.progress``. A missing Secret (``secrets.secret_problem``, shared with
+``status.progress``. A missing Secret or CA bundle ConfigMap
+(``secrets.secret_problem``, ``secrets.ca_bundle_problem``, shared with
 InferenceService) is re-checked soon, then less often (``secrets.recheck_seconds``).
 
 Deletion needs no finalizer: the claim and Jobs carry owner references, so the
@@ -137,7 +138,10 @@ def reconcile_dataset(
         assert isinstance(parsed, LeptonDatasetSpec)
         key = ObjectKey(KIND, namespace, name)
         network.POLICIES.sync(key, uid, generation, parsed)
-        problem = secrets.secret_problem(namespace, parsed.source.uri, parsed.source.secret_ref)
+        source = parsed.source
+        problem = secrets.secret_problem(namespace, source.uri, source.secret_ref) or secrets.ca_bundle_problem(
+            namespace, source.ca_bundle
+        )
         claim = _ensure_claim(namespace, name, uid, parsed, warn)
         job, stale = (None, False) if problem is not None else _current_job(namespace, name, uid, parsed)
         pods: list[dict[str, Any]] = []

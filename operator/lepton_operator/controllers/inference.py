@@ -13,6 +13,8 @@ the required keys (``secrets.secret_problem``, the dataset's check): until
 then ``ModelAvailable`` is False with ``SecretNotFound`` or
 ``SecretKeyMissing``, a Warning event says so once, nothing is applied, and
 the Secret is looked up again soon, then less often (``secrets.recheck_seconds``).
+A uri's ``caBundle`` ConfigMap is waited for the same way
+(``secrets.ca_bundle_problem``: ``ConfigMapNotFound``, ``ConfigMapKeyMissing``).
 The Secrets ``spec.auth`` and ``spec.tls`` name (the API key; a
 ``kubernetes.io/tls`` Secret) are waited for the same way, before the
 Deployment that reads them exists (``secrets.required_secret_problem``; one
@@ -106,12 +108,15 @@ def _model_unavailable(spec: InferenceServiceSpec, job: Mapping[str, Any] | None
 def _stageable(
     namespace: str, spec: InferenceServiceSpec, job: Mapping[str, Any] | None
 ) -> tuple[render.Source | None, Unavailable | None, SecretProblem | None]:
-    """The source to stage, or why there is none yet (a uri's Secret, the API key's and the TLS
-    Secret must exist with their keys first)."""
+    """The source to stage, or why there is none yet (a uri's Secret and CA bundle ConfigMap, the API
+    key's and the TLS Secret must exist with their keys first)."""
     source, unavailable = _model_unavailable(spec, job)
     if source is None:
         return source, unavailable, None
-    problem = secrets.secret_problem(namespace, source.uri, source.secret_ref) if isinstance(source, render.UriSource) else None
+    problem = None
+    if isinstance(source, render.UriSource):
+        problem = secrets.secret_problem(namespace, source.uri, source.secret_ref)
+        problem = problem or secrets.ca_bundle_problem(namespace, source.ca_bundle)
     problem = problem or secrets.first_required_secret_problem(namespace, render_security.required_secrets(spec))
     if problem is None:
         return source, None, None

@@ -1,4 +1,5 @@
-"""Whether a Secret can be used, checked before a pod needs it: a source's credentials, an API key, TLS.
+"""Whether a Secret or ConfigMap can be used, checked before a pod needs it: a source's credentials
+and CA bundle, an API key, TLS.
 
 The dataset preparer and the model stager get their credentials by
 ``secretKeyRef`` (``render.common.source_env``), Triton its API key by
@@ -10,7 +11,12 @@ reason on their object instead. Only the Secret's type, its key names and
 whether a value is empty are read into anything; its values never leave these
 functions (nothing here logs or returns them).
 
-A missing Secret is polled, not watched: watching would need cluster-wide
+A source's ``caBundle`` ConfigMap is checked the same way and reported the same
+way (:func:`ca_bundle_problem`: ``ConfigMapNotFound``, ``ConfigMapKeyMissing``),
+since the pod would otherwise sit in ``ContainerCreating`` waiting for its
+volume; only its key names and whether the value is empty are read.
+
+A missing Secret (or ConfigMap) is polled, not watched: watching would need cluster-wide
 list/watch on Secrets, which an operator should not ask for. The poll starts
 fast and slows down (:func:`recheck_seconds`): a user who creates the Secret
 right after the object (the common case: one ``kubectl apply`` of both, in any
@@ -24,7 +30,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from lepton_operator.api.common import SecretReference
+from lepton_operator.api.common import CABundle, SecretReference
 from lepton_operator.controllers import kube
 from lepton_operator.render.common import source_credentials
 from lepton_operator.render.inference_security import RequiredSecret
@@ -54,6 +60,24 @@ def secret_problem(namespace: str, uri: str, ref: SecretReference | None) -> Sec
     missing = sorted(key for key, optional in required if not optional and key not in present)
     if missing:
         return SecretProblem("SecretKeyMissing", f"Secret {ref.name} has no key {', '.join(missing)}")
+    return None
+
+
+def ca_bundle_problem(namespace: str, bundle: CABundle | None) -> SecretProblem | None:
+    """Why a source's CA bundle ConfigMap cannot be mounted, or ``None`` (also when there is none).
+
+    The key must hold something (``data`` or ``binaryData``): an empty bundle
+    would only fail later, in the pod, as an unreadable CA file.
+    """
+    if bundle is None:
+        return None
+    ref = bundle.config_map_ref
+    config_map = kube.get("v1", "ConfigMap", namespace, ref.name)
+    if config_map is None:
+        return SecretProblem("ConfigMapNotFound", f"caBundle: ConfigMap {ref.name} not found in namespace {namespace}")
+    filled = {key for part in ("data", "binaryData") for key, value in (config_map.get(part) or {}).items() if value}
+    if ref.key not in filled:
+        return SecretProblem("ConfigMapKeyMissing", f"caBundle: ConfigMap {ref.name} has no non-empty key {ref.key}")
     return None
 
 

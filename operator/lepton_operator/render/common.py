@@ -21,16 +21,19 @@ poll (``controllers.progress``): a pod without that port is never polled.
 Pods that fetch a remote source (the dataset preparer, the model stager) get
 its settings and credentials from one function, :func:`source_env`: the
 environment ``lepton_workloads.sources`` reads, with every credential a
-``secretKeyRef`` (the Secret's name and key, never a value).
+``secretKeyRef`` (the Secret's name and key, never a value). A source's CA
+bundle (``caBundle``) reaches them from its sibling, :func:`source_trust`: the
+ConfigMap mounted read-only and one variable naming the file.
 """
 
 from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from lepton_operator.api.common import GPUSpec, PodSecurity, ResourceRequirements, SecretReference, Toleration
+from lepton_operator.api.common import CABundle, GPUSpec, PodSecurity, ResourceRequirements, SecretReference, Toleration
 from lepton_operator.api.meta import API_VERSION
 
 ROLE_LABEL = "lepton.ai/role"
@@ -213,3 +216,53 @@ def source_env(
             selector["optional"] = True
         env.append({"name": variable, "valueFrom": {"secretKeyRef": selector}})
     return env
+
+
+#: The variable that names a source's CA bundle file (``lepton_workloads.source_tls`` reads it).
+SOURCE_CA_FILE_ENV = "LEPTON_SOURCE_CA_FILE"
+#: A source's CA bundle is mounted at ``<this>/<ConfigMap name>/``, so its path says where it came from.
+SOURCE_CA_MOUNT = "/lepton/source-ca"
+SOURCE_CA_FILE = "ca.crt"
+SOURCE_CA_VOLUME = "source-ca"
+
+
+@dataclass(frozen=True)
+class SourceTrust:
+    """What a fetching container needs for a source's CA bundle: its env, the pod's volumes, its mounts."""
+
+    env: list[dict[str, Any]] = field(default_factory=list)
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    mounts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def source_trust(bundle: CABundle | None) -> SourceTrust:
+    """The CA bundle of a source, for the pod that fetches it (nothing when ``bundle`` is ``None``).
+
+    The ConfigMap's key is mounted read-only as ``<SOURCE_CA_MOUNT>/<name>/ca.crt``
+    (one item, so no other key is exposed, and the file name never depends on the
+    key's spelling) and :data:`SOURCE_CA_FILE_ENV` names the file. The mount is a
+    whole directory, not a ``subPath``: the kubelet refreshes it when the ConfigMap
+    changes (trust-manager and OpenShift rewrite their bundles in place), so a
+    retried fetch reads the current bundle.
+
+    The workloads *add* these certificates to the image's system roots
+    (``ssl.create_default_context()`` then ``load_verify_locations``); they never
+    replace them, unlike ``requests``' ``verify=path`` or ``SSL_CERT_FILE``, which
+    trust that file alone. Adding is what a platform team does to a node or an
+    image (``update-ca-certificates``), and it makes the ConfigMaps people
+    actually have behave the same: trust-manager bundles with or without
+    ``useDefaultCAs`` and OpenShift's injected bundle (system roots plus the
+    cluster's proxy CA) all work, where replacing would break a source behind a
+    public certificate the moment a bundle without public roots is named. The
+    field is for trusting a private CA, not for pinning one.
+    """
+    if bundle is None:
+        return SourceTrust()
+    ref = bundle.config_map_ref
+    directory = f"{SOURCE_CA_MOUNT}/{ref.name}"
+    return SourceTrust(
+        env=[{"name": SOURCE_CA_FILE_ENV, "value": f"{directory}/{SOURCE_CA_FILE}"}],
+        volumes=[{"name": SOURCE_CA_VOLUME,
+                  "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": SOURCE_CA_FILE}]}}],
+        mounts=[{"name": SOURCE_CA_VOLUME, "mountPath": directory, "readOnly": True}],
+    )  # fmt: skip

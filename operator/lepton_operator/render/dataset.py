@@ -7,7 +7,8 @@
   read-only at :data:`SOURCE_MOUNT`, and the spec passed as environment
   variables (the preparer's documented contract). Source settings and
   credentials come from ``common.source_env``, shared with the model stager:
-  the Job spec names the Secret's keys (``secretKeyRef``), never values. The
+  the Job spec names the Secret's keys (``secretKeyRef``), never values; a
+  ``caBundle`` ConfigMap is mounted read-only by ``common.source_trust``. The
   preparer's result document reaches the operator as the container's
   termination message (``terminationMessagePath``), so the operator needs no
   pod log or exec access. While it runs, the preparer serves its progress on
@@ -45,6 +46,7 @@ from lepton_operator.render.common import (
     progress_port,
     source_credentials,
     source_env,
+    source_trust,
 )
 
 PREPARE_ROLE = "prepare"
@@ -123,7 +125,7 @@ def _environment(spec: LeptonDatasetSpec, digest: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in plain.items() if value is not None]
     env.append(progress_endpoint(progress_port())[0])
     source = spec.source
-    return env + source_env(source.uri, source.secret_ref, source.endpoint, source.region)
+    return env + source_env(source.uri, source.secret_ref, source.endpoint, source.region) + source_trust(source.ca_bundle).env
 
 
 def _text(value: float | int | None) -> str | None:
@@ -141,6 +143,9 @@ def prepare_job(name: str, namespace: str, uid: str, spec: LeptonDatasetSpec, *,
     if source is not None:
         mounts.append({"name": "source", "mountPath": SOURCE_MOUNT, "readOnly": True})
         volumes.append({"name": "source", "persistentVolumeClaim": {"claimName": source, "readOnly": True}})
+    trust = source_trust(spec.source.ca_bundle)
+    mounts += trust.mounts
+    volumes += trust.volumes
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": prepare.image or image,

@@ -31,7 +31,8 @@ Deployment and the Services' wiring are rendered by ``render.activator`` with
 
 A uri source's S3 settings and credentials reach the stager through
 ``common.source_env``, the preparer's environment: credentials by
-``secretKeyRef`` only. The stager writes why it failed (``<Reason>: <message>``)
+``secretKeyRef`` only; its ``caBundle`` through ``common.source_trust`` (the
+ConfigMap mounted read-only into the stager alone, not into Triton). The stager writes why it failed (``<Reason>: <message>``)
 to its termination message; ``FallbackToLogsOnError`` keeps the log's last
 lines when it could not.
 """
@@ -46,7 +47,7 @@ from typing import Any
 
 from lepton_workloads import triton_config
 
-from lepton_operator.api.common import SecretReference
+from lepton_operator.api.common import CABundle, SecretReference
 from lepton_operator.api.inference import InferenceServiceSpec, ModelSpec, TensorSpec
 from lepton_operator.api.training import SERVED_AS, OutputSpec
 from lepton_operator.render import common
@@ -83,12 +84,13 @@ class ClaimSource:
 
 @dataclass(frozen=True)
 class UriSource:
-    """The model is fetched from a URI by the init container, with these S3 settings and credentials."""
+    """The model is fetched from a URI by the init container, with these S3 settings, credentials and CA."""
 
     uri: str
     secret_ref: SecretReference | None = None
     endpoint: str | None = None
     region: str | None = None
+    ca_bundle: CABundle | None = None
 
 
 Source = ClaimSource | UriSource
@@ -123,7 +125,7 @@ def resolve_source(spec: InferenceServiceSpec, training_job: Mapping[str, Any] |
     if source.claim is not None:
         return ClaimSource(source.claim.name, source.claim.path.strip("/"))
     if source.uri is not None:
-        return UriSource(source.uri, source.secret_ref, source.endpoint, source.region)
+        return UriSource(source.uri, source.secret_ref, source.endpoint, source.region, source.ca_bundle)
     assert source.training_job_ref is not None  # exactly one source: an API rule
     job = source.training_job_ref.name
     if training_job is None:
@@ -284,6 +286,9 @@ def pod_template(name: str, spec: InferenceServiceSpec, source: Source, stager_i
         volumes.append({"name": "model-source", "persistentVolumeClaim": {"claimName": source.claim, "readOnly": True}})
         mount = {"name": "model-source", "mountPath": SOURCE_MOUNT, "readOnly": True}
         stager_mounts.append({**mount, "subPath": source.path} if source.path else mount)
+    trust = common.source_trust(source.ca_bundle if isinstance(source, UriSource) else None)
+    stager_mounts += trust.mounts
+    volumes += trust.volumes
     security = container_security(spec)
     volumes += security.volumes
     server_args = [
@@ -329,7 +334,7 @@ def pod_template(name: str, spec: InferenceServiceSpec, source: Source, stager_i
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if isinstance(source, UriSource):
-        env = common.source_env(source.uri, source.secret_ref, source.endpoint, source.region)
+        env = common.source_env(source.uri, source.secret_ref, source.endpoint, source.region) + trust.env
         if env:
             stager["env"] = env
     pod: dict[str, Any] = {

@@ -38,7 +38,10 @@ VALIDATED = "Validated"
 
 @dataclass(frozen=True)
 class SecretProblem:
-    """Why a source's Secret cannot be used (``SecretNotFound``, ``SecretKeyMissing``), for a condition."""
+    """Why a Secret (or a source's CA bundle ConfigMap) cannot be used yet, for a condition.
+
+    ``SecretNotFound``, ``SecretKeyMissing``, ``SecretTypeMismatch``, ``ConfigMapNotFound``, ``ConfigMapKeyMissing``.
+    """
 
     reason: str
     message: str

@@ -223,7 +223,7 @@ def dataset_status(
     if secret is not None:
         validated = cond.make(cond.VALIDATED, False, secret.reason, secret.message, generation)
     else:
-        validated = cond.make(cond.VALIDATED, True, "Valid", "spec is valid; the source's Secret has its keys", generation)
+        validated = cond.make(cond.VALIDATED, True, "Valid", "spec is valid; what the source references exists", generation)
     new: list[Condition] = [
         validated,
         cond.make(PREPARED, ready, found.reason, found.message, generation),
