@@ -46,8 +46,8 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,10 +58,10 @@ from lepton_operator.api.inference import InferenceServiceSpec
 from lepton_operator.api.meta import API_VERSION, GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION
 from lepton_operator.controllers import kube, loop, network, reconcile, secrets
 from lepton_operator.controllers.autoscaler import AUTOSCALER, REPLICAS_LOCK
-from lepton_operator.controllers.secret_versions import POLL_SECONDS, SECRET_VERSIONS
 from lepton_operator.controllers.config import activator_image, retry_delay, workloads_image
 from lepton_operator.controllers.startup import options_of, spawn
 from lepton_operator.controllers.reconcile import Logger, Warn
+from lepton_operator.controllers.secret_versions import POLL_SECONDS, SECRET_VERSIONS
 from lepton_operator.controllers.wakeups import ObjectKey
 from lepton_operator.render import activator as render_activator
 from lepton_operator.render import common
