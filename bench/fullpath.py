@@ -148,9 +148,10 @@ def serving(run: Quickstart, workdir: Path, concurrency: int, seconds: float) ->
     try:
         run.wait(lambda: http_ok(f"http://127.0.0.1:{http_port}/v2/models/{JOB}/ready"), 120, "the local simulator")
         results = {}
-        for side, address, model in (("service", run.service_address(), "quickstart"), ("direct", f"127.0.0.1:{http_port}", JOB)):
-            closed_loop(address, model, lambda: images, concurrency, 3.0)  # warm up
-            measured = closed_loop(address, model, lambda: images, concurrency, seconds)
+        sides = (("service", run.service_address(), "quickstart", run.key_headers()), ("direct", f"127.0.0.1:{http_port}", JOB, None))
+        for side, address, model, headers in sides:
+            closed_loop(address, model, lambda: images, concurrency, 3.0, headers)  # warm up
+            measured = closed_loop(address, model, lambda: images, concurrency, seconds, headers)
             results[side] = {"p50_ms": round(measured.percentile(0.5) * 1000, 1), "p99_ms": round(measured.percentile(0.99) * 1000, 1),
                              "rps": round(measured.throughput, 1), "failed": measured.failed, "requests": len(measured.latencies)}  # fmt: skip
             print(f"  {side}: {results[side]}", flush=True)

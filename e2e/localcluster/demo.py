@@ -114,7 +114,8 @@ def sample_inference(run: Quickstart, say: Say) -> None:
     names = sorted(demo_data.CLASSES)  # the labels in the manifest's order
     guesses = [names[i] for i in run.infer(images).argmax(axis=1)]
     pairs = ", ".join(f"a {label} -> {guess}" for label, guess in zip(labels, guesses, strict=True))
-    say(f"sample inference through the Service: {pairs}")
+    key = run.api_key()
+    say(f"sample inference through the Service{f' with its API key (header {key.header})' if key else ''}: {pairs}")
 
 
 def load_step(run: Quickstart, say: Say) -> None:

@@ -11,9 +11,10 @@ cluster's Prometheus (``monitoring``), as it would on any cluster.
 :class:`Quickstart` waits on each stage and returns what it saw, so the demo prints it and the
 test asserts on it: the dataset Ready and the ``manifest.json`` read back from its claim by a
 pod; the training job's status while its two workers train; the export read from the job's
-claim; the InferenceService Ready, an inference through its Service (a forwarder into the
-cluster's network to the Service's ClusterIP, so kube-proxy balances it like in-cluster traffic)
-and a load step through the same address. Every wait polls the cluster about once a second and
+claim; the InferenceService Ready, an inference through its Service (``access.ServiceForwards``:
+a forwarder into the cluster's network to the Service's ClusterIP, so kube-proxy balances it like
+in-cluster traffic) and a load step through the same address, both with the service's API key
+(``spec.auth``: read from its Secret by ``access.api_key``, never written here). Every wait polls the cluster about once a second and
 calls ``on_poll`` (the demo prints phase changes and progress there).
 """
 
@@ -29,11 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from localcluster import incluster, lepton_images, monitoring, netns, realnode
-from localcluster.handle import MODE_LOCAL, Cluster, ClusterError
+from localcluster import incluster, lepton_images, monitoring
+from localcluster.access import ApiKey, ServiceForwards, api_key
+from localcluster.handle import Cluster, ClusterError
 from localcluster.images import Image
 from localcluster.kube import Kubectl, condition_true, wait_until
-from localcluster.lepton import REPO, free_port, install_crds
+from localcluster.lepton import REPO, install_crds
 from localcluster.monitoring import Monitoring
 from localcluster.serving import Load, Target, infer
 
@@ -98,7 +100,7 @@ class Quickstart:
     namespace: str
     images: Mapping[str, Image]
     on_poll: Callable[[Quickstart], None] = lambda _: None
-    _forwarded: str | None = field(default=None, init=False)
+    _forwards: ServiceForwards | None = field(default=None, init=False)
 
     @property
     def kubectl(self) -> Kubectl:
@@ -204,22 +206,26 @@ class Quickstart:
 
     def service_address(self) -> str:
         """``127.0.0.1:<port>`` on the host, forwarded to the Service's ClusterIP inside the cluster."""
-        if self._forwarded is None:
-            if self.cluster.mode != MODE_LOCAL:
-                raise ClusterError(f"reaching a Service's ClusterIP from here needs the local cluster, not {self.cluster.mode!r}")
-            cluster_ip = str(self.kubectl.get("service", SERVICE)["spec"]["clusterIP"])
-            port = free_port()
-            realnode.start_forwarder(netns.instance(), port, (cluster_ip, HTTP_PORT), name=f"service-{self.namespace}")
-            self._forwarded = f"127.0.0.1:{port}"
-        return self._forwarded
+        if self._forwards is None:
+            self._forwards = ServiceForwards(self.cluster, self.namespace)
+        return self._forwards.address(SERVICE, HTTP_PORT)
+
+    def api_key(self) -> ApiKey | None:
+        """The service's API key, from the Secret its ``spec.auth`` names."""
+        return api_key(self.kubectl, SERVICE)
+
+    def key_headers(self) -> dict[str, str] | None:
+        """The HTTP headers that carry the API key (``None`` without ``spec.auth``)."""
+        key = self.api_key()
+        return key.http if key else None
 
     def infer(self, tensor: Any) -> Any:
-        """One inference through the Service; the model's output."""
-        return infer(self.service_address(), MODEL, tensor)
+        """One inference through the Service, with its API key; the model's output."""
+        return infer(self.service_address(), MODEL, tensor, headers=self.key_headers())
 
     def load(self, make_input: Callable[[], Any]) -> Load:
-        """A load generator aimed at the Service (start its ``run`` in a thread, set ``rate``)."""
-        return Load(MODEL, make_input, targets=[Target(SERVICE, self.service_address())])
+        """A load generator aimed at the Service, with its API key (start its ``run`` in a thread, set ``rate``)."""
+        return Load(MODEL, make_input, targets=[Target(SERVICE, self.service_address())], headers=self.key_headers())
 
     def server_pods(self) -> list[dict[str, Any]]:
         selector = f"lepton.ai/inferenceservice={SERVICE},lepton.ai/role=server"
@@ -234,9 +240,8 @@ class Quickstart:
 
     def stop(self) -> None:
         """Stop this run's Service forwarder (the cluster's teardown would sweep it too)."""
-        if self._forwarded is not None:
-            realnode.stop_process(netns.instance(), f"service-{self.namespace}")
-            self._forwarded = None
+        if self._forwards is not None:
+            self._forwards.stop()
 
 
 #: The exported model's directory under the output path: the trainer's ``--model-name``, by

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -107,11 +107,12 @@ class Endpoint:
         self.target = Target(self.pod, f"127.0.0.1:{self.http_port}")
 
 
-def infer(address: str, model: str, tensor: Any, timeout: float = 120.0) -> Any:
+def infer(address: str, model: str, tensor: Any, timeout: float = 120.0, headers: Mapping[str, str] | None = None) -> Any:
     """One ``tritonclient.http`` inference on a new connection; the first output as a numpy array.
 
     A new client per request (as a fleet of clients would): each connection is balanced anew, so
-    a replica leaving the endpoints gets no new requests.
+    a replica leaving the endpoints gets no new requests. ``headers``: e.g. a protected service's
+    API key (``access.ApiKey.http``).
     """
     import tritonclient.http as triton_http  # noqa: PLC0415 - only clients need it
 
@@ -119,7 +120,7 @@ def infer(address: str, model: str, tensor: Any, timeout: float = 120.0) -> Any:
     try:
         given = triton_http.InferInput("INPUT__0", list(tensor.shape), "FP32")
         given.set_data_from_numpy(tensor)
-        result = client.infer(model, [given])
+        result = client.infer(model, [given], headers=dict(headers) if headers else None)
         return result.as_numpy(result.get_response()["outputs"][0]["name"])
     finally:
         client.close()
@@ -132,6 +133,7 @@ class Load:
     model: str
     make_input: Callable[[], Any]
     targets: list[Target] = field(default_factory=list)
+    headers: Mapping[str, str] | None = None  # sent with every request (a protected service's API key)
     rate: float = 0.0
     succeeded: int = 0
     failed: int = 0
@@ -153,7 +155,7 @@ class Load:
     def _one(self, target: Target) -> None:
         started = time.monotonic()
         try:
-            infer(target.address, self.model, self.make_input())
+            infer(target.address, self.model, self.make_input(), headers=self.headers)
             with self.lock:
                 self.succeeded += 1
                 target.served += 1
@@ -205,8 +207,9 @@ class LoopResult:
         return len(self.latencies) / self.seconds
 
 
-def closed_loop(address: str, model: str, make_input: Callable[[], Any], concurrency: int, seconds: float) -> LoopResult:
-    """``concurrency`` clients, each sending its next request when the last one answered, for ``seconds``."""
+def closed_loop(address: str, model: str, make_input: Callable[[], Any], concurrency: int, seconds: float,
+                headers: Mapping[str, str] | None = None) -> LoopResult:  # fmt: skip
+    """``concurrency`` clients, each sending its next request (with ``headers``) when the last one answered, for ``seconds``."""
     lock, latencies, failed = threading.Lock(), [], [0]
     end = time.monotonic() + seconds
 
@@ -214,7 +217,7 @@ def closed_loop(address: str, model: str, make_input: Callable[[], Any], concurr
         while time.monotonic() < end:
             started = time.monotonic()
             try:
-                infer(address, model, make_input())
+                infer(address, model, make_input(), headers=headers)
                 with lock:
                     latencies.append(time.monotonic() - started)
             except Exception:  # noqa: BLE001 - counted, the loop goes on

@@ -9,9 +9,10 @@ On the local cluster's real node, with the in-cluster operator and the cluster's
    Service's name); ``status.progress`` moves; a worker pod deleted mid-run restarts the group,
    which resumes from the latest checkpoint; the job Succeeds with the export on its claim;
 3. the InferenceService stages that export; its Triton-protocol replicas are Ready only once
-   the model is; an inference through the Service returns what the exported model computes,
-   and the model tells the classes apart;
-4. a tritonclient load step through the Service scales it up on Triton's signal read from
+   the model is; an inference through the Service, with the quickstart's API key, returns what
+   the exported model computes, and the model tells the classes apart; without the key it is
+   refused (403);
+4. a tritonclient load step through the Service (with the key) scales it up on Triton's signal read from
    Prometheus, the new replica takes traffic, and it scales back down with zero failed requests.
 
 Then failures on real pods: a worker exiting with a retryable code restarts its group, and a
@@ -34,6 +35,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tritonclient.utils import InferenceServerException
 
 from incluster_fixtures import NAMESPACE_PREFIX, InClusterOperator
 from localcluster import monitoring, quickstart
@@ -41,6 +43,7 @@ from localcluster.cluster import Cluster
 from localcluster.images import Image
 from localcluster.kube import Kubectl, wait_until
 from localcluster.quickstart import DATASET, JOB, MODEL, SERVICE, Quickstart, sample_images
+from localcluster.serving import infer
 from lepton_workloads import demo_data, shards, triton_config
 
 pytestmark = pytest.mark.e2e
@@ -130,6 +133,9 @@ def test_the_quickstart_prepares_trains_across_pods_serves_and_autoscales(
         expected = model(torch.from_numpy(images)).numpy()
     assert answer.shape == expected.shape == (15, len(demo_data.CLASSES))
     assert np.allclose(answer, expected, atol=1e-4)  # the served model is the exported one
+    with pytest.raises(InferenceServerException) as refused:  # served behind the quickstart's API key: none, no answer
+        infer(run.service_address(), MODEL, images)
+    assert refused.value.status() == "403"
     names = manifest.extra["labels"]
     accuracy = np.mean([names[i] == label for i, label in zip(answer.argmax(axis=1), labels, strict=True)])
     assert accuracy >= 0.8, accuracy  # and it learned: it tells the classes apart

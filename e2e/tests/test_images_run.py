@@ -10,32 +10,21 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from typing import Any
 
 import pytest
-import torch
 
 from incluster_fixtures import InClusterOperator
+from served_model import MODEL, SECURE, model_configmap
 from localcluster.images import Image
 from localcluster.kube import Kubectl, wait_until
 from lepton_operator.api.inference import InferenceServiceSpec
 from lepton_operator.render import inference
-from lepton_workloads import triton_config
 
 pytestmark = pytest.mark.e2e
 
 TIMEOUT = 120.0
-MODEL = "double"
-SECURE = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-          "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
-
-
-class Doubler(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * 2.0 + 1.0
 
 
 def pod(name: str, containers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
@@ -75,20 +64,6 @@ def test_workloads_image_imports_torch_and_runs_its_entry_points(
     assert "lepton_workloads.prepare" in logs["entry-points"] and "lepton_workloads.train" in logs["entry-points"]
     assert "usage:" in logs["train"] and "usage:" in logs["prepare"]
     assert logs["torch"].startswith(f"torch {torch.__version__.split('+')[0]}") and logs["torch"].split()[-1] == "2.0"
-
-
-def model_configmap() -> dict[str, Any]:
-    """A TorchScript model and its config.pbtxt, laid out as a Triton model repository."""
-    buffer = io.BytesIO()
-    torch.jit.save(torch.jit.script(Doubler()), buffer)  # type: ignore[no-untyped-call]
-    config = triton_config.ModelConfig(
-        name=MODEL, format="pytorch_libtorch", max_batch_size=8,
-        inputs=(triton_config.Tensor("INPUT__0", "TYPE_FP32", (4,)),),
-        outputs=(triton_config.Tensor("OUTPUT__0", "TYPE_FP32", (4,)),),
-    )  # fmt: skip
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "model"},
-            "data": {"config.pbtxt": triton_config.render(config)},
-            "binaryData": {"model.pt": base64.b64encode(buffer.getvalue()).decode()}}  # fmt: skip
 
 
 def test_triton_simulator_image_serves_a_model_as_the_operator_runs_triton(

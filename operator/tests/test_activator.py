@@ -32,6 +32,7 @@ torch = pytest.importorskip("torch")
 np = pytest.importorskip("numpy")
 triton_http = pytest.importorskip("tritonclient.http")
 
+from localcluster.certificates import make_certificates  # noqa: E402
 from lepton_workloads import triton_config  # noqa: E402
 from lepton_workloads.triton_simulator import Model, serve  # noqa: E402
 
@@ -418,28 +419,14 @@ def test_the_api_key_header_reaches_triton_and_its_403_comes_back(start_activato
         backend.server_close()
 
 
-def make_certificates(directory: Path) -> dict[str, bytes]:
-    """A CA, a server certificate for ``serve.ns.svc`` and a client certificate, all signed by the CA."""
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *curve, "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=test-ca")
-    for name, extension in (("server", "subjectAltName=DNS:serve.ns.svc"), ("client", "extendedKeyUsage=clientAuth")):
-        openssl("req", *curve, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        (directory / f"{name}.ext").write_text(extension + "\n")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", f"{name}.crt", "-days", "1", "-extfile", f"{name}.ext")  # fmt: skip
-    return {path.name: path.read_bytes() for path in directory.iterdir() if path.suffix in (".crt", ".key")}
-
-
 def test_grpc_over_mutual_tls_and_its_key_metadata_pass_through_the_relay_end_to_end(
     start_activator: Callable[..., ActivatorProcess], tmp_path: Path
 ) -> None:
     """The activator never terminates TLS: the client's handshake (and its certificate) reach the server behind it."""
     grpc = pytest.importorskip("grpc")
-    pem = make_certificates(tmp_path)
+    made = make_certificates(tmp_path, ["DNS:serve.ns.svc"])
+    pem = {name: path.read_bytes() for name, path in (("ca.crt", made.ca), ("server.crt", made.server_cert),
+           ("server.key", made.server_key), ("client.crt", made.client_cert), ("client.key", made.client_key))}  # fmt: skip
     key = grpc_metadata_key(DEFAULT_HEADER)
 
     def echo_key(_: bytes, context: Any) -> bytes:

@@ -18,6 +18,9 @@ from lepton_operator.api.inference import InferenceServiceSpec
 from lepton_operator.controllers import config, network
 from lepton_operator.controllers import inference as controller
 from lepton_operator.controllers import secrets
+from lepton_operator.controllers.secret_versions import SECRET_VERSIONS
+from lepton_operator.controllers.wakeups import ObjectKey
+from lepton_operator.render.inference import SECRET_VERSIONS_ANNOTATION
 from lepton_operator.render.network import NetworkContext
 
 SPEC: dict[str, Any] = {
@@ -219,3 +222,36 @@ def test_the_services_policy_uses_the_operators_monitoring_namespace_and_goes_wh
     assert fake.deleted.count("serve-serving") == 1 and ("Deployment", "ns", "serve") in fake.objects  # serving goes on
     converge(2, 2)
     assert fake.deleted.count("serve-serving") == 1
+
+
+def test_a_rotated_secret_wakes_the_service_and_rolls_its_template_by_version_never_by_value(fake: FakeKube) -> None:
+    key = ObjectKey("InferenceService", "ns", "m")
+    secured = {"metadata": {"namespace": "ns", "name": "m", "uid": "u1", "generation": 1}, "spec": SECURED, "status": {}}
+    fake.objects[("Secret", "ns", "m-key")] = {"metadata": {"name": "m-key", "resourceVersion": "11"}, "type": "Opaque",
+                                               "data": {"apiKey": KEY_VALUE}}  # fmt: skip
+    fake.objects[("Secret", "ns", "m-tls")] = {"metadata": {"name": "m-tls", "resourceVersion": "12"}, "type": "kubernetes.io/tls",
+                                               "data": {"tls.crt": CERT_B64, "tls.key": CERT_B64, "ca.crt": CERT_B64}}  # fmt: skip
+
+    def annotation() -> str:
+        controller.reconcile_service(secured, {}, retry=0, logger=logging.getLogger("test"), warn=lambda r, m: None)
+        return str(fake.objects[("Deployment", "ns", "m")]["spec"]["template"]["metadata"]["annotations"][SECRET_VERSIONS_ANNOTATION])
+
+    try:
+        assert annotation() == "m-key=11,m-tls=12" and SECRET_VERSIONS.moved() == []
+        fake.objects[("Secret", "ns", "m-key")] = {"metadata": {"name": "m-key", "resourceVersion": "13"}, "type": "Opaque",
+                                                   "data": {"apiKey": CERT_B64}}  # fmt: skip
+        assert SECRET_VERSIONS.moved() == [key]  # the poll wakes the service ...
+        assert annotation() == "m-key=13,m-tls=12" and SECRET_VERSIONS.moved() == []  # ... whose pass rolls the template
+        del fake.objects[("Secret", "ns", "m-key")]
+        assert SECRET_VERSIONS.moved() == [key]  # gone: one wake; the pass reports it and its own recheck takes over
+        controller.reconcile_service(secured, {}, retry=0, logger=logging.getLogger("test"), warn=lambda r, m: None)
+        assert SECRET_VERSIONS.moved() == []
+    finally:
+        SECRET_VERSIONS.forget(key)
+
+
+def test_a_service_without_secrets_has_no_versions_in_its_template(fake: FakeKube) -> None:
+    plain = {"model": {"name": "m", "source": {"claim": {"name": "models", "path": "m"}}}}
+    controller.reconcile_service({"metadata": {"namespace": "ns", "name": "m", "uid": "u1", "generation": 1}, "spec": plain,
+                                  "status": {}}, {}, retry=0, logger=logging.getLogger("test"), warn=lambda r, m: None)  # fmt: skip
+    assert SECRET_VERSIONS_ANNOTATION not in fake.objects[("Deployment", "ns", "m")]["spec"]["template"]["metadata"]["annotations"]

@@ -60,3 +60,6 @@ def test_the_quickstart_is_one_chain_of_references() -> None:
     assert quickstart["TrainingJob"]["spec"]["dataset"]["name"] == quickstart["LeptonDataset"]["metadata"]["name"]
     source = quickstart["InferenceService"]["spec"]["model"]["source"]
     assert source["trainingJobRef"]["name"] == quickstart["TrainingJob"]["metadata"]["name"]
+    # Served behind an API key from a Secret in the same file (the demo's; the comment says to change it).
+    key_ref = quickstart["InferenceService"]["spec"]["auth"]["apiKeySecretRef"]
+    assert key_ref["name"] == quickstart["Secret"]["metadata"]["name"] and quickstart["Secret"]["stringData"][key_ref["key"]]

@@ -20,7 +20,7 @@ from pathlib import Path
 import urllib3
 from minio import Minio
 
-from certificates import Certificates
+from localcluster.certificates import Certificates
 from localcluster.build import ensure_versitygw
 from localcluster.lepton import free_port
 from sample_data import wait_until_serving

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from certificates import Certificates, make_certificates
+from localcluster.certificates import Certificates, make_certificates
 from lepton_workloads import shards
 from s3_server import S3Server, versitygw
 from sample_data import export_model, make_text, run_preparer, run_stager

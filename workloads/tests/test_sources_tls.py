@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from certificates import Certificates, make_certificates
+from localcluster.certificates import Certificates, make_certificates
 from lepton_workloads import shards
 from lepton_workloads.source_tls import CA_FILE_ENV, Trust
 from lepton_workloads.sources import SourceError, fetch

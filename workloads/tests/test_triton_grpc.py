@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from lepton_workloads import triton_grpc, triton_restricted
 from lepton_workloads.triton_simulator import TRITONSERVER_FLAGS, Model, serve, tritonserver_args
-from certificates import Certificates, make_certificates
+from localcluster.certificates import Certificates, make_certificates
 from triton_fixtures import MODEL, expected, write_doubler
 
 KEY, SECRET = "lepton-key", "s3cret"

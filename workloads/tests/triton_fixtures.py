@@ -1,7 +1,7 @@
-"""Helpers for the Triton simulator's tests: a tiny exported model (the CA and certificates are ``certificates``').
+"""Helpers for the Triton simulator's tests: a tiny exported model, made by the test itself.
 
-Everything is made by the test itself: the model by ``export.write`` (as the
-trainer exports), no network.
+The model comes from ``export.write`` (as the trainer exports), no network. The
+tests' certificates come from ``localcluster.certificates``, the one CA maker.
 """
 
 from __future__ import annotations

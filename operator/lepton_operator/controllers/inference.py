@@ -17,8 +17,10 @@ A uri's ``caBundle`` ConfigMap is waited for the same way
 (``secrets.ca_bundle_problem``: ``ConfigMapNotFound``, ``ConfigMapKeyMissing``).
 The Secrets ``spec.auth`` and ``spec.tls`` name (the API key; a
 ``kubernetes.io/tls`` Secret) are waited for the same way, before the
-Deployment that reads them exists (``secrets.required_secret_problem``; one
-more reason, ``SecretTypeMismatch``).
+Deployment that reads them exists (``secrets.check_required_secrets``; one
+more reason, ``SecretTypeMismatch``). Their ``resourceVersion``s, read by the
+same GET, go into the pod template, and ``secret_versions`` wakes the service
+when one moves: a rotated key rolls the replicas without a watch on Secrets.
 
 A service that may scale to zero (``autoscaling.minReplicas: 0``) also gets
 its activator Deployment and the ``<name>-triton`` Service behind it
@@ -47,6 +49,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,6 +63,7 @@ from lepton_operator.controllers.autoscaler import AUTOSCALER, REPLICAS_LOCK
 from lepton_operator.controllers.config import activator_image, retry_delay, workloads_image
 from lepton_operator.controllers.startup import options_of, spawn
 from lepton_operator.controllers.reconcile import Logger, Warn
+from lepton_operator.controllers.secret_versions import POLL_SECONDS, SECRET_VERSIONS
 from lepton_operator.controllers.wakeups import ObjectKey
 from lepton_operator.render import activator as render_activator
 from lepton_operator.render import common
@@ -105,22 +109,32 @@ def _model_unavailable(spec: InferenceServiceSpec, job: Mapping[str, Any] | None
         return None, Unavailable("InvalidModelConfig", f"config.pbtxt: {error}", stalled=True)
 
 
-def _stageable(
-    namespace: str, spec: InferenceServiceSpec, job: Mapping[str, Any] | None
-) -> tuple[render.Source | None, Unavailable | None, SecretProblem | None]:
+@dataclass(frozen=True)
+class Stageable:
+    """The source to stage and the versions of the Secrets Triton reads, or why there is nothing to stage yet."""
+
+    source: render.Source | None
+    unavailable: Unavailable | None = None
+    problem: SecretProblem | None = None
+    secret_versions: dict[str, str] = field(default_factory=dict)
+
+
+def _stageable(namespace: str, spec: InferenceServiceSpec, job: Mapping[str, Any] | None) -> Stageable:
     """The source to stage, or why there is none yet (a uri's Secret and CA bundle ConfigMap, the API
     key's and the TLS Secret must exist with their keys first)."""
     source, unavailable = _model_unavailable(spec, job)
     if source is None:
-        return source, unavailable, None
+        return Stageable(source, unavailable)
     problem = None
     if isinstance(source, render.UriSource):
         problem = secrets.secret_problem(namespace, source.uri, source.secret_ref)
         problem = problem or secrets.ca_bundle_problem(namespace, source.ca_bundle)
-    problem = problem or secrets.first_required_secret_problem(namespace, render_security.required_secrets(spec))
+    checked = secrets.RequiredSecretsCheck(problem, {})
     if problem is None:
-        return source, None, None
-    return None, Unavailable(problem.reason, problem.message), problem
+        checked = secrets.check_required_secrets(namespace, render_security.required_secrets(spec))
+    if checked.problem is None:
+        return Stageable(source, secret_versions=checked.versions)
+    return Stageable(None, Unavailable(checked.problem.reason, checked.problem.message), checked.problem)
 
 
 def converge(
@@ -137,20 +151,26 @@ def converge(
     AUTOSCALER.track(key, uid, spec)
     network.POLICIES.sync(key, uid, generation, spec)
     job = kube.get(API_VERSION, TRAINING_JOB.kind, namespace, ref.name) if ref else None
-    source, unavailable, problem = _stageable(namespace, spec, job)
+    staged = _stageable(namespace, spec, job)
+    source, unavailable, problem = staged.source, staged.unavailable, staged.problem
     with REPLICAS_LOCK:
         deployment = kube.get("apps/v1", "Deployment", namespace, name)
         current = (deployment or {}).get("spec", {}).get("replicas") if deployment else None
         desired = render.replicas(spec, None if current is None else int(current))
         if source is not None:
             kube.apply(render.configmap(name, namespace, uid, spec))
-            deployment = kube.apply(render.deployment(name, namespace, uid, spec, source, desired, workloads_image()))
+            deployment = kube.apply(
+                render.deployment(name, namespace, uid, spec, source, desired, workloads_image(), staged.secret_versions)
+            )
+            SECRET_VERSIONS.rendered(key, staged.secret_versions)
             activator_ready = False
             if render_activator.scale_to_zero(spec):
                 activator = kube.apply(render_activator.deployment(name, namespace, uid, activator_image()))
                 activator_ready = int((activator.get("status") or {}).get("readyReplicas") or 0) > 0
             for service in render_activator.services(name, namespace, uid, spec, activator_ready=activator_ready):
                 kube.apply(service)
+        else:
+            SECRET_VERSIONS.forget(key)  # its Secret is missing: the pass's own recheck waits for it
     if generation > 1 and (body.get("status") or {}).get("observedGeneration") != generation:
         for api_version, kind, child in render_activator.obsolete(name, spec):
             kube.delete(api_version, kind, namespace, child)
@@ -205,14 +225,16 @@ def stopped(key: ObjectKey) -> None:
     JOB_WAITERS.set(key, None)
     AUTOSCALER.untrack(key)
     network.POLICIES.forget(key)
+    SECRET_VERSIONS.forget(key)
 
 
 @kopf.on.startup()
-async def start_autoscaler(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """Start the one autoscaling loop (it scales only what the reconcile loops track)."""
+async def start_background_loops(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Start the one autoscaling loop and the Secret version poll (both act only on what the reconcile loops track)."""
     options = options_of(memo)
     AUTOSCALER.prometheus_url = options.prometheus_url
     spawn(AUTOSCALER.run(options.autoscale_interval, logger), "autoscaler")
+    spawn(SECRET_VERSIONS.run(POLL_SECONDS, logger), "secret-versions")
 
 
 loop.register(INFERENCE_SERVICE, reconcile_service, on_stop=stopped)

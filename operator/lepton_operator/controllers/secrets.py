@@ -27,6 +27,7 @@ costs one GET every :data:`RECHECK_SECONDS`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -81,8 +82,22 @@ def ca_bundle_problem(namespace: str, bundle: CABundle | None) -> SecretProblem 
     return None
 
 
+@dataclass(frozen=True)
+class RequiredSecretsCheck:
+    """What :func:`check_required_secrets` found: the first problem, and the versions of the Secrets read."""
+
+    problem: SecretProblem | None
+    versions: dict[str, str]
+    """``name -> metadata.resourceVersion`` of each Secret that can be used (the pod template carries them)."""
+
+
 def required_secret_problem(namespace: str, required: RequiredSecret) -> SecretProblem | None:
-    """Why a Secret the pods mount or read (an API key, gRPC TLS) cannot be used, or ``None``.
+    """Why a Secret the pods mount or read (an API key, gRPC TLS) cannot be used, or ``None``."""
+    return _required_problem(namespace, required, kube.get("v1", "Secret", namespace, required.name))
+
+
+def _required_problem(namespace: str, required: RequiredSecret, secret: Mapping[str, Any] | None) -> SecretProblem | None:
+    """Why ``secret`` (read just now, ``None`` if missing) cannot serve as ``required``, or ``None``.
 
     Stricter than a source's check, because Triton fails at start on what it
     cannot use: a key must be non-empty (Triton refuses an empty restricted-API
@@ -90,7 +105,6 @@ def required_secret_problem(namespace: str, required: RequiredSecret) -> SecretP
     the spec field (``required.field``); only key names and the type are read.
     """
     context = f"{required.field}: "
-    secret = kube.get("v1", "Secret", namespace, required.name)
     if secret is None:
         return _not_found(namespace, required.name, context)
     actual = secret.get("type") or "Opaque"
@@ -103,9 +117,20 @@ def required_secret_problem(namespace: str, required: RequiredSecret) -> SecretP
     return None
 
 
-def first_required_secret_problem(namespace: str, required: list[RequiredSecret]) -> SecretProblem | None:
-    """The first of ``required`` that cannot be used (in spec order), or ``None``."""
-    return next((problem for need in required if (problem := required_secret_problem(namespace, need))), None)
+def check_required_secrets(namespace: str, required: list[RequiredSecret]) -> RequiredSecretsCheck:
+    """The first of ``required`` that cannot be used (in spec order), and the versions of those before it.
+
+    One GET per Secret; the versions come from the same read, so tracking rotation
+    (``secret_versions``) costs the pass nothing more.
+    """
+    versions: dict[str, str] = {}
+    for need in required:
+        secret = kube.get("v1", "Secret", namespace, need.name)
+        problem = _required_problem(namespace, need, secret)
+        if problem is not None:
+            return RequiredSecretsCheck(problem, versions)
+        versions[need.name] = str(((secret or {}).get("metadata") or {}).get("resourceVersion", ""))
+    return RequiredSecretsCheck(None, versions)
 
 
 def recheck_seconds(status: Mapping[str, Any], condition: str, now: datetime) -> float:

@@ -8,7 +8,9 @@ Pure: spec + what the reconciler resolved (the model source, the replica count)
   and autoscaling edits never restart a pod (the template hash, and so the
   ReplicaSet, stay the same). Model-config changes do restart pods: the
   template carries the config's digest, because Triton reads the config only
-  at load.
+  at load. For the same reason it carries the ``resourceVersion`` of the
+  Secrets Triton reads at start (API key, TLS; ``controllers.secret_versions``):
+  a rotated key rolls the pods.
 - **Readiness means the model is ready**, not that a port is open: the
   readiness probe is ``/v2/models/<model>/ready``; a startup probe on
   ``/v2/health/ready`` gives model loading ``modelLoadTimeoutSeconds`` before
@@ -66,6 +68,8 @@ CONFIG_FILE = "config.pbtxt"
 PRESTOP_SECONDS = 5
 PROBE_PERIOD_SECONDS = 5
 CONFIG_DIGEST_ANNOTATION = "lepton.ai/model-config-sha256"
+#: ``name=resourceVersion,...`` of the Secrets Triton reads at start (API key, TLS): a new version rolls the pods.
+SECRET_VERSIONS_ANNOTATION = "lepton.ai/secret-versions"
 SCRAPE_ANNOTATIONS = {
     "prometheus.io/scrape": "true",
     "prometheus.io/port": str(METRICS_PORT),
@@ -270,8 +274,11 @@ def _http_probe(path: str, failure_threshold: int) -> dict[str, Any]:
     }
 
 
-def pod_template(name: str, spec: InferenceServiceSpec, source: Source, stager_image: str) -> dict[str, Any]:
-    """The replicas' pod template: a function of model, server, resources and scheduling only."""
+def pod_template(
+    name: str, spec: InferenceServiceSpec, source: Source, stager_image: str, secret_versions: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The replicas' pod template: a function of model, server, resources and scheduling only, and of
+    ``secret_versions`` (``name -> resourceVersion`` of the Secrets Triton reads, when it reads any)."""
     model, triton = spec.model, spec.triton
     text = config_text(spec)
     volumes: list[dict[str, Any]] = [
@@ -347,6 +354,8 @@ def pod_template(name: str, spec: InferenceServiceSpec, source: Source, stager_i
     annotations = dict(SCRAPE_ANNOTATIONS)
     if text is not None:
         annotations[CONFIG_DIGEST_ANNOTATION] = hashlib.sha256(text.encode()).hexdigest()
+    if secret_versions:
+        annotations[SECRET_VERSIONS_ANNOTATION] = ",".join(f"{n}={v}" for n, v in sorted(secret_versions.items()))
     return {
         "metadata": {"labels": common.child_labels(KIND, name, ROLE), "annotations": annotations},
         "spec": common.harden(pod, spec.security_context),
@@ -361,6 +370,7 @@ def deployment(
     source: Source,
     replicas: int,
     stager_image: str = common.DEFAULT_WORKLOADS_IMAGE,
+    secret_versions: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The Triton Deployment with ``replicas`` replicas (chosen by the reconciler or the autoscaler)."""
     return {
@@ -372,7 +382,7 @@ def deployment(
             "selector": {"matchLabels": selector(name)},
             # Never below the serving count while a new template rolls out.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
-            "template": pod_template(name, spec, source, stager_image),
+            "template": pod_template(name, spec, source, stager_image, secret_versions),
         },
     }
 

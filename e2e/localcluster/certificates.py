@@ -1,21 +1,26 @@
-"""A CA the test makes, with a server and a client certificate signed by it: the workloads' tests' one CA maker.
+"""A throwaway CA with a server and a client certificate, made by the ``openssl`` command line.
 
-Made by the ``openssl`` command line (the venv has no ``cryptography``):
-short-lived EC keys, no network. The server certificate is for ``localhost``
-and ``127.0.0.1``. Two calls give two unrelated CAs with the same subject, so
-one call's CA is "a wrong CA" for the other's server.
+Tests of TLS need a CA they control: the simulator's own tests and the sources'
+(a server on ``localhost``: gRPC, an HTTPS source, versitygw) and the e2e tests on real pods (a server certificate for a
+Service's DNS names, put in a ``kubernetes.io/tls`` Secret). One maker serves
+both; only the server's names differ. The venv has no ``cryptography``, so the
+``openssl`` CLI does it: short-lived (one day) P-256 keys, no network.
 """
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+#: The server names of a certificate for a server on this machine.
+LOCALHOST = ("DNS:localhost", "IP:127.0.0.1")
 
 
 @dataclass(frozen=True)
 class Certificates:
-    """PEM files: a CA, a server certificate for ``localhost``/``127.0.0.1`` and a client certificate, both signed by it."""
+    """PEM files: a CA, a server certificate for the given names and a client certificate, both signed by it."""
 
     ca: Path
     server_cert: Path
@@ -36,13 +41,15 @@ def _signed(directory: Path, name: str, extensions: str) -> None:
              "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext", cwd=directory)  # fmt: skip
 
 
-def make_certificates(directory: Path) -> Certificates:
+def make_certificates(directory: Path, server_names: Sequence[str] = LOCALHOST) -> Certificates:
+    """A CA in ``directory`` and certificates it signs: a server's for ``server_names``
+    (subjectAltName entries, ``DNS:<name>`` or ``IP:<address>``) and a client's."""
     directory.mkdir(parents=True, exist_ok=True)
     _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key",
              "-out", "ca.pem", "-days", "1", "-subj", "/CN=lepton-test-ca",
              "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
              cwd=directory)  # fmt: skip
-    _signed(directory, "server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    _signed(directory, "server", f"subjectAltName={','.join(server_names)}\nextendedKeyUsage=serverAuth\n")
     _signed(directory, "client", "extendedKeyUsage=clientAuth\n")
     return Certificates(directory / "ca.pem", directory / "server.pem", directory / "server.key",
                         directory / "client.pem", directory / "client.key")  # fmt: skip
