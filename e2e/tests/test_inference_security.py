@@ -14,6 +14,8 @@ certificate's DNS name with ``grpc.ssl_target_name_override``), with ``tritoncli
   messages, while health stays open and the kubelet keeps the pods Ready;
 * gRPC needs TLS: a plaintext client and a client that does not trust the CA fail; with
   ``mutual: true`` a client without a certificate fails, one with a certificate is served;
+* its NetworkPolicy admits the namespace's pods on HTTP and gRPC and refuses another
+  namespace's; metrics only from the monitoring namespace (``pod_connections``, real pods);
 * the key's value is in no pod, Deployment, ReplicaSet, status, event or operator log;
 * rotating the key (a new value in the Secret) rolls the replicas: once rolled out the new key
   is served and the old one refused.
@@ -41,13 +43,15 @@ import tritonclient.http as http_client
 from tritonclient.utils import InferenceServerException
 
 from incluster_fixtures import NAMESPACE_PREFIX, InClusterOperator
+from localcluster import monitoring, realnode
 from localcluster.access import ApiKey, ServiceForwards, api_key
 from localcluster.certificates import Certificates, make_certificates
 from localcluster.cluster import Cluster
 from localcluster.images import Image
 from localcluster.kube import Kubectl, condition_true, wait_until
 from localcluster.serving import infer
-from lepton_operator.render.inference import GRPC_PORT, HTTP_PORT
+from lepton_operator.render.inference import GRPC_PORT, HTTP_PORT, METRICS_PORT
+from pod_connections import connects, refused, start_client
 from served_model import MODEL, model_configmap, model_server, model_uri
 
 pytestmark = pytest.mark.e2e
@@ -210,6 +214,34 @@ def test_grpc_needs_tls_and_the_ca(guarded: Guarded) -> None:
     assert refusal(lambda: guarded.infer_grpc(guarded.grpc(ssl=False), key.grpc))[0] == "StatusCode.UNAVAILABLE"
     assert refusal(lambda: guarded.infer_grpc(guarded.grpc(trust=False), key.grpc))[0] == "StatusCode.UNAVAILABLE"
     assert np.array_equal(guarded.infer_grpc(guarded.grpc(), key.grpc), BATCH * 2 + 1)  # the same call, trusting the CA
+
+
+def test_its_pods_accept_the_namespace_on_http_and_grpc_and_only_monitoring_on_metrics(
+    guarded: Guarded, cluster_kubectl: Kubectl
+) -> None:
+    """The service's NetworkPolicy (``render.network``), enforced: one TCP connection per check, from real pods."""
+    [pod] = guarded.server_pods()
+    ip = pod["status"]["podIP"]
+    other = f"{guarded.namespace}-other"
+    scraper = f"scraper-{uuid.uuid4().hex[:6]}"
+    cluster_kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": monitoring.NAMESPACE}})
+    cluster_kubectl.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other}})
+    clients = {"neighbour": guarded.kubectl, "outsider": cluster_kubectl.in_namespace(other),
+               scraper: cluster_kubectl.in_namespace(monitoring.NAMESPACE)}  # fmt: skip
+    try:
+        for name, kubectl in clients.items():
+            start_client(kubectl, name, realnode.BUSYBOX_REF)
+        neighbour, outsider, scrapes = clients["neighbour"], clients["outsider"], clients[scraper]
+        assert connects(neighbour, "neighbour", ip, HTTP_PORT) and connects(neighbour, "neighbour", ip, GRPC_PORT)
+        print(f"\nanother namespace -> gRPC: {refused(outsider, 'outsider', ip, GRPC_PORT)}")
+        for port in (HTTP_PORT, METRICS_PORT):
+            refused(outsider, "outsider", ip, port)
+        refused(neighbour, "neighbour", ip, METRICS_PORT)
+        assert connects(scrapes, scraper, ip, METRICS_PORT), "the monitoring namespace scrapes Triton's metrics"
+        refused(scrapes, scraper, ip, HTTP_PORT)
+    finally:
+        clients[scraper].run("delete", "pod", scraper, "--ignore-not-found", "--wait=false", check=False)
+        cluster_kubectl.run("delete", "namespace", other, "--ignore-not-found", "--wait=false", check=False)
 
 
 def test_the_key_is_in_no_object_status_event_or_log(guarded: Guarded, incluster_operator: InClusterOperator) -> None:

@@ -14,9 +14,9 @@ independently of what the operator renders:
   packet whose source is a local address of the node;
 * deleting the policy restores the other namespace's access within the same bound.
 
-Server and clients are busybox: ``nc -ll -e`` answers every connection with a token, clients run
-``nc`` through ``kubectl exec`` so each check is one connection attempt, repeated until a
-deadline where a change is awaited.
+Server and clients are busybox: ``nc -ll -e`` answers every connection with a token (which the
+node's own check reads back); clients connect through ``pod_connections``, one connection attempt
+per check, repeated until a deadline where a change is awaited.
 """
 
 from __future__ import annotations
@@ -28,18 +28,13 @@ import pytest
 
 import localcluster
 from localcluster.kube import Kubectl, wait_until
+from pod_connections import CONNECT_TIMEOUT_S, ENFORCEMENT_BOUND_S, connect, connects, start_client
 from test_realnode import busybox, busybox_pod, wait_ready  # noqa: F401 - busybox is a fixture
 
 pytestmark = pytest.mark.e2e
 
 PORT = 8080
 TOKEN = "served-by-netpol-server"
-#: A policy change must be enforced (or lifted) within this. kube-router syncs on the event (its
-#: rules are there well under a second after the create) and every ``kuberouter.IPTABLES_SYNC_PERIOD``
-#: (15 s) besides, which bounds a missed event.
-ENFORCEMENT_BOUND_S = 30.0
-#: One connection attempt's timeout (a dropped SYN would take this long; a reject is immediate).
-CONNECT_TIMEOUT_S = 2
 
 
 def same_namespace_only_policy(server_labels: dict[str, str]) -> dict[str, Any]:
@@ -47,21 +42,6 @@ def same_namespace_only_policy(server_labels: dict[str, str]) -> dict[str, Any]:
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "same-namespace"},
             "spec": {"podSelector": {"matchLabels": server_labels}, "policyTypes": ["Ingress"],
                      "ingress": [{"from": [{"podSelector": {}}]}]}}
-
-
-def connect_argv(ip: str) -> list[str]:
-    return ["nc", "-w", str(CONNECT_TIMEOUT_S), ip, str(PORT)]
-
-
-def connect(kubectl: Kubectl, client: str, ip: str) -> str:
-    """One TCP connection from pod ``client`` to the server at ``ip``: "" when the server's token
-    came back, else what the client saw (its error)."""
-    proc = kubectl.run("exec", client, "--", *connect_argv(ip), check=False, timeout=30)
-    return "" if proc.returncode == 0 and TOKEN in proc.stdout else (proc.stderr.strip() or f"exit {proc.returncode}")
-
-
-def served(kubectl: Kubectl, client: str, ip: str) -> bool:
-    return connect(kubectl, client, ip) == ""
 
 
 def test_same_namespace_policy_denies_other_namespaces_until_removed(
@@ -73,28 +53,26 @@ def test_same_namespace_policy_denies_other_namespaces_until_removed(
     server = busybox_pod("server", busybox, f"exec nc -ll -p {PORT} -e echo {TOKEN}", labels=labels)
     server["spec"]["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": PORT}, "periodSeconds": 1}
     own.create(server)
-    own.create(busybox_pod("client", busybox, "exec sleep 3600"))
-    other.create(busybox_pod("client", busybox, "exec sleep 3600"))
+    start_client(own, "client", busybox)
+    start_client(other, "client", busybox)
     ip = wait_ready(own, "server")["status"]["podIP"]
-    wait_ready(own, "client")
-    wait_ready(other, "client")
 
-    assert served(own, "client", ip)
-    assert served(other, "client", ip), "without a policy the other namespace must be served"
+    assert connects(own, "client", ip, PORT)
+    assert connects(other, "client", ip, PORT), "without a policy the other namespace must be served"
 
     created = time.monotonic()
     own.create(same_namespace_only_policy(labels))
-    error = wait_until(lambda: connect(other, "client", ip), ENFORCEMENT_BOUND_S,
+    error = wait_until(lambda: connect(other, "client", ip, PORT), ENFORCEMENT_BOUND_S,
                        "the other namespace's client denied by the policy")
     print(f"\npolicy enforced {time.monotonic() - created:.1f} s after its create; the client saw: {error}")
-    assert served(own, "client", ip), "the policy admits pods of the server's namespace"
-    assert connect(other, "client", ip), "the denial holds"
+    assert connects(own, "client", ip, PORT), "the policy admits pods of the server's namespace"
+    assert connect(other, "client", ip, PORT), "the denial holds"
     if cluster.network:  # the node's own address is always admitted (see localcluster.kuberouter)
-        from_node = cluster.run_in_network(["busybox", *connect_argv(ip)])
+        from_node = cluster.run_in_network(["busybox", "nc", "-w", str(CONNECT_TIMEOUT_S), ip, str(PORT)])
         assert TOKEN in from_node.stdout, from_node.stderr
 
     deleted = time.monotonic()
     own.delete("networkpolicy", "same-namespace")
-    wait_until(lambda: served(other, "client", ip), ENFORCEMENT_BOUND_S,
+    wait_until(lambda: connects(other, "client", ip, PORT), ENFORCEMENT_BOUND_S,
                "the other namespace's client served again once the policy is gone")
     print(f"policy lifted {time.monotonic() - deleted:.1f} s after its delete")
