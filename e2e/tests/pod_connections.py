@@ -16,6 +16,7 @@ under a second after the create) and every ``kuberouter.IPTABLES_SYNC_PERIOD``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from localcluster.kube import Kubectl, condition_true, wait_until
@@ -26,9 +27,16 @@ ENFORCEMENT_BOUND_S = 30.0
 CONNECT_TIMEOUT_S = 2
 
 
-def client_pod(name: str, image: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    """A busybox pod that only waits, for ``kubectl exec`` to connect from (non-root, as Pod Security asks)."""
-    container = {"name": "main", "image": image, "imagePullPolicy": "IfNotPresent", "command": ["sh", "-c", "exec sleep 3600"],
+def listen_script(ports: Sequence[int]) -> str:
+    """A shell line that accepts every connection on each of ``ports`` (busybox ``nc -ll``) until killed."""
+    return " & ".join(f"nc -ll -p {port} -e true" for port in ports) + " & wait"
+
+
+def client_pod(name: str, image: str, labels: dict[str, str] | None = None, listen: Sequence[int] = ()) -> dict[str, Any]:
+    """A busybox pod for ``kubectl exec`` to connect from (non-root, as Pod Security asks); with
+    ``listen``, it also accepts connections on those ports (a server to connect to)."""
+    script = listen_script(listen) if listen else "exec sleep 3600"
+    container = {"name": "main", "image": image, "imagePullPolicy": "IfNotPresent", "command": ["sh", "-c", script],
                  "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}  # fmt: skip
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels or {}},
             "spec": {"containers": [container], "restartPolicy": "Never", "terminationGracePeriodSeconds": 0,
@@ -36,12 +44,19 @@ def client_pod(name: str, image: str, labels: dict[str, str] | None = None) -> d
                                          "seccompProfile": {"type": "RuntimeDefault"}}}}  # fmt: skip
 
 
-def start_client(kubectl: Kubectl, name: str, image: str, timeout: float = 120.0) -> None:
-    """:func:`client_pod` ``name`` in ``kubectl``'s namespace, returned once Ready (pods are refused
+def start_client(kubectl: Kubectl, name: str, image: str, timeout: float = 120.0, *,
+                 labels: dict[str, str] | None = None, listen: Sequence[int] = ()) -> str:
+    """:func:`client_pod` ``name`` in ``kubectl``'s namespace; its IP once Ready (pods are refused
     until the namespace's ``default`` ServiceAccount exists, so that is awaited first)."""
     wait_until(lambda: kubectl.get_or_none("serviceaccount", "default"), 30, f"{kubectl.namespace}/default")
-    kubectl.create(client_pod(name, image))
-    wait_until(lambda: condition_true(kubectl.get("pod", name), "Ready"), timeout, f"{kubectl.namespace}/{name} Ready")
+    kubectl.create(client_pod(name, image, labels, listen))
+    pod = wait_until(lambda: _ready(kubectl, name), timeout, f"{kubectl.namespace}/{name} Ready")
+    return str(pod["status"]["podIP"])
+
+
+def _ready(kubectl: Kubectl, name: str) -> dict[str, Any] | None:
+    pod: dict[str, Any] = kubectl.get("pod", name)
+    return pod if condition_true(pod, "Ready") else None
 
 
 def connect_argv(ip: str, port: int) -> list[str]:

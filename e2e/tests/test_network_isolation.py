@@ -10,7 +10,9 @@ in-cluster operator (its pods are the "operator pods" the policies name) and rea
 * the progress port refuses both, and admits the operator's pods;
 * a policy deleted by hand is put back by the operator, and the denial holds;
 * ``networkPolicy.enabled: false`` removes the policy and the other namespace gets through (so
-  every denial above was the policy's, not a closed port).
+  every denial above was the policy's, not a closed port);
+* with ``egress`` set, workers reach DNS, each other and the ``allowTo`` peer on its port only:
+  the same store's other port and a server of their own namespace are refused.
 
 Serving's policy (8000/8001 from the namespace, 8002 from monitoring) is proven with the
 protected service of ``test_inference_security``; the DDP, dataset, serving and scraping paths
@@ -29,7 +31,7 @@ from incluster_fixtures import NAMESPACE_PREFIX, InClusterOperator
 from localcluster import realnode
 from localcluster.cluster import Cluster
 from localcluster.kube import Kubectl, condition_true, wait_until
-from pod_connections import ENFORCEMENT_BOUND_S, connect, connects, refused, start_client
+from pod_connections import ENFORCEMENT_BOUND_S, connect, connects, listen_script, refused, start_client
 
 pytestmark = pytest.mark.e2e
 
@@ -40,13 +42,14 @@ PROGRESS_PORT = 9400  # render.common.progress_port()
 READY_TIMEOUT = 120.0
 
 
-def listening_job() -> dict[str, Any]:
+def listening_job(name: str = JOB, network_policy: dict[str, Any] | None = None) -> dict[str, Any]:
     """Two workers that accept on the rendezvous and progress ports (and never finish)."""
-    listen = " & ".join(f"nc -ll -p {port} -e true" for port in (RENDEZVOUS_PORT, PROGRESS_PORT))
-    return {"apiVersion": "lepton.ai/v1alpha1", "kind": "TrainingJob", "metadata": {"name": JOB},
-            "spec": {"image": realnode.BUSYBOX_REF, "command": ["sh", "-c", f"{listen} & wait"],
-                     "masterPort": RENDEZVOUS_PORT, "workers": {"replicas": 2},
-                     "securityContext": {"runAsUser": 65532, "runAsGroup": 65532}}}  # fmt: skip
+    spec = {"image": realnode.BUSYBOX_REF, "command": ["sh", "-c", listen_script([RENDEZVOUS_PORT, PROGRESS_PORT])],
+            "masterPort": RENDEZVOUS_PORT, "workers": {"replicas": 2},
+            "securityContext": {"runAsUser": 65532, "runAsGroup": 65532}}  # fmt: skip
+    if network_policy is not None:
+        spec["networkPolicy"] = network_policy
+    return {"apiVersion": "lepton.ai/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": spec}
 
 
 def namespace(cluster_kubectl: Kubectl, name: str) -> Kubectl:
@@ -54,8 +57,8 @@ def namespace(cluster_kubectl: Kubectl, name: str) -> Kubectl:
     return cluster_kubectl.in_namespace(name)
 
 
-def workers(kubectl: Kubectl) -> list[dict[str, Any]]:
-    pods: list[dict[str, Any]] = kubectl.get("pods", None, "-l", f"lepton.ai/trainingjob={JOB}")
+def workers(kubectl: Kubectl, job: str = JOB) -> list[dict[str, Any]]:
+    pods: list[dict[str, Any]] = kubectl.get("pods", None, "-l", f"lepton.ai/trainingjob={job}")
     return sorted((pod for pod in pods if condition_true(pod, "Ready")), key=lambda pod: pod["metadata"]["name"])
 
 
@@ -117,3 +120,25 @@ def test_training_workers_accept_their_job_and_the_operator_and_refuse_everyone_
     wait_until(lambda: own.get_or_none("networkpolicy", POLICY) is None, 30, "the policy deleted")
     wait_until(lambda: connects(other, "outsider", ip, RENDEZVOUS_PORT), ENFORCEMENT_BOUND_S,
                "the other namespace served once isolation is off")  # fmt: skip
+
+
+def test_restricted_egress_reaches_dns_its_own_workers_and_what_allow_to_names_only(
+    sides: tuple[Kubectl, Kubectl],
+) -> None:
+    own, other = sides
+    store = start_client(other, "store", realnode.BUSYBOX_REF, labels={"app": "store"}, listen=[8080, 8081])
+    neighbour = start_client(own, "neighbour", realnode.BUSYBOX_REF, listen=[8080])
+    assert connects(own, "neighbour", store, 8081), "without a restriction the store's other port is open"
+    allowed = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": other.namespace}},
+               "podSelector": {"matchLabels": {"app": "store"}}, "ports": [{"port": 8080}]}  # fmt: skip
+    own.apply(listening_job("confined", {"egress": {"allowTo": [allowed]}}), "--server-side")
+    wait_until(lambda: len(workers(own, "confined")) == 2, READY_TIMEOUT, "both workers Ready")
+    first, second = (pod["metadata"]["name"] for pod in workers(own, "confined"))
+    peer = workers(own, "confined")[1]["status"]["podIP"]
+
+    wait_until(lambda: connect(own, first, store, 8081), ENFORCEMENT_BOUND_S, "the store's other port refused")
+    assert connects(own, first, store, 8080), "allowTo names the store on 8080"
+    assert connects(own, first, peer, RENDEZVOUS_PORT), "a job's workers always reach each other"
+    refused(own, first, neighbour, 8080)  # the namespace is not in allowTo
+    lookup = own.run("exec", second, "--", "nslookup", "kubernetes.default.svc.cluster.local", check=False, timeout=30)
+    assert lookup.returncode == 0 and "10.0.0.1" in lookup.stdout, lookup.stderr  # DNS stays open
