@@ -9,10 +9,12 @@ both; only the server's names differ. The venv has no ``cryptography``, so the
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: The server names of a certificate for a server on this machine.
 LOCALHOST = ("DNS:localhost", "IP:127.0.0.1")
@@ -53,3 +55,10 @@ def make_certificates(directory: Path, server_names: Sequence[str] = LOCALHOST) 
     _signed(directory, "client", "extendedKeyUsage=clientAuth\n")
     return Certificates(directory / "ca.pem", directory / "server.pem", directory / "server.key",
                         directory / "client.pem", directory / "client.key")  # fmt: skip
+
+
+def tls_secret(name: str, certificates: Certificates) -> dict[str, Any]:
+    """A ``kubernetes.io/tls`` Secret (the layout cert-manager writes) of the server certificate, its key and the CA."""
+    files = {"tls.crt": certificates.server_cert, "tls.key": certificates.server_key, "ca.crt": certificates.ca}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "kubernetes.io/tls",
+            "data": {key: base64.b64encode(path.read_bytes()).decode() for key, path in files.items()}}  # fmt: skip

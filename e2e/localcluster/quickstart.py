@@ -92,6 +92,25 @@ def claim_reader(name: str, claim: str, paths: Sequence[str], image: str) -> dic
     }  # fmt: skip
 
 
+def read_claim(kubectl: Kubectl, claim: str, paths: Sequence[str], image: str, timeout: float = 120.0,
+               wait: Callable[[Callable[[], Any], float, str], Any] = wait_until) -> dict[str, bytes]:
+    """The files ``paths`` on ``claim``, read by a :func:`claim_reader` pod (``image``: the workloads image).
+
+    ``wait`` polls for the pod to end (:func:`wait_until`, or a caller's wrapper of it).
+    """
+    name = f"read-{uuid.uuid4().hex[:6]}"
+    kubectl.create(claim_reader(name, claim, paths, image))
+    try:
+        phase = wait(lambda: kubectl.get("pod", name)["status"].get("phase") in ("Succeeded", "Failed")
+                     and kubectl.get("pod", name)["status"]["phase"], timeout, f"pod {name} reading {claim}")  # fmt: skip
+        logs = kubectl("logs", name)
+        if phase != "Succeeded":
+            raise ClusterError(f"reading {paths} from {claim} failed: {logs[-2000:]}")
+        return {path: base64.b64decode(text) for path, text in json.loads(logs.strip().splitlines()[-1]).items()}
+    finally:
+        kubectl.delete("pod", name)
+
+
 @dataclass
 class Quickstart:
     """The quickstart in one namespace of ``cluster``; ``images`` are the ones built here."""
@@ -155,17 +174,7 @@ class Quickstart:
 
     def read_claim(self, claim: str, paths: Sequence[str], timeout: float = 120.0) -> dict[str, bytes]:
         """The files ``paths`` on ``claim``, read by a pod on the node that has the volume."""
-        name = f"read-{uuid.uuid4().hex[:6]}"
-        self.kubectl.create(claim_reader(name, claim, paths, self.images["workloads"].ref))
-        try:
-            phase = self.wait(lambda: self.kubectl.get("pod", name)["status"].get("phase") in ("Succeeded", "Failed")
-                              and self.kubectl.get("pod", name)["status"]["phase"], timeout, f"pod {name} reading {claim}")  # fmt: skip
-            logs = self.kubectl("logs", name)
-            if phase != "Succeeded":
-                raise ClusterError(f"reading {paths} from {claim} failed: {logs[-2000:]}")
-            return {path: base64.b64decode(text) for path, text in json.loads(logs.strip().splitlines()[-1]).items()}
-        finally:
-            self.kubectl.delete("pod", name)
+        return read_claim(self.kubectl, claim, paths, self.images["workloads"].ref, timeout, self.wait)
 
     def training(self) -> dict[str, Any]:
         return self.status("trainingjobs", JOB)

@@ -45,14 +45,14 @@ from tritonclient.utils import InferenceServerException
 from incluster_fixtures import NAMESPACE_PREFIX, InClusterOperator
 from localcluster import monitoring, realnode
 from localcluster.access import ApiKey, ServiceForwards, api_key
-from localcluster.certificates import Certificates, make_certificates
+from localcluster.certificates import Certificates, make_certificates, tls_secret
 from localcluster.cluster import Cluster
 from localcluster.images import Image
 from localcluster.kube import Kubectl, condition_true, wait_until
 from localcluster.serving import infer
 from lepton_operator.render.inference import GRPC_PORT, HTTP_PORT, METRICS_PORT
 from pod_connections import connects, refused, start_client
-from served_model import MODEL, model_configmap, model_server, model_uri
+from served_model import MODEL, model_configmap, model_server, model_spec, model_uri
 
 pytestmark = pytest.mark.e2e
 
@@ -69,18 +69,11 @@ def key_secret(value: str) -> dict[str, Any]:
             "data": {"apiKey": base64.b64encode(value.encode()).decode()}}  # fmt: skip
 
 
-def tls_secret(certificates: Certificates) -> dict[str, Any]:
-    files = {"tls.crt": certificates.server_cert, "tls.key": certificates.server_key, "ca.crt": certificates.ca}
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": TLS_SECRET}, "type": "kubernetes.io/tls",
-            "data": {key: base64.b64encode(path.read_bytes()).decode() for key, path in files.items()}}  # fmt: skip
-
-
 def inference_service(simulator: str, *, mutual: bool) -> dict[str, Any]:
     return {
         "apiVersion": "lepton.ai/v1alpha1", "kind": "InferenceService", "metadata": {"name": SERVICE},
         "spec": {
-            "model": {"name": MODEL, "source": {"uri": model_uri()}, "maxBatchSize": 8,
-                      "inputs": [{"name": "INPUT__0", "dims": [4]}], "outputs": [{"name": "OUTPUT__0", "dims": [4]}]},
+            "model": model_spec({"uri": model_uri()}),
             "triton": {"image": simulator},
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
             "replicas": 1,
@@ -167,7 +160,7 @@ def guarded(cluster: Cluster, cluster_kubectl: Kubectl, built_images: dict[str, 
             kubectl.apply(model_configmap())
             kubectl.apply(model_server(built_images["workloads"].ref))
             kubectl.apply(key_secret(secrets.token_hex(16)))
-            kubectl.apply(tls_secret(certificates))
+            kubectl.apply(tls_secret(TLS_SECRET, certificates))
             kubectl.apply(inference_service(simulator, mutual=False), "--server-side")
             service = Guarded(kubectl, namespace, forwards, certificates, simulator, cluster.real_node)
             service.ready()
