@@ -9,7 +9,9 @@
   returned once both are Ready (readiness probe on ``/healthz``) and both are in the peering
   object. Removed at the end unless another session or the demo still uses it.
 * ``incluster_namespace`` (function, in ``conftest``): a fresh kwok namespace whose name starts
-  with :data:`NAMESPACE_PREFIX`; ``incluster_real_namespace`` the same on the real node.
+  with :data:`NAMESPACE_PREFIX`. A plain namespace with that prefix (no kwok annotations) is the
+  in-cluster operator's too, with its pods on the real node (``test_network_isolation``,
+  ``test_inference_security``, ``test_source_tls`` make theirs).
 
 Isolation from the host-process operator (``operator_fixtures``): that one serves
 ``<test name>-*`` globs of the tests that ask for it, which always start with ``test``; the
