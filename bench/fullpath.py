@@ -31,7 +31,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -39,44 +38,14 @@ from typing import Any
 import localcluster
 from localcluster.lepton import REPO, free_port, http_ok
 from localcluster.paths import state_dir
-from localcluster.quickstart import DATASET, JOB, SERVICE, Quickstart, install_platform, sample_images
+from localcluster.quickstart import DATASET, JOB, SERVICE, Quickstart, install_platform, sample_images, stage_times
 from localcluster.serving import closed_loop
 
 RESULTS = REPO / "bench" / "results" / "fullpath.json"
 
 
-def stamp(marks: dict[str, float], name: str, since: float) -> None:
-    marks[name] = round(time.monotonic() - since, 1)
-    print(f"  {name}: {marks[name]} s", flush=True)
-
-
-def stages(run: Quickstart) -> dict[str, float]:
-    """Seconds from the apply to each stage's end (cumulative)."""
-    marks: dict[str, float] = {}
-    started = time.monotonic()
-    run.apply()
-    run.dataset_ready(600)
-    stamp(marks, "prepare", started)
-    run.training_reaches(lambda s: s.get("phase") in ("Running", "Succeeded"), 600, "every worker Running")
-    stamp(marks, "schedule", started)
-    run.training_reaches(lambda s: s.get("phase") == "Succeeded", 1200, "the job to succeed")
-    stamp(marks, "train", started)
-
-    def staged() -> bool:
-        for pod in run.server_pods():
-            for state in pod.get("status", {}).get("initContainerStatuses") or []:
-                if (state.get("state") or {}).get("terminated", {}).get("exitCode") == 0:
-                    return True
-        return False
-
-    run.wait(staged, 600, "the model staged")
-    stamp(marks, "stage model", started)
-    run.serving_ready(timeout=600)
-    stamp(marks, "ready", started)
-    _, images = sample_images(1, seed=5)
-    run.infer(images)
-    stamp(marks, "first inference", started)
-    return marks
+def print_stage(name: str, seconds: float) -> None:
+    print(f"  {name}: {seconds} s", flush=True)
 
 
 def trainer_report(logs: str) -> dict[str, Any]:
@@ -175,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory() as scratch:
             print("stages (cumulative seconds from the apply):", flush=True)
-            document["stages"] = stages(run)
+            document["stages"] = stage_times(run, on_stage=print_stage)
             print("DDP samples/s:", flush=True)
             document["ddp"] = ddp(run, Path(scratch))
             print("serving:", flush=True)

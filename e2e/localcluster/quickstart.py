@@ -24,11 +24,14 @@ import base64
 import json
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+import yaml
 
 from localcluster import incluster, lepton_images, monitoring
 from localcluster.access import ApiKey, ServiceForwards, api_key
@@ -151,8 +154,9 @@ class Quickstart:
 
     # -- the stages ------------------------------------------------------------------------
 
-    def apply(self) -> None:
-        """The namespace (pods on the real node) and the quickstart in it."""
+    def apply(self, edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        """The namespace (pods on the real node) and the quickstart in it; ``edit`` changes each object
+        in memory first (``bench/security_overhead.py`` turns the security off that way)."""
         if self.cluster.kubectl().get_or_none("namespace", self.namespace) is None:
             self.cluster.kubectl().create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}})
         wait_until(lambda: self.kubectl.get_or_none("serviceaccount", "default"), 30, "the namespace's ServiceAccount")
@@ -160,6 +164,8 @@ class Quickstart:
             directory = Path(scratch)
             (directory / "kustomization.yaml").write_text(json.dumps(kustomization(self.images, directory)))
             built = self.kubectl("kustomize", "--load-restrictor=LoadRestrictionsNone", str(directory))
+        if edit is not None:
+            built = json.dumps({"apiVersion": "v1", "kind": "List", "items": [edit(o) for o in yaml.safe_load_all(built) if o]})
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=built)
 
     def dataset_ready(self, timeout: float = 240.0) -> dict[str, Any]:
@@ -251,6 +257,47 @@ class Quickstart:
         """Stop this run's Service forwarder (the cluster's teardown would sweep it too)."""
         if self._forwards is not None:
             self._forwards.stop()
+
+
+def stage_times(run: Quickstart, edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                on_stage: Callable[[str, float], None] = lambda _, __: None) -> dict[str, float]:  # fmt: skip
+    """Apply ``run``'s quickstart (``edit``: see :meth:`Quickstart.apply`) and time it: seconds from
+    the apply to each stage's end (cumulative).
+
+    prepare (-> dataset Ready), schedule (-> every worker Running), train (-> Succeeded), stage
+    model (-> the replica's ``stage-model`` init container done), ready (-> the InferenceService
+    Ready), first inference (with the key when the service has one). ``on_stage`` hears each.
+    """
+    marks: dict[str, float] = {}
+    started = time.monotonic()
+
+    def stamp(name: str) -> None:
+        marks[name] = round(time.monotonic() - started, 1)
+        on_stage(name, marks[name])
+
+    run.apply(edit)
+    run.dataset_ready(600)
+    stamp("prepare")
+    run.training_reaches(lambda s: s.get("phase") in ("Running", "Succeeded"), 600, "every worker Running")
+    stamp("schedule")
+    run.training_reaches(lambda s: s.get("phase") == "Succeeded", 1200, "the job to succeed")
+    stamp("train")
+
+    def staged() -> bool:
+        for pod in run.server_pods():
+            for state in pod.get("status", {}).get("initContainerStatuses") or []:
+                if (state.get("state") or {}).get("terminated", {}).get("exitCode") == 0:
+                    return True
+        return False
+
+    run.wait(staged, 600, "the model staged")
+    stamp("stage model")
+    run.serving_ready(timeout=600)
+    stamp("ready")
+    _, images = sample_images(1, seed=5)
+    run.infer(images)
+    stamp("first inference")
+    return marks
 
 
 #: The exported model's directory under the output path: the trainer's ``--model-name``, by

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from localcluster.closed_loop_client import percentile
 from localcluster.kube import wait_until
 from localcluster.lepton import free_port, http_ok
 
@@ -199,8 +200,7 @@ class LoopResult:
     seconds: float
 
     def percentile(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+        return percentile(self.latencies, q)
 
     @property
     def throughput(self) -> float:

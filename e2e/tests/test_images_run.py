@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from incluster_fixtures import InClusterOperator
-from served_model import MODEL, SECURE, model_configmap
 from localcluster.images import Image
 from localcluster.kube import Kubectl, wait_until
+from localcluster.served_model import MODEL, SECURE, model_configmap
 from lepton_operator.api.inference import InferenceServiceSpec
 from lepton_operator.render import inference
 

@@ -26,7 +26,6 @@ mutual-TLS and rotation tests change it last.
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 import tempfile
@@ -49,10 +48,10 @@ from localcluster.certificates import Certificates, make_certificates, tls_secre
 from localcluster.cluster import Cluster
 from localcluster.images import Image
 from localcluster.kube import Kubectl, condition_true, wait_until
+from localcluster.served_model import MODEL, inference_service, key_secret, model_configmap, model_server
 from localcluster.serving import infer
 from lepton_operator.render.inference import GRPC_PORT, HTTP_PORT, METRICS_PORT
 from pod_connections import connects, refused, start_client
-from served_model import MODEL, model_configmap, model_server, model_spec, model_uri
 
 pytestmark = pytest.mark.e2e
 
@@ -64,23 +63,8 @@ HTTP_REFUSED = "This API is restricted, expecting header 'lepton-api-key'"
 GRPC_REFUSED = "This protocol is restricted, expecting header 'triton-grpc-protocol-lepton-api-key'"
 
 
-def key_secret(value: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": KEY_SECRET}, "type": "Opaque",
-            "data": {"apiKey": base64.b64encode(value.encode()).decode()}}  # fmt: skip
-
-
-def inference_service(simulator: str, *, mutual: bool) -> dict[str, Any]:
-    return {
-        "apiVersion": "lepton.ai/v1alpha1", "kind": "InferenceService", "metadata": {"name": SERVICE},
-        "spec": {
-            "model": model_spec({"uri": model_uri()}),
-            "triton": {"image": simulator},
-            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-            "replicas": 1,
-            "auth": {"apiKeySecretRef": {"name": KEY_SECRET}},
-            "tls": {"secretName": TLS_SECRET, "mutual": mutual},
-        },
-    }  # fmt: skip
+def guarded_service(simulator: str, *, mutual: bool) -> dict[str, Any]:
+    return inference_service(SERVICE, simulator, key=KEY_SECRET, tls=TLS_SECRET, mutual=mutual)
 
 
 @dataclass
@@ -159,9 +143,9 @@ def guarded(cluster: Cluster, cluster_kubectl: Kubectl, built_images: dict[str, 
             simulator = built_images["triton-simulator"].ref
             kubectl.apply(model_configmap())
             kubectl.apply(model_server(built_images["workloads"].ref))
-            kubectl.apply(key_secret(secrets.token_hex(16)))
+            kubectl.apply(key_secret(KEY_SECRET, secrets.token_hex(16)))
             kubectl.apply(tls_secret(TLS_SECRET, certificates))
-            kubectl.apply(inference_service(simulator, mutual=False), "--server-side")
+            kubectl.apply(guarded_service(simulator, mutual=False), "--server-side")
             service = Guarded(kubectl, namespace, forwards, certificates, simulator, cluster.real_node)
             service.ready()
             yield service
@@ -253,7 +237,7 @@ def test_the_key_is_in_no_object_status_event_or_log(guarded: Guarded, incluster
 
 
 def test_mutual_tls_serves_only_clients_with_a_certificate(guarded: Guarded) -> None:
-    guarded.kubectl.apply(inference_service(guarded.simulator, mutual=True), "--server-side")
+    guarded.kubectl.apply(guarded_service(guarded.simulator, mutual=True), "--server-side")
     guarded.rolled_out(lambda template: "--grpc-use-ssl-mutual=true" in template["spec"]["containers"][0]["args"],
                        "the mutual TLS template")  # fmt: skip
     key = guarded.key()
@@ -264,7 +248,7 @@ def test_mutual_tls_serves_only_clients_with_a_certificate(guarded: Guarded) -> 
 def test_rotating_the_key_rolls_the_replicas_onto_the_new_one(guarded: Guarded) -> None:
     old = guarded.key()
     before = guarded.kubectl.get("deployment", SERVICE)["spec"]["template"]["metadata"]["annotations"]
-    guarded.kubectl.apply(key_secret(secrets.token_hex(16)))
+    guarded.kubectl.apply(key_secret(KEY_SECRET, secrets.token_hex(16)))
     new = guarded.key()
     assert new.value != old.value
     guarded.rolled_out(lambda template: template["metadata"]["annotations"] != before, "a template for the new key")

@@ -45,7 +45,7 @@ from localcluster.quickstart import read_claim
 from lepton_operator.render.common import SOURCE_CA_FILE, SOURCE_CA_FILE_ENV, SOURCE_CA_MOUNT
 from lepton_operator.render.inference import STAGER
 from lepton_workloads.source_tls import TLS_REASON
-from served_model import SERVER, file_url, model_configmap, model_server, model_spec, model_uri, server_names
+from localcluster.served_model import SERVER, file_url, model_configmap, model_server, model_spec, model_uri, server_names
 
 pytestmark = pytest.mark.e2e
 

@@ -10,6 +10,9 @@ Over HTTP it is ``python -m http.server``. Given a ``kubernetes.io/tls`` Secret 
 instead: the same handler with its listening socket wrapped in ``ssl`` (:data:`HTTPS_SERVER`), the
 certificate and key read from the Secret mounted into the pod, and the URLs name the Service by
 ``<name>.<namespace>.svc``, the name a test's certificate is made for (:func:`server_names`).
+:func:`inference_service` serves it (one replica of the Triton-protocol simulator image),
+optionally behind an API key (:func:`key_secret`) and gRPC TLS (``certificates.tls_secret``) or
+without its NetworkPolicy: the security e2e tests and ``bench/security_overhead.py`` deploy it so.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class Doubler(torch.nn.Module):
 def model_configmap(name: str = "model") -> dict[str, Any]:
     """The TorchScript model and its config.pbtxt, as the files of a Triton model."""
     buffer = io.BytesIO()
-    torch.jit.save(torch.jit.script(Doubler()), buffer)  # type: ignore[no-untyped-call]
+    torch.jit.save(torch.jit.script(Doubler()), buffer)
     config = triton_config.ModelConfig(
         name=MODEL, format="pytorch_libtorch", max_batch_size=8,
         inputs=(triton_config.Tensor("INPUT__0", "TYPE_FP32", (4,)),),
@@ -111,3 +114,27 @@ def model_spec(source: dict[str, Any]) -> dict[str, Any]:
     """An InferenceService's ``spec.model`` for :data:`MODEL` from ``source`` (a ``uri`` source)."""
     return {"name": MODEL, "source": source, "maxBatchSize": 8,
             "inputs": [{"name": "INPUT__0", "dims": [4]}], "outputs": [{"name": "OUTPUT__0", "dims": [4]}]}  # fmt: skip
+
+
+def key_secret(name: str, value: str) -> dict[str, Any]:
+    """An Opaque Secret holding an InferenceService's API key under ``apiKey`` (the default key)."""
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "Opaque",
+            "data": {"apiKey": base64.b64encode(value.encode()).decode()}}  # fmt: skip
+
+
+def inference_service(name: str, simulator: str, *, network_policy: bool = True, key: str | None = None,
+                      tls: str | None = None, mutual: bool = False) -> dict[str, Any]:  # fmt: skip
+    """One replica of :data:`MODEL` from :func:`model_uri`; ``key`` / ``tls``: the Secrets of ``spec.auth`` / ``spec.tls``."""
+    spec: dict[str, Any] = {
+        "model": model_spec({"uri": model_uri()}),
+        "triton": {"image": simulator},
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "replicas": 1,
+    }  # fmt: skip
+    if not network_policy:
+        spec["networkPolicy"] = {"enabled": False}
+    if key is not None:
+        spec["auth"] = {"apiKeySecretRef": {"name": key}}
+    if tls is not None:
+        spec["tls"] = {"secretName": tls, "mutual": mutual}
+    return {"apiVersion": "lepton.ai/v1alpha1", "kind": "InferenceService", "metadata": {"name": name}, "spec": spec}
