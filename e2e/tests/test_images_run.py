@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 import pytest
+import torch
 
 from incluster_fixtures import InClusterOperator
 from localcluster.images import Image

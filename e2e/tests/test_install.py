@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from localcluster import config
+from localcluster import config, incluster
 from localcluster.kube import Kubectl, pod_phase, wait_until
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
@@ -53,8 +53,15 @@ def test_overlay_applies_server_side(path: str, cluster_kubectl: Kubectl, lepton
     assert "role.rbac.authorization.k8s.io/lepton-operator serverside-applied" in out or path == "overlays/dev"
 
 
-def test_base_applies_and_the_operator_pod_is_admitted_as_restricted(cluster_kubectl: Kubectl) -> None:
-    """lepton-system enforces Pod Security `restricted`; the operator's pods are created and run."""
+def test_base_applies_and_the_operator_pod_is_admitted_as_restricted(
+    cluster_kubectl: Kubectl, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """lepton-system enforces Pod Security `restricted`; the operator's pods are created and run.
+
+    The base takes over ``lepton-system``'s Deployment, so an in-cluster operator that ran there
+    (this session's ``incluster_operator``, or the demo's) is installed again afterwards: the tests
+    after this one still have it."""
+    was_installed = incluster.installed(cluster_kubectl)
     # The operator image is not on the real node, so for this admission check the namespace's
     # pods are sent to kwok nodes (which pretend to run them) for the duration of the test.
     namespaces = [doc for doc in build(cluster_kubectl, "base") if doc["kind"] == "Namespace"]
@@ -77,3 +84,5 @@ def test_base_applies_and_the_operator_pod_is_admitted_as_restricted(cluster_kub
         # kwok only pretends to run them; the e2e operator is the local process.
         system.delete("deployment", "lepton-operator", wait=True)
         cluster_kubectl("annotate", "namespace", "lepton-system", *(f"{k}-" for k in steering))
+        if was_installed:
+            incluster.install(cluster_kubectl, request.getfixturevalue("built_images"), tmp_path / "incluster-operator")
