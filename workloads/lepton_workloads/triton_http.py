@@ -76,6 +76,11 @@ def handler(model: Model, restrictions: triton_restricted.Restrictions) -> type[
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # TCP_NODELAY, as Triton's HTTP server: a response is two writes (headers, then body), and
+        # with Nagle's algorithm the body waits for the client's delayed ACK of the headers, about
+        # 40 ms on every request of a kept-alive connection (measured: 64 ms instead of 22 ms for a
+        # 20 ms model), which Triton does not add and which skewed every latency the simulator served.
+        disable_nagle_algorithm = True
 
         def _send(self, code: int, body: bytes = b"", content_type: str = "application/json") -> None:
             self.send_response(code)

@@ -141,3 +141,16 @@ def test_an_onnx_model_whose_config_does_not_match_the_graph_is_refused_at_load(
     (directory / "config.pbtxt").write_text(triton_config.render(wrong))
     with pytest.raises(ValueError, match=r"model.onnx does not match config.pbtxt: input INPUT__0: config says TYPE_FP32 \[5\]"):
         Model(tmp_path, "double", service_time=0, concurrency=1)
+
+
+def test_responses_are_not_held_back_by_nagle_on_kept_alive_connections(tmp_path: Path) -> None:
+    """Headers and body go out as two writes: without TCP_NODELAY (as Triton sets it) the body waits
+    for the client's delayed ACK, about 40 ms per request on a kept-alive connection."""
+    model = Model(write_doubler(tmp_path), "double", service_time=0.0, concurrency=1)
+    servers = serve(model, 0, None)
+    try:
+        assert servers and all(server.RequestHandlerClass.disable_nagle_algorithm for server in servers)
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
