@@ -90,6 +90,42 @@ def containerd_root(inst: netns.Instance) -> Path:
     return versions.cache_root() / "containerd" / inst.id
 
 
+#: In each containerd data directory: the state directory of the checkout it belongs to.
+CONTAINERD_OWNER = "lepton-owner"
+
+
+def claim_containerd_root(inst: netns.Instance) -> Path:
+    """Create the instance's containerd data directory and record whose it is (for :func:`orphaned_containerd_roots`)."""
+    root = containerd_root(inst)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / CONTAINERD_OWNER).write_text(str(inst.state.resolve()))
+    return root
+
+
+def orphaned_containerd_roots(cache: Path, run_root: Path) -> list[Path]:
+    """containerd data directories whose checkout is gone (its state directory no longer exists)
+    and whose instance does not run (no ``run_root/<id>``).
+
+    Each checkout's node keeps its images there (about 9 GB with the workloads and simulator
+    images), and nothing else would ever remove them: a CI run's fresh clone, or a deleted
+    worktree, left one behind every time until the disk filled. A directory without an owner
+    record (made before it existed) is never touched.
+    """
+    orphans = []
+    for root in sorted(cache.glob("*")):
+        owner = root / CONTAINERD_OWNER
+        if owner.is_file() and not Path(owner.read_text()).exists() and not (run_root / root.name).exists():
+            orphans.append(root)
+    return orphans
+
+
+def sweep_orphaned_containerd_roots() -> None:
+    """Remove :func:`orphaned_containerd_roots`, naming each."""
+    for root in orphaned_containerd_roots(versions.cache_root() / "containerd", netns.RUN_ROOT):
+        log(f"removing the node images of a checkout that is gone: {root}")
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def missing_packages() -> list[str]:
     return [pkg for pkg, path in PACKAGES.items() if not Path(path).exists()]
 
@@ -302,7 +338,8 @@ def start(inst: netns.Instance, pki: Path, api_port: int, node_images: NodeImage
     proxy_yaml = write_file(base / "kube-proxy.yaml", yaml.safe_dump(
         nodeconfig.kube_proxy_config(kubeconfig=proxy_kubeconfig)))
 
-    containerd_root(inst).mkdir(parents=True, exist_ok=True)
+    sweep_orphaned_containerd_roots()
+    claim_containerd_root(inst)
     containerd = spawn(inst, "containerd", [*inst.node_argv(), "containerd", "--config", str(containerd_toml)])
     await_ready(containerd, inst, "containerd", lambda: _ctr(inst, "version").returncode == 0, "containerd's socket", 30)
     if _remove_containers(inst):  # a run that was killed left pods behind: start CRI afresh
