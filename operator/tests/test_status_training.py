@@ -175,6 +175,20 @@ def test_the_first_failure_is_the_cause_and_its_peers_failing_after_it_do_not_fa
     assert plan.phase == "Failed" and plan.status["reason"] == "NonRetryableExitCode"
 
 
+def test_a_fresh_non_retryable_exit_waits_for_its_peers_still_shown_running_before_it_fails_the_job() -> None:
+    """The kubelet reports each pod on its own: a peer's exit 1 can arrive before the crash that caused it."""
+    job, running = spec(workers={"replicas": 2}), {"phase": "Running", "group": 0}
+    exit_1 = pod(0, phase="Failed", terminated={"exitCode": 1, "reason": "Error", "finishedAt": "2026-01-02T03:04:04Z"})
+    plan = assess(job, [exit_1, pod(1)], running)  # NOW is 03:04:05: worker 1's exit may be on its way
+    ready = next(c for c in plan.status["conditions"] if c["type"] == "Ready")
+    assert plan.phase == "Running" and not plan.delete_pods and plan.requeue == 4, ready
+    assert "waiting up to 5 s for the other workers' exits" in ready["message"]
+    crash = pod(1, phase="Failed", terminated={"exitCode": 137, "reason": "Error", "finishedAt": "2026-01-02T03:04:04Z"})
+    assert assess(job, [exit_1, crash], running).restarted == "RetryableExitCode"  # it came: the crash is the cause
+    plan = assess(job, [exit_1, pod(1)], running, now=NOW + timedelta(seconds=4))
+    assert plan.phase == "Failed" and plan.status["reason"] == "NonRetryableExitCode"  # nothing came in 5 s
+
+
 def test_budget_spent_fails_with_backoff_limit_exceeded() -> None:
     job = spec(restartPolicy={"backoffLimit": 2})
     status = {"phase": "Running", "group": 2, "restarts": {"total": 2, "byReason": {"RetryableExitCode": 2}}}

@@ -103,6 +103,8 @@ WAITING_FOR_CAPACITY = capacity.WAITING_FOR_CAPACITY
 CONTAINER_BLOCKED = "ContainerBlocked"
 
 FINAL: tuple[TrainingPhase, ...] = ("Succeeded", "Failed")
+#: How long a fresh non-retryable failure waits for its peers' exits while they still show running.
+PEER_SETTLE_SECONDS = 5.0
 
 EventType = Literal["Normal", "Warning"]
 
@@ -239,6 +241,12 @@ def _assess(
         failures.append(Failure(RESIZED, True, f"the group {change} from {replicas} to {target} workers"))
     if failures:
         failure = first_failure(failures)
+        settling = _peers_settling(failure, current, spec, observed.now)
+        if settling is not None:
+            plan.requeue = _sooner(plan.requeue, settling)
+            return builder.set(previous.phase or "Running", failure.reason,
+                               f"{failure.message}; waiting up to {PEER_SETTLE_SECONDS:g} s for the other workers'"
+                               " exits, one of which may be the cause")  # fmt: skip
         if spec.workers.elastic and failure.retryable and failure.reason in (NODE_LOST, PREEMPTED):
             # Capacity went away: a membership change of an elastic job, not a failure.
             failure = Failure(RESIZED, True, f"{failure.message}; the group resizes to the GPUs left")
@@ -317,6 +325,24 @@ def target_size(spec: TrainingJobSpec, capacity: int | None) -> int:
         return workers.replicas
     low, high = workers.min_replicas or workers.replicas, workers.max_replicas or workers.replicas
     return max(low, min(high, capacity))
+
+
+def _peers_settling(failure: Failure, current: Sequence[Mapping[str, Any]], spec: TrainingJobSpec,
+                    now: datetime) -> float | None:  # fmt: skip
+    """Seconds to wait before a non-retryable failure may fail the job, or ``None`` to decide now.
+
+    When one worker crashes, its peers exit with 1 a moment later, and the kubelet reports each
+    pod on its own: a pass can see a peer's exit 1 before the crash that caused it. Deciding
+    then fails the job (non-retryable) where the crash alone would restart it, as the full-path
+    test once saw. So a fresh non-retryable failure, with workers of the group still shown
+    running, waits up to :data:`PEER_SETTLE_SECONDS` from its time for their exits to arrive;
+    :func:`~lepton_operator.status.training_failures.first_failure` then picks the cause.
+    """
+    if failure.retryable or failure.at is None:
+        return None
+    alive = [p for p in current if classify(p, spec.restart_policy) is None and not succeeded(p)]
+    left = (failure.at + timedelta(seconds=PEER_SETTLE_SECONDS) - now).total_seconds()
+    return left if alive and left > 0 else None
 
 
 def _sooner(a: float | None, b: float) -> float:
