@@ -91,11 +91,6 @@ class RequiredSecretsCheck:
     """``name -> metadata.resourceVersion`` of each Secret that can be used (the pod template carries them)."""
 
 
-def required_secret_problem(namespace: str, required: RequiredSecret) -> SecretProblem | None:
-    """Why a Secret the pods mount or read (an API key, gRPC TLS) cannot be used, or ``None``."""
-    return _required_problem(namespace, required, kube.get("v1", "Secret", namespace, required.name))
-
-
 def _required_problem(namespace: str, required: RequiredSecret, secret: Mapping[str, Any] | None) -> SecretProblem | None:
     """Why ``secret`` (read just now, ``None`` if missing) cannot serve as ``required``, or ``None``.
 
