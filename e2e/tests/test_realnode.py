@@ -123,7 +123,11 @@ def test_pod_reaches_a_cluster_ip_service(cluster: localcluster.Cluster, real: K
     real.create(http_server("web", busybox, "hello over a service"))
     wait_ready(real, "web")
     cluster_ip = real.json("get", "service", "web")["spec"]["clusterIP"]
-    real.create(busybox_pod("client", busybox, f"wget -q -O - http://{cluster_ip}/ && wget -q -O - http://web/"))
+    # kube-proxy programs the Service shortly after its endpoint turns ready, and until then
+    # rejects it ("No route to host"): the client waits for that (bounded), then reads twice.
+    programmed = f"i=0; until wget -q -O /dev/null -T 2 http://{cluster_ip}/; do i=$((i+1)); [ $i -lt 60 ] || exit 1; sleep 0.5; done"
+    real.create(busybox_pod("client", busybox,
+                            f"{programmed}; wget -q -O - http://{cluster_ip}/ && wget -q -O - http://web/"))
     assert succeeded_logs(real, "client").count("hello over a service") == 2
     if cluster.network:  # the harness reaches Service IPs from the host through the namespace
         proc = cluster.run_in_network(["python3", "-c", "import urllib.request, sys; "
