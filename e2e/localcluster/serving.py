@@ -59,12 +59,17 @@ class Prometheus:
             }],
         }  # fmt: skip
         (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+        self.binary = binary
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = (workdir / "prometheus.log").open("w")
+        self.start()
+
+    def start(self) -> None:
+        """Run the server (again, after :meth:`stop`: same port, same data) and wait until it is ready."""
+        self.log = (self.workdir / "prometheus.log").open("a")
         self.process = subprocess.Popen(
-            [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
+            [self.binary, f"--config.file={self.workdir / 'prometheus.yml'}",
+             f"--storage.tsdb.path={self.workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
             stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         wait_until(lambda: http_ok(self.url + "/-/ready"), 60, "Prometheus ready")
@@ -80,8 +85,9 @@ class Prometheus:
         staging.replace(path)
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(20)
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(20)
         self.log.close()
 
 

@@ -22,6 +22,8 @@
   ``kubectl.json(...)`` -> parsed, failures raise ``KubectlError`` with stderr.
 * ``lepton_crds``, ``lepton_operator`` (session): from ``operator_fixtures`` (imported here rather
   than via ``pytest_plugins``, which pytest refuses in a conftest that is not top-level).
+* ``repository``, ``prometheus`` (function): from ``serving_fixtures``: a doubling model's Triton
+  repository and a real Prometheus, for the autoscaling tests.
 
 Wait on conditions with ``localcluster.kube.wait_until``; never sleep.
 """
@@ -41,6 +43,7 @@ from localcluster.kube import Kubectl, wait_until
 from incluster_fixtures import NAMESPACE_PREFIX as INCLUSTER_PREFIX
 from incluster_fixtures import built_images, incluster_operator  # noqa: F401 - fixtures
 from operator_fixtures import lepton_crds, lepton_operator, namespace_base, operator_kubeconfig  # noqa: F401 - fixtures
+from serving_fixtures import prometheus, repository  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="session")

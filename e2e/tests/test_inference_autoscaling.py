@@ -11,72 +11,36 @@ Service, whose endpoints are the Ready replicas' simulators.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
-from lepton_workloads import triton_config
+import serving_fixtures
 from localcluster.activation import ServiceStandIn, start_activator
 from localcluster.kube import Kubectl, wait_until
 from localcluster.serving import Load, Prometheus, Replicas, infer
 from operator_fixtures import RunningOperator
+from serving_fixtures import MODEL, SERVICE_TIME_MS, model_spec, promql
 
 pytestmark = pytest.mark.e2e
 
-MODEL = "double"
-SERVICE_TIME_MS = 100.0  # one instance per replica: 10 requests/s at most
 DECISION_TARGET_SECONDS = 15.0
 
 
-class Doubler(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * 2.0
-
-
-@pytest.fixture
-def repository(tmp_path: Path) -> Path:
-    (tmp_path / "models" / MODEL / "1").mkdir(parents=True)
-    torch.jit.script(Doubler()).save(str(tmp_path / "models" / MODEL / "1" / "model.pt"))
-    tensor = (triton_config.Tensor("INPUT__0", "TYPE_FP32", (4,)),)
-    config = triton_config.ModelConfig(MODEL, "pytorch_libtorch", tensor, (triton_config.Tensor("OUTPUT__0", "TYPE_FP32", (4,)),), max_batch_size=8)
-    (tmp_path / "models" / MODEL / "config.pbtxt").write_text(triton_config.render(config))
-    return tmp_path / "models"
-
-
-@pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
-    (tmp_path / "prometheus").mkdir()
-    server = Prometheus(tmp_path / "prometheus")
-    yield server
-    server.stop()
-
-
-def promql(prometheus: Prometheus, query: str) -> list[Any]:
-    url = prometheus.url + "/api/v1/query?" + urllib.parse.urlencode({"query": query})
-    with urllib.request.urlopen(url, timeout=5) as response:
-        result: list[Any] = json.loads(response.read())["data"]["result"]
-        return result
-
-
 def replicas_of(kubectl: Kubectl, name: str = "auto") -> int:
-    return int(kubectl.get("deployment", name)["spec"]["replicas"])
+    count: int = serving_fixtures.replicas_of(kubectl, name)
+    return count
 
 
 def test_operator_inference_scales_up_and_down_on_a_load_step(
     lepton_operator: RunningOperator, kubectl: Kubectl, namespace: str, repository: Path, prometheus: Prometheus
 ) -> None:
     spec = {
-        "model": {"name": MODEL, "source": {"uri": "https://models.example/double/"}, "maxBatchSize": 8,
-                  "inputs": [{"name": "INPUT__0", "dims": [4]}], "outputs": [{"name": "OUTPUT__0", "dims": [4]}]},
+        "model": model_spec(),
         "autoscaling": {"minReplicas": 1, "maxReplicas": 4, "signal": "concurrency", "target": 0.5,
                         "windowSeconds": 10, "scaleDownStabilizationSeconds": 15,
                         "prometheus": {"url": prometheus.url}},
@@ -137,8 +101,7 @@ def test_operator_inference_scales_from_zero_on_a_request_the_activator_holds(
     tmp_path: Path,
 ) -> None:
     spec = {
-        "model": {"name": MODEL, "source": {"uri": "https://models.example/double/"}, "maxBatchSize": 8,
-                  "inputs": [{"name": "INPUT__0", "dims": [4]}], "outputs": [{"name": "OUTPUT__0", "dims": [4]}]},
+        "model": model_spec(),
         "autoscaling": {"minReplicas": 0, "maxReplicas": 2, "signal": "pendingRequests", "target": 4,
                         "windowSeconds": 5, "scaleToZeroAfterSeconds": 5, "prometheus": {"url": prometheus.url}},
     }  # fmt: skip

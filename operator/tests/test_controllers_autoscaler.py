@@ -9,10 +9,14 @@ from typing import Any
 
 from lepton_operator import metrics
 from lepton_operator.api.inference import InferenceServiceSpec
+from lepton_operator.controllers import kube
 from lepton_operator.controllers.autoscaler import Autoscaler, Io
 from lepton_operator.controllers.wakeups import ObjectKey
+from lepton_operator.scaling import signals
 
 KEY = ObjectKey("InferenceService", "prod", "serve")
+READY_CONDITION = {"type": "Ready", "status": "True", "reason": "ModelReady", "message": "3/3 replicas",
+                   "observedGeneration": 3, "lastTransitionTime": "1970-01-01T00:00:00Z"}  # fmt: skip
 LOGGER = logging.getLogger("test")
 
 
@@ -35,6 +39,10 @@ class FakeWorld:
         self.queries: list[tuple[str, str]] = []
         self.pod_loads: dict[str, float] = {}
         self.costs: dict[str, int] = {}
+        self.prometheus_down: str | None = None  # the error every query raises while set
+        self.service: dict[str, Any] = {"metadata": {"generation": 3, "resourceVersion": "100"},
+                                        "status": {"conditions": [READY_CONDITION]}}  # fmt: skip
+        self.stale_read: dict[str, Any] | None = None  # what a read returns instead, while set
 
     def io(self) -> Io:
         def read(namespace: str, name: str) -> dict[str, Any]:
@@ -45,6 +53,8 @@ class FakeWorld:
 
         def query(url: str, promql: str) -> float | None:
             self.queries.append((url, promql))
+            if self.prometheus_down is not None:
+                raise signals.PrometheusError(self.prometheus_down)
             for prefix, value in self.answers.items():
                 if promql.startswith(prefix):
                     return value
@@ -53,9 +63,16 @@ class FakeWorld:
         def cost(namespace: str, pod: str, value: int) -> None:
             self.costs[pod] = value
 
+        def patch_status(namespace: str, name: str, status: Mapping[str, Any], version: str | None) -> None:
+            if version is not None and version != self.service["metadata"]["resourceVersion"]:
+                raise kube.WriteConflict("changed")
+            self.statuses.append(status)
+            self.service["status"] = {**self.service["status"], **status}
+            self.service["metadata"]["resourceVersion"] = str(int(self.service["metadata"]["resourceVersion"]) + 1)
+
         return Io(read, scale, lambda obj, reason, message: self.events.append((reason, message)),
-                  lambda namespace, name, status: self.statuses.append(status), query,
-                  lambda url, promql: dict(self.pod_loads), cost)  # fmt: skip
+                  patch_status, query, lambda url, promql: dict(self.pod_loads), cost,
+                  lambda namespace, name: self.stale_read or self.service)  # fmt: skip
 
     def load(self, pending: float | None, requests: float | None = 10.0) -> None:
         self.answers = {"sum(nv_inference_pending_request_count": pending, "sum(increase(": requests}
@@ -160,3 +177,76 @@ def test_scale_down_prices_pods_by_load_so_the_idle_ones_go_first() -> None:
     world.load(pending=20.0)
     scaler.step(KEY)
     assert world.replicas > 1 and world.costs == {}  # only scale-down prices pods
+
+
+def scaling_active(world: FakeWorld) -> dict[str, Any]:
+    [condition] = [c for c in world.service["status"]["conditions"] if c["type"] == "ScalingActive"]
+    return condition
+
+
+def test_prometheus_down_holds_the_replicas_and_the_condition_says_why_until_it_is_back() -> None:
+    world = FakeWorld(replicas=4)
+    clock = [1000.0]
+    scaler = Autoscaler(world.io(), clock=lambda: clock[0])
+    scaler.track(KEY, "uid-1", spec(scaleDownStabilizationSeconds=10))
+    world.load(pending=8.0)  # 2 per replica: on target
+    scaler.step(KEY)
+    assert scaling_active(world)["status"] == "True" and scaling_active(world)["reason"] == "WithinTolerance"
+    world.prometheus_down = "cannot query http://prom:9090: [Errno 111] Connection refused"
+    for _ in range(30):  # a minute of rounds: idle would have scaled down long ago
+        clock[0] += 2
+        decision = scaler.step(KEY)
+        assert decision is not None and (decision.desired, decision.reason) == (4, "SignalUnknown")
+    assert world.replicas == 4 and world.events == []
+    down = scaling_active(world)
+    assert (down["status"], down["reason"], down["observedGeneration"]) == ("False", "SignalUnknown", 3)
+    assert down["message"] == ("holding 4 replicas: the signal is unknown (Prometheus failed: "
+                               "cannot query http://prom:9090: [Errno 111] Connection refused)")  # fmt: skip
+    assert down["lastTransitionTime"] == "1970-01-01T00:16:42Z"  # the first round it failed
+    assert world.service["status"]["conditions"][0] == READY_CONDITION  # the reconciler's, kept as found
+    world.prometheus_down = None
+    world.load(pending=0.0, requests=0.0)
+    clock[0] += 2
+    scaler.step(KEY)
+    assert scaling_active(world)["status"] == "True"
+    for _ in range(10):
+        clock[0] += 2
+        scaler.step(KEY)
+    assert world.replicas == 1  # back on real data, idle scales down
+
+
+def test_a_missing_sample_and_no_prometheus_are_said_apart() -> None:
+    world = FakeWorld(replicas=2)
+    scaler = Autoscaler(world.io())
+    scaler.track(KEY, "uid-1", spec())
+    world.load(pending=None)
+    scaler.step(KEY)
+    assert scaling_active(world)["message"] == (
+        "holding 2 replicas: the signal is unknown (Prometheus has no sample of pendingRequests for this service)")
+    scaler.track(KEY, "uid-1", spec(prometheus=None))
+    scaler.step(KEY)
+    assert "no Prometheus: set spec.autoscaling.prometheus.url" in scaling_active(world)["message"]
+
+
+def test_a_condition_write_that_conflicts_is_retried_next_round_never_forced() -> None:
+    world = FakeWorld(replicas=2)
+    clock = [1000.0]
+    scaler = Autoscaler(world.io(), clock=lambda: clock[0])
+    scaler.track(KEY, "uid-1", spec())
+    world.load(pending=4.0)
+    scaler.step(KEY)
+    writes = len(world.statuses)
+    world.prometheus_down = "timed out"
+    world.stale_read = {**world.service, "metadata": {**world.service["metadata"], "resourceVersion": "99"}}
+    clock[0] += 2
+    scaler.step(KEY)
+    assert "conditions" not in world.statuses[-1] and len(world.statuses) == writes + 1  # status.autoscaling only
+    world.stale_read = None
+    clock[0] += 2
+    scaler.step(KEY)  # the next round writes the condition, though nothing else changed
+    assert scaling_active(world)["reason"] == "SignalUnknown"
+    assert "conditions" in world.statuses[-1]
+    clock[0] += 2
+    before = len(world.statuses)
+    scaler.step(KEY)
+    assert len(world.statuses) == before  # steady: nothing new to write

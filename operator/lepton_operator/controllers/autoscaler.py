@@ -10,7 +10,9 @@ its load (so the ReplicaSet removes the least-loaded replicas first and
 in-flight work finishes elsewhere); the Deployment's ``spec.replicas`` (a merge patch under
 the ``lepton-autoscaler`` field manager, while holding :data:`REPLICAS_LOCK`
 so the reconciler never re-applies a stale count), a Normal event per change,
-``status.autoscaling`` and the ``lepton_inference_*`` metrics.
+``status.autoscaling``, the ``ScalingActive`` condition (``status.autoscaling``
+module: False with the reason while the signal is unknown, e.g. Prometheus
+down, and the count held) and the ``lepton_inference_*`` metrics.
 
 Membership comes from the reconciler: each pass calls :meth:`Autoscaler.track`
 with the current spec (so a spec edit takes effect at the next round, with the
@@ -19,7 +21,8 @@ deleted, or peering paused this replica) calls :meth:`Autoscaler.untrack`. A
 replica that stands by therefore tracks nothing and scales nothing.
 
 Cluster and Prometheus access go through :class:`Io` so a test can replay a
-trace against fakes.
+trace against fakes. A query that fails raises ``signals.PrometheusError``: its
+message is what the condition shows.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from lepton_operator.controllers import kube
 from lepton_operator.controllers.reconcile import Logger
 from lepton_operator.controllers.wakeups import ObjectKey
 from lepton_operator.scaling import signals
-from lepton_operator.scaling.policy import Decision, Observation, PolicyConfig, PolicyState, decide
+from lepton_operator.scaling.policy import SIGNAL_UNKNOWN, Decision, Observation, PolicyConfig, PolicyState, decide
+from lepton_operator.status import autoscaling as scaling_status
 from lepton_operator.status.conditions import format_time
 
 #: Held while reading and writing a Deployment's replicas (the reconciler and the autoscaler).
@@ -58,10 +62,13 @@ class Io:
     read_deployment: Callable[[str, str], Mapping[str, Any] | None]
     set_replicas: Callable[[str, str, int], None]
     post_event: Callable[[Mapping[str, Any], str, str], None]
-    patch_status: Callable[[str, str, Mapping[str, Any]], None]
+    #: (namespace, name, status, resourceVersion the write requires, or None for none).
+    patch_status: Callable[[str, str, Mapping[str, Any], str | None], None]
+    #: A value, ``None`` for no sample; raises ``signals.PrometheusError`` when the query fails.
     query: Callable[[str, str], float | None]
     load_by_pod: Callable[[str, str], dict[str, float]]
     set_deletion_cost: Callable[[str, str, int], None]
+    read_service: Callable[[str, str], Mapping[str, Any] | None]
 
 
 def _set_replicas(namespace: str, name: str, replicas: int) -> None:
@@ -79,11 +86,21 @@ def cluster_io() -> Io:
         read_deployment=lambda namespace, name: kube.get("apps/v1", "Deployment", namespace, name),
         set_replicas=_set_replicas,
         post_event=lambda involved, reason, message: kube.post_event(involved, "Normal", reason, message, FIELD_MANAGER),
-        patch_status=lambda namespace, name, status: kube.patch_status(INFERENCE_SERVICE, namespace, name, status),
-        query=signals.known,
+        patch_status=lambda namespace, name, status, version: kube.patch_status(
+            INFERENCE_SERVICE, namespace, name, status, resource_version=version),
+        query=signals.instant_query,
         load_by_pod=signals.by_pod,
         set_deletion_cost=_set_deletion_cost,
+        read_service=lambda namespace, name: kube.get(API_VERSION, INFERENCE_SERVICE.kind, namespace, name),
     )
+
+
+def _known(io: Io, url: str, promql: str) -> float | None:
+    """A query whose failure reads as unknown (the policy holds on unknown)."""
+    try:
+        return io.query(url, promql)
+    except signals.PrometheusError:
+        return None
 
 
 @dataclass
@@ -97,6 +114,7 @@ class Tracked:
     last_status_at: float = float("-inf")
     last_scale_time: str | None = None
     last_decision: dict[str, Any] | None = None
+    unknown_because: str | None = None
 
     def involved(self) -> dict[str, Any]:
         metadata = {"name": self.key.name, "namespace": self.key.namespace, "uid": self.uid}
@@ -135,24 +153,33 @@ class Autoscaler:
         with self._lock:
             return sorted(self._tracked)
 
-    def _observe(self, io: Io, entry: Tracked, deployment: Mapping[str, Any], now: float) -> Observation:
+    def _observe(self, io: Io, entry: Tracked, deployment: Mapping[str, Any], now: float) -> tuple[Observation, str | None]:
+        """What the loop sees, and why the signal is unknown when it is (``None``: it is known)."""
         scaling = entry.spec.autoscaling
         assert scaling is not None
         replicas = int((deployment.get("spec") or {}).get("replicas") or 0)
         ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
         url = scaling.prometheus.url if scaling.prometheus else self.prometheus_url
         if url is None:
-            return Observation(now, replicas, ready, None)
+            return Observation(now, replicas, ready, None), "no Prometheus: set spec.autoscaling.prometheus.url or the operator's --prometheus-url"
         series = signals.Series(entry.key.namespace, entry.key.name, entry.spec.model.name)
         query = signals.signal_query(scaling.signal, series, scaling.window_seconds)
-        raw = io.query(url, query.promql)
-        if raw is None or (query.total and ready == 0):
-            value = None
+        value: float | None = None
+        try:
+            raw = io.query(url, query.promql)
+        except signals.PrometheusError as error:
+            unknown_because: str | None = f"Prometheus failed: {error}"
         else:
-            value = raw / ready if query.total else raw
-        activity = io.query(url, signals.activity_query(series, scaling.window_seconds))
-        demand = io.query(url, signals.demand_query(series))
-        return Observation(now, replicas, ready, value, demand, None if activity is None else activity > 0)
+            if raw is None:
+                unknown_because = f"Prometheus has no sample of {scaling.signal} for this service"
+            elif query.total and ready == 0:
+                unknown_because = f"no ready replica to share {scaling.signal} among"
+            else:
+                value, unknown_because = (raw / ready if query.total else raw), None
+        activity = _known(io, url, signals.activity_query(series, scaling.window_seconds))
+        demand = _known(io, url, signals.demand_query(series))
+        observation = Observation(now, replicas, ready, value, demand, None if activity is None else activity > 0)
+        return observation, unknown_because
 
     def step(self, key: ObjectKey) -> Decision | None:
         """One decision for one service, acted on; ``None`` when it has no Deployment yet."""
@@ -165,7 +192,7 @@ class Autoscaler:
         if deployment is None:
             return None
         now = self.clock()
-        observed = self._observe(io, entry, deployment, now)
+        observed, unknown_because = self._observe(io, entry, deployment, now)
         decision = decide(PolicyConfig.from_spec(entry.spec.autoscaling), observed, entry.state)
         entry.state = decision.state
         scaling = entry.spec.autoscaling
@@ -173,8 +200,10 @@ class Autoscaler:
                              observed.ready, observed.replicas, decision.direction, decision.reason,
                              target=scaling.target)  # fmt: skip
         changed = decision.desired != observed.replicas
-        news = changed or entry.last_decision is None or entry.last_decision["reason"] != decision.reason
+        news = (changed or entry.last_decision is None or entry.last_decision["reason"] != decision.reason
+                or entry.unknown_because != unknown_because)  # fmt: skip
         entry.last_decision = {"from": observed.replicas, "to": decision.desired, "reason": decision.reason}
+        entry.unknown_because = unknown_because
         if decision.direction == "down":
             self._prefer_idle_pods(io, entry)
         if changed:
@@ -182,8 +211,8 @@ class Autoscaler:
                 io.set_replicas(key.namespace, key.name, decision.desired)
             entry.last_scale_time = format_time(datetime.fromtimestamp(now, UTC))
         if news or now - entry.last_status_at >= STATUS_EVERY_SECONDS:
-            io.patch_status(key.namespace, key.name, self._status(entry, observed.value, decision.desired))
             entry.last_status_at = now
+            self._write_status(io, entry, observed, decision, unknown_because)
         if changed:  # last: a refused event (say, a namespace being deleted) loses nothing else
             shown = "unknown" if observed.value is None else f"{observed.value:.3g}"
             io.post_event(
@@ -204,6 +233,33 @@ class Autoscaler:
         series = signals.Series(entry.key.namespace, entry.key.name, entry.spec.model.name)
         for pod, load in io.load_by_pod(url, signals.load_by_pod_query(series, scaling.window_seconds)).items():
             io.set_deletion_cost(entry.key.namespace, pod, round(load * 1000))
+
+    def _write_status(self, io: Io, entry: Tracked, observed: Observation, decision: Decision,
+                      unknown_because: str | None) -> None:
+        """``status.autoscaling`` and, when it changed, the ``ScalingActive`` condition.
+
+        The condition is merged into the conditions the object has now, and the
+        write requires that resourceVersion: a conflict (the reconciler wrote in
+        between) leaves the write to the next round, never overwrites.
+        """
+        status = self._status(entry, observed.value, decision.desired)
+        service = io.read_service(entry.key.namespace, entry.key.name)
+        if service is None:
+            return
+        metadata, stored = service.get("metadata") or {}, service.get("status") or {}
+        held_because = (unknown_because or "no value") if decision.reason == SIGNAL_UNKNOWN else None
+        condition = scaling_status.scaling_active(decision.reason, held_because, decision.desired,
+                                                  int(metadata.get("generation") or 0))  # fmt: skip
+        conditions = scaling_status.merged(stored.get("conditions"), condition, format_time(datetime.fromtimestamp(self.clock(), UTC)))
+        if conditions is None:
+            io.patch_status(entry.key.namespace, entry.key.name, status, None)
+            return
+        try:
+            io.patch_status(entry.key.namespace, entry.key.name, {**status, "conditions": conditions},
+                            metadata.get("resourceVersion"))  # fmt: skip
+        except kube.WriteConflict:
+            entry.last_status_at = float("-inf")  # the next round writes it again
+            io.patch_status(entry.key.namespace, entry.key.name, status, None)
 
     @staticmethod
     def _status(entry: Tracked, value: float | None, desired: int) -> dict[str, Any]:

@@ -180,14 +180,28 @@ def remove_scheduling_gates(namespace: str, name: str) -> bool:
     return True
 
 
-def patch_status(info: ResourceInfo, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-    """Merge-patch the status subresource of one Lepton object (a vanished object is fine)."""
+class WriteConflict(Exception):
+    """A write that required a resourceVersion found the object changed since (HTTP 409)."""
+
+
+def patch_status(info: ResourceInfo, namespace: str, name: str, status: Mapping[str, Any], *,
+                 resource_version: str | None = None) -> None:
+    """Merge-patch the status subresource of one Lepton object (a vanished object is fine).
+
+    With ``resource_version``, the write happens only on that version of the
+    object; :class:`WriteConflict` says it changed in between.
+    """
     api = kubernetes.client.CustomObjectsApi(api_client())
+    body: dict[str, Any] = {"status": dict(status)}
+    if resource_version is not None:
+        body["metadata"] = {"resourceVersion": resource_version}
     try:
         api.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, info.plural, name, {"status": dict(status)}, _request_timeout=REQUEST_TIMEOUT
+            GROUP, VERSION, namespace, info.plural, name, body, _request_timeout=REQUEST_TIMEOUT
         )
     except kubernetes.client.ApiException as error:
+        if error.status == 409:
+            raise WriteConflict(f"{info.kind} {namespace}/{name} changed since resourceVersion {resource_version}") from error
         if error.status != 404:
             raise
 
