@@ -40,6 +40,7 @@ from tritonclient.utils import InferenceServerException
 from incluster_fixtures import NAMESPACE_PREFIX, InClusterOperator
 from localcluster import monitoring, quickstart
 from localcluster.cluster import Cluster
+from localcluster.handle import ClusterError
 from localcluster.images import Image
 from localcluster.kube import Kubectl, wait_until
 from localcluster.quickstart import DATASET, JOB, MODEL, SERVICE, Quickstart, sample_images
@@ -225,6 +226,34 @@ def test_a_checksum_mismatch_fails_the_dataset_with_a_reason_until_it_points_at_
     assert fixed["records"] == 600
     ready = next(c for c in fixed["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True"
+
+
+def test_a_dataset_claim_too_small_for_its_shards_fails_with_the_size_it_needs_and_publishes_no_manifest(
+    run: Quickstart,
+) -> None:
+    """Chaos, disk pressure: the claim holds the fetched archive but not its shards as well.
+
+    The local cluster's volumes (hostPath) enforce no size, as many do not: the preparer keeps
+    to the claim's size itself (``claim_budget``). Invariant: the dataset fails with
+    ``InsufficientStorage`` and the size it needs, and the claim has no manifest to mistake for data.
+    """
+    args = example("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    with tempfile.TemporaryDirectory() as scratch:  # the server's data is a pure function of its arguments
+        demo_data.write_dataset(Path(scratch), int(args[args.index("--records") + 1]))
+        archive_bytes = (Path(scratch) / demo_data.ARCHIVES / demo_data.ARCHIVE).stat().st_size
+    size = archive_bytes * 3 // 2  # the staged archive fits; its shards beside it do not
+    dataset = {"apiVersion": "lepton.ai/v1alpha1", "kind": "LeptonDataset", "metadata": {"name": "cramped"},
+               "spec": {"source": {"uri": f"http://{quickstart.DATA}:8080/{demo_data.ARCHIVES}/{demo_data.ARCHIVE}"},
+                        "modality": "multimodal", "storage": {"size": str(size)}}}  # fmt: skip
+    run.kubectl.apply(dataset, "--server-side")
+    failed = run.wait(lambda: (s := run.status("leptondatasets", "cramped")).get("phase") == "Failed" and s, 300,
+                      "the dataset to fail on its claim's size")  # fmt: skip
+    why = next(c for c in failed["conditions"] if c["type"] == "Ready")
+    assert why["status"] == "False" and why["reason"] == "InsufficientStorage", why
+    assert why["message"].startswith("the claim holds ") and "raise spec.storage.size" in why["message"], why
+    with pytest.raises(ClusterError, match="FileNotFoundError"):
+        run.read_claim("cramped", [shards.MANIFEST])  # no manifest was published
+    run.kubectl.delete("leptondataset", "cramped")
 
 
 def test_the_quickstart_names_what_it_serves() -> None:

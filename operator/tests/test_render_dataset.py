@@ -8,6 +8,7 @@ from typing import Any
 import restricted_policy
 
 from lepton_operator.api.dataset import LeptonDatasetSpec
+from lepton_operator.api.quantity import parse_quantity
 from lepton_operator.render import dataset as render
 
 
@@ -54,6 +55,7 @@ def test_job_runs_the_preparer_with_the_spec_as_environment() -> None:
     assert env["LEPTON_SPLIT_SEED"] == "7" and env["LEPTON_VERIFY_SHA256"] == "a" * 64
     assert env["LEPTON_SPEC_HASH"] == render.data_hash(wanted) == job["metadata"]["labels"][render.SPEC_HASH_LABEL]
     assert "LEPTON_SHARD_TARGET_BYTES" not in env and "LEPTON_SOURCE_TOKEN" not in env
+    assert env["LEPTON_CLAIM_BYTES"] == str(int(parse_quantity(wanted.storage.size)))  # the preparer's budget
     assert job["metadata"]["name"] == f"imgs-prepare-{render.data_hash(wanted)}"
     assert job["spec"]["template"]["metadata"]["labels"]["lepton.ai/role"] == "prepare"
 

@@ -21,6 +21,8 @@ variable, because the operator's Job sets the environment:
 ``LEPTON_SPLIT_TRAIN`` / ``LEPTON_SPLIT_VALIDATION`` / ``LEPTON_SPLIT_SEED``
 ``LEPTON_VERIFY_SHA256``    expected sha256 of a single-object source
 ``LEPTON_SPEC_HASH``        the operator's hash of the data-defining spec
+``LEPTON_CLAIM_BYTES``      the claim's requested size: a dataset that does not fit
+                            fails ``InsufficientStorage`` (``claim_budget``)
 ``LEPTON_RESULT_PATH``      the result document (``/dev/termination-log``)
 ==========================  ===================================================
 
@@ -36,7 +38,7 @@ learns the outcome without reading the claim or the pod's logs::
 
 Exit codes: 0 prepared; 1 a failure a retry may fix (source unreachable or cut
 off); 3 a failure no retry fixes (bad data, checksum mismatch, empty dataset,
-bad arguments) - the Job's podFailurePolicy fails at once on 3.
+a claim too small for the shards, bad arguments) - the Job's podFailurePolicy fails at once on 3.
 
 Progress (at most once a second) goes to stdout (``progress bytesDone=...
 bytesTotal=...``), to ``.progress.json`` in the output directory and to
@@ -70,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton_workloads import progress_server, shards
+from lepton_workloads.claim_budget import Budget, ClaimFull, claim_full
 from lepton_workloads.prepare_layouts import LayoutError, Record, read_ahead, records
 from lepton_workloads.source_tls import TLS_REASON, Trust
 from lepton_workloads.sources import S3Options, SourceError, fetch, token_from_env
@@ -112,6 +115,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=int(_env("LEPTON_SPLIT_SEED", "0") or 0))
     parser.add_argument("--sha256", default=_env("LEPTON_VERIFY_SHA256"))
     parser.add_argument("--spec-hash", default=_env("LEPTON_SPEC_HASH", "") or "")
+    parser.add_argument("--claim-bytes", type=int, default=_int(_env("LEPTON_CLAIM_BYTES")))
     parser.add_argument("--result", type=Path, default=Path(_env("LEPTON_RESULT_PATH", DEFAULT_RESULT_PATH) or ""))
     return parser.parse_args(argv)
 
@@ -187,7 +191,8 @@ def _reuse(output: Path, spec_hash: str) -> tuple[shards.Manifest, str] | None:
 
 
 def _write(
-    output: Path, items: list[Record], splits: Mapping[str, list[int]], args: argparse.Namespace, reporter: Reporter
+    output: Path, items: list[Record], splits: Mapping[str, list[int]], args: argparse.Namespace, reporter: Reporter,
+    budget: Budget,
 ) -> tuple[list[shards.ShardInfo], list[str]]:
     """Write every split's shards; returns them and the distinct ``cls`` labels seen (see :func:`label_list`)."""
     records_per_shard = math.ceil(len(items) / args.shard_count) if args.shard_count else None
@@ -195,11 +200,13 @@ def _write(
     written: list[shards.ShardInfo] = []
     labels: set[str] = set()
     done = 0
+    total = sum(len(indices) for indices in splits.values())
     for split, indices in splits.items():
         with shards.ShardWriter(output, split, target_size_bytes=target, records_per_shard=records_per_shard) as writer:
             for index, sample in zip(indices, read_ahead(items[index] for index in indices), strict=True):
                 if "cls" in sample:
                     labels.add(sample["cls"].decode("utf-8", "replace").strip())
+                budget.spend(sample, done, total)
                 writer.add(f"{index:09d}", sample)
                 done += 1
                 reporter.update(stage="sharding", records=done)
@@ -232,18 +239,30 @@ def prepare(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
         return _result(manifest, digest, manifest.extra.get("sourceBytes", 0), manifest.extra.get("sourceSha256"),
                        started)  # fmt: skip
     staging = output / STAGING_DIR
-    fetched = fetch(args.source, staging, source_root=args.source_root, token=token_from_env(),
-                    progress=reporter.bytes, s3=S3Options.from_env(), sha256=args.sha256 or None,
-                    trust=Trust.from_env())  # fmt: skip
-    items = records(args.modality, fetched.root)
-    if not items:
-        raise PrepareError("EmptyDataset", f"no {args.modality} records found in {args.source}")
-    splits = assign_splits(len(items), args.train, args.validation, args.seed)
-    if not splits:
-        raise PrepareError("EmptyDataset", f"the splits leave none of the {len(items)} records")
-    (output / shards.MANIFEST).unlink(missing_ok=True)  # never leave an old manifest over new shards
-    shutil.rmtree(output / shards.SHARD_DIR, ignore_errors=True)
-    written, labels = _write(output, items, splits, args, reporter)
+    budget = Budget(args.claim_bytes)
+    try:
+        fetched = fetch(args.source, staging, source_root=args.source_root, token=token_from_env(),
+                        progress=reporter.bytes, s3=S3Options.from_env(), sha256=args.sha256 or None,
+                        trust=Trust.from_env())  # fmt: skip
+        if fetched.root == staging:
+            budget.stage(fetched.bytes)
+        items = records(args.modality, fetched.root)
+        if not items:
+            raise PrepareError("EmptyDataset", f"no {args.modality} records found in {args.source}")
+        splits = assign_splits(len(items), args.train, args.validation, args.seed)
+        if not splits:
+            raise PrepareError("EmptyDataset", f"the splits leave none of the {len(items)} records")
+        (output / shards.MANIFEST).unlink(missing_ok=True)  # never leave an old manifest over new shards
+        shutil.rmtree(output / shards.SHARD_DIR, ignore_errors=True)
+        written, labels = _write(output, items, splits, args, reporter, budget)
+    except (ClaimFull, OSError) as error:
+        full = error if isinstance(error, ClaimFull) else claim_full(error)
+        if full is None:
+            raise
+        # Nothing half-made stays on a claim that is full: the next run (a bigger claim) starts clean.
+        shutil.rmtree(output / shards.SHARD_DIR, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise full from (None if full is error else error)
     extra: dict[str, Any] = {"specHash": args.spec_hash, "seed": args.seed, "sourceBytes": fetched.bytes}
     if labels:
         extra["labels"] = labels
@@ -306,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, reporter: Reporter) -> int:
     try:
         result = prepare(args, reporter)
-    except (PrepareError, SourceError, LayoutError) as error:
+    except (PrepareError, SourceError, LayoutError, ClaimFull) as error:
         write_result(args.result, failure(error.reason, str(error)))
         return EXIT_RETRYABLE if error.reason in RETRYABLE_REASONS else EXIT_PERMANENT
     except Exception as error:  # noqa: BLE001 - anything else still gets a reason

@@ -9,6 +9,7 @@ for a connection cut mid-download.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import http.server
@@ -303,3 +304,49 @@ def test_records_are_read_in_order_with_the_next_files_asked_for_ahead(
     assert loaded_with[1] == ["1.bin", "2.bin"]
     assert loaded_with[4] == ["1.bin", "2.bin", "4.bin", "5.bin"]
 
+
+
+def test_a_claim_too_small_for_the_shards_fails_with_the_sizes_and_leaves_nothing_half_made(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
+    base, root = served
+    source = sum(p.stat().st_size for p in (root / "images").rglob("*") if p.is_file())
+    code, result, output = run_preparer(
+        tmp_path, LEPTON_SOURCE_URI=base + "images/", LEPTON_MODALITY="image", LEPTON_SHARD_COUNT="4",
+        LEPTON_CLAIM_BYTES=str(source + source // 2),  # the staged source fits, its shards do not
+    )  # fmt: skip
+    assert code == prepare.EXIT_PERMANENT
+    assert (result["ok"], result["reason"]) == (False, "InsufficientStorage"), result
+    assert result["message"].startswith("the claim holds ") and "raise spec.storage.size" in result["message"]
+    assert not (output / shards.MANIFEST).exists()  # nothing published
+    assert not (output / shards.SHARD_DIR).exists() and not (output / prepare.STAGING_DIR).exists()
+    code, result, output = run_preparer(
+        tmp_path, LEPTON_SOURCE_URI=base + "images/", LEPTON_MODALITY="image", LEPTON_SHARD_COUNT="4",
+        LEPTON_CLAIM_BYTES=str(1 << 20),
+    )  # fmt: skip
+    assert code == 0 and result["records"] == 20, result  # a claim that holds it prepares as before
+    assert result["bytes"] + source <= 1 << 20
+
+
+def test_a_volume_that_runs_out_midway_is_the_same_failure(
+    served: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, _ = served
+    real_add = shards.ShardWriter.add
+    calls = []
+
+    def add_until_full(self: shards.ShardWriter, key: str, sample: Any) -> None:
+        calls.append(key)
+        if len(calls) > 5:  # the volume's own quota, as a cloud disk enforces it
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.root / "shards"))
+        real_add(self, key, sample)
+
+    monkeypatch.setattr(shards.ShardWriter, "add", add_until_full)
+    output = tmp_path / "out"
+    args = prepare.parse_args(["--source", base + "images/", "--modality", "image", "--shard-count", "4",
+                               "--output", str(output), "--result", str(tmp_path / "result")])  # fmt: skip
+    code = prepare._run(args, prepare.Reporter(output))
+    result = json.loads((tmp_path / "result").read_text())
+    assert code == prepare.EXIT_PERMANENT and result["reason"] == "InsufficientStorage", result
+    assert "No space left on device" in result["message"]
+    assert not (output / shards.MANIFEST).exists() and not (output / shards.SHARD_DIR).exists()

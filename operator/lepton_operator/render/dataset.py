@@ -33,6 +33,7 @@ from typing import Any
 
 from lepton_operator.api.dataset import LeptonDatasetSpec
 from lepton_operator.api.meta import LEPTON_DATASET
+from lepton_operator.api.quantity import parse_quantity
 from lepton_operator.render.common import (
     DEFAULT_WORKLOADS_IMAGE,
     TERMINATION_MESSAGE_PATH,
@@ -120,6 +121,7 @@ def _environment(spec: LeptonDatasetSpec, digest: str) -> list[dict[str, Any]]:
         "LEPTON_SPLIT_SEED": str(spec.splits.seed),
         "LEPTON_VERIFY_SHA256": spec.verify.sha256 if spec.verify else None,
         "LEPTON_SPEC_HASH": digest,
+        "LEPTON_CLAIM_BYTES": str(int(parse_quantity(spec.storage.size))),
         "LEPTON_RESULT_PATH": TERMINATION_MESSAGE_PATH,
     }
     env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in plain.items() if value is not None]
