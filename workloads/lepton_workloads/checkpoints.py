@@ -184,7 +184,9 @@ def read(path: Path) -> dict[str, Any]:
         actual = _sha256(path)
         if actual != expected:
             size = path.stat().st_size
-            raise TornCheckpointError(f"sha256 {actual[:12]}... of its {size} bytes is not {expected[:12]}... in {sidecar.name}")
+            raise TornCheckpointError(
+                f"sha256 {actual[:12]}... of its {size} bytes is not {expected[:12]}... in {sidecar.name}"
+            )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError:

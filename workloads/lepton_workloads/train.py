@@ -75,6 +75,8 @@ TERMINATION_LOG = "/dev/termination-log"
 PROGRESS_SCHEMA = "lepton.ai/training-progress/v1"
 #: What the operator reads of a progress report (the rest stays in the logs and progress.json).
 REPORTED_FIELDS = ("step", "epoch", "loss", "resumedFrom", "tornCheckpoints")
+#: Torn checkpoint names a report carries at most: the termination message holds 4 KiB (the log has them all).
+MAX_REPORTED_TORN = 8
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -105,7 +107,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              " resume from a checkpoint (so a restarted group goes on)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.keep_checkpoints < 2:
-        parser.error(f"--keep-checkpoints {args.keep_checkpoints}: keep at least 2, or a torn checkpoint has nothing to fall back to")
+        parser.error(f"--keep-checkpoints {args.keep_checkpoints}: keep at least 2,"
+                     " or a torn checkpoint has nothing to fall back to")  # fmt: skip
     if args.output_format not in export.FORMATS:  # argparse checks choices of given flags, not of defaults
         parser.error(f"LEPTON_OUTPUT_FORMAT {args.output_format!r} is not one of {sorted(export.FORMATS)}")
     return args
@@ -307,7 +310,7 @@ def _train(args: argparse.Namespace, rank: int, world: int, server: progress_ser
     #: Fields every report of this run carries: where it resumed, and the torn checkpoints it skipped.
     origin: dict[str, Any] = {"resumedFrom": resumed_from}
     if resumed.torn:
-        origin["tornCheckpoints"] = [torn.name for torn in resumed.torn]
+        origin["tornCheckpoints"] = [torn.name for torn in resumed.torn][:MAX_REPORTED_TORN]
     ddp = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     loss_fn = nn.CrossEntropyLoss()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
@@ -344,7 +347,8 @@ def _train(args: argparse.Namespace, rank: int, world: int, server: progress_ser
                 if rank == 0 and step % args.log_every == 0:
                     report(progress, checkpoint_dir)
                 if rank == 0 and checkpoint_dir is not None and step % args.checkpoint_every == 0:
-                    checkpoints.save(checkpoint_dir, model, optimizer, Position(step, epoch, index + 1), args.keep_checkpoints)
+                    here = Position(step, epoch, index + 1)
+                    checkpoints.save(checkpoint_dir, model, optimizer, here, args.keep_checkpoints)
                 done = args.max_steps is not None and step >= args.max_steps
     if rank == 0:
         progress = {**progress, "firstLoss": first_loss, "seconds": round(time.monotonic() - started, 3)}

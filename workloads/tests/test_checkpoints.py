@@ -168,7 +168,7 @@ def test_a_save_failing_midway_keeps_the_checkpoints_there(tmp_path: Path, monke
         handle.write(b"PK\x03\x04 the first bytes")  # type: ignore[attr-defined]
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoints.torch, "save", full_disk)
+    monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(OSError, match="No space left"):
         checkpoints.save(tmp_path, *model_and_optimizer(30), Position(30))
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary, nothing pruned
