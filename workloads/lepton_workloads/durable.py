@@ -41,22 +41,22 @@ def temporary_of(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-def sync_file(path: Path) -> None:
-    """Put ``path``'s bytes (written through any descriptor) on the disk."""
-    fd = os.open(path, os.O_RDONLY)
+def _sync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sync_file(path: Path) -> None:
+    """Put ``path``'s bytes (written through any descriptor) on the disk."""
+    _sync(path, os.O_RDONLY)
 
 
 def sync_directory(path: Path) -> None:
     """Put ``path``'s entries (files created, renamed into it or removed from it) on the disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _sync(path, os.O_RDONLY | os.O_DIRECTORY)
 
 
 def make_directories(path: Path) -> None:
