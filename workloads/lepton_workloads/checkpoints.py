@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
@@ -123,11 +123,11 @@ def candidates(directory: Path) -> list[Path]:
 class _HashingFile:
     """A binary file that hashes what is written to it (``torch.save`` needs ``write`` and ``flush``)."""
 
-    def __init__(self, handle: IO[bytes], digest: Any) -> None:
-        self.handle, self.digest = handle, digest
+    def __init__(self, handle: IO[bytes], update: Callable[[bytes], object]) -> None:
+        self.handle, self.update = handle, update
 
     def write(self, data: bytes) -> int:
-        self.digest.update(data)
+        self.update(data)
         return self.handle.write(data)
 
     def flush(self) -> None:
@@ -145,7 +145,7 @@ def save(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, po
 
     def write(temporary: Path) -> None:
         with temporary.open("wb") as handle:
-            torch.save(state, cast(IO[bytes], _HashingFile(handle, digest)))
+            torch.save(state, cast(IO[bytes], _HashingFile(handle, digest.update)))
 
     durable.replace(path, write)
     durable.write_text(sidecar_of(path), f"{digest.hexdigest()}  {path.name}\n")
@@ -175,23 +175,18 @@ def _sha256(path: Path) -> str:
 
 
 def read(path: Path) -> dict[str, Any]:
-    """The state saved in ``path``, checked against its sidecar; :class:`TornCheckpointError` when it is torn."""
-    if path.name != LEGACY:
-        sidecar = sidecar_of(path)
-        if not sidecar.is_file():
-            raise TornCheckpointError(f"no {sidecar.name}: the save did not finish")
-        expected = (sidecar.read_text().split() or [""])[0]
-        actual = _sha256(path)
-        if actual != expected:
-            size = path.stat().st_size
-            raise TornCheckpointError(
-                f"sha256 {actual[:12]}... of its {size} bytes is not {expected[:12]}... in {sidecar.name}"
-            )
+    """The state saved in ``path``, checked against its sidecar; :class:`TornCheckpointError` when it is torn.
+
+    A read error (``EIO`` from a bad block, ``EINVAL`` from torch on a short zip) makes it torn too;
+    only ``PermissionError`` is raised as it is: every checkpoint would fail the same way.
+    """
     try:
+        if path.name != LEGACY:
+            _verify(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError:
         raise
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:  # what torch raises on bad bytes
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:  # what bad bytes raise
         raise TornCheckpointError(f"does not load: {type(error).__name__}: {error}".strip()[:300]) from error
     if not isinstance(state, Mapping) or any(key not in state for key in _KEYS):
         raise TornCheckpointError(f"not a checkpoint: it has no {', '.join(_KEYS)}")
@@ -199,6 +194,18 @@ def read(path: Path) -> dict[str, Any]:
     if step is not None and int(state["step"]) != step:
         raise TornCheckpointError(f"holds step {state['step']}, not the {step} of its name")
     return dict(state)
+
+
+def _verify(path: Path) -> None:
+    """Raise :class:`TornCheckpointError` unless ``path`` hashes to the sha256 its sidecar states."""
+    sidecar = sidecar_of(path)
+    if not sidecar.is_file():
+        raise TornCheckpointError(f"no {sidecar.name}: the save did not finish")
+    expected = (sidecar.read_text().split() or [""])[0]
+    actual = _sha256(path)
+    if actual != expected:
+        size = path.stat().st_size
+        raise TornCheckpointError(f"sha256 {actual[:12]}... of its {size} bytes is not {expected[:12]}... in {sidecar.name}")
 
 
 def resume(directory: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer) -> Resume:

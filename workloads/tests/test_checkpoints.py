@@ -186,3 +186,25 @@ def test_the_legacy_checkpoint_is_resumed_from_and_pruned_once_two_new_ones_exis
     assert (tmp_path / checkpoints.LEGACY).is_file()  # still the one to fall back to
     save_at(tmp_path, 20)
     assert not (tmp_path / checkpoints.LEGACY).exists()
+
+
+@pytest.mark.parametrize(("error", "torn"), [(OSError(errno.EIO, "Input/output error"), True),
+                                             (PermissionError(errno.EACCES, "Permission denied"), False)])  # fmt: skip
+def test_a_read_error_makes_a_checkpoint_torn_but_a_permission_error_is_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: OSError, torn: bool
+) -> None:
+    save_at(tmp_path, 10, 20)
+    load = torch.load
+
+    def failing_on_the_newest(path: Path, **kwargs: object) -> object:
+        if Path(path).name == checkpoints.name_of(20):
+            raise error
+        return load(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch, "load", failing_on_the_newest)
+    if torn:
+        resumed = checkpoints.resume(tmp_path, *model_and_optimizer(99))
+        assert resumed.position.step == 10 and "OSError: [Errno 5] Input/output error" in resumed.torn[0].problem
+    else:
+        with pytest.raises(PermissionError):
+            checkpoints.resume(tmp_path, *model_and_optimizer(99))
