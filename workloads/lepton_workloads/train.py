@@ -29,7 +29,8 @@ sample.
   and continues at the same step (a restarted group resumes, not restarts); a
   torn one (empty, truncated, failing its checksum) is skipped for the one
   before it, and rank 0 says so on stdout and in its progress document
-  (``tornCheckpoints``), from which the operator posts a Warning event.
+  (``tornCheckpoints``), from which the operator posts a Warning event. The
+  ranks check that they all resumed from the same step (:func:`check_same_step`).
 * Progress: rank 0 prints one JSON line per log interval, keeps
   ``progress.json`` in the checkpoint directory (durably, like the checkpoints), serves its latest step on
   ``GET /progress`` while it trains (:mod:`lepton_workloads.progress_server`,
@@ -269,6 +270,21 @@ def write_termination_message(progress: dict[str, Any], path: str = TERMINATION_
         target.write_text(json.dumps(progress_document(progress), sort_keys=True))
 
 
+def check_same_step(step: int, device: torch.device) -> None:
+    """Raise on every rank unless all resumed from the same step.
+
+    Each rank picks its checkpoint itself; ranks that saw different bytes (a file system
+    that showed one of them an older version) would train with different optimizer states
+    and positions while DDP broadcast rank 0's weights, silently. One all-reduce of
+    (step, -step) gives every rank the highest and the lowest step.
+    """
+    bounds = torch.tensor([step, -step], dtype=torch.int64, device=device)
+    dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+    highest, lowest = int(bounds[0]), -int(bounds[1])
+    if highest != lowest:
+        raise RuntimeError(f"ranks resumed from different checkpoints (steps {lowest} to {highest}); this one from {step}")
+
+
 def serve_progress(rank: int) -> progress_server.ProgressServer | None:
     """The live progress endpoint: global rank 0 serves it, other ranks do not (``None``)."""
     return progress_server.start() if rank == 0 else None
@@ -305,6 +321,7 @@ def _train(args: argparse.Namespace, rank: int, world: int, server: progress_ser
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
     resumed = checkpoints.resume(checkpoint_dir, model, optimizer)
     position, resumed_from = resumed.position, resumed.position.step
+    check_same_step(resumed_from, device)
     if rank == 0 and resumed.torn:
         print(f"rank 0: {resumed.message()}", flush=True)
     #: Fields every report of this run carries: where it resumed, and the torn checkpoints it skipped.

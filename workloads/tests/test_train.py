@@ -174,6 +174,22 @@ def test_an_unknown_output_format_fails_before_training(monkeypatch: pytest.Monk
     assert train.parse_args(["--output-format", "torchscript"]).output_format == "torchscript"
 
 
+@pytest.mark.parametrize(("mine", "peer"), [(20, 20), (20, 10), (10, 20), (0, 20)])
+def test_ranks_that_resumed_from_different_steps_all_stop(monkeypatch: pytest.MonkeyPatch, mine: int, peer: int) -> None:
+    """The all-reduce is simulated: this rank and one peer, whose (step, -step) it takes the maximum with."""
+
+    def all_reduce(tensor: torch.Tensor, op: object) -> None:
+        assert op == torch.distributed.ReduceOp.MAX
+        tensor.copy_(torch.maximum(tensor, torch.tensor([peer, -peer])))
+
+    monkeypatch.setattr(train.dist, "all_reduce", all_reduce)
+    if mine == peer:
+        assert train.check_same_step(mine, torch.device("cpu")) is None
+    else:
+        with pytest.raises(RuntimeError, match=rf"steps {min(mine, peer)} to {max(mine, peer)}\); this one from {mine}"):
+            train.check_same_step(mine, torch.device("cpu"))
+
+
 def test_fewer_than_two_kept_checkpoints_is_refused() -> None:
     """With one kept, a torn newest checkpoint would have nothing to fall back to."""
     with pytest.raises(SystemExit):
