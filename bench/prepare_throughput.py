@@ -53,7 +53,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lepton_workloads import prepare, shards
+from lepton_workloads import durable, prepare, shards
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHUNK = 1 << 20
@@ -98,11 +98,7 @@ def hashed_read(root: Path) -> int:
 def flush(root: Path) -> None:
     """Write every file under ``root`` back to the disk."""
     for path in files_under(root):
-        descriptor = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        durable.sync_file(path)
 
 
 def evict(root: Path) -> None:

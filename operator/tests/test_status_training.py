@@ -361,6 +361,26 @@ def test_without_a_new_report_the_last_progress_and_its_time_are_kept() -> None:
         assert assess(job, pods, previous, live=live).status["progress"] == shown
 
 
+def test_a_group_that_skipped_a_torn_checkpoint_posts_one_warning_and_shows_it() -> None:
+    job, pods = spec(workers={"replicas": 2}), [live_pod(0, "u0"), live_pod(1, "u1")]
+    report = {"schema": PROGRESS_SCHEMA, "step": 101, "epoch": 1, "resumedFrom": 100,
+              "tornCheckpoints": ["checkpoint-0000000200.pt"]}  # fmt: skip
+    plan = assess(job, pods, RUNNING, live={"u0": report})
+    warnings = [e for e in plan.events if e.reason == "CheckpointTorn"]
+    assert [e.type for e in warnings] == ["Warning"] and "checkpoint-0000000200.pt was torn" in warnings[0].message
+    assert "resumed from the checkpoint of step 100" in warnings[0].message
+    assert plan.status["progress"]["tornCheckpoints"] == ["checkpoint-0000000200.pt"]
+    later = assess(job, pods, plan.status, now=NOW + timedelta(seconds=10), live={"u0": {**report, "step": 120}})
+    assert later.events == [] and later.status["progress"]["step"] == 120  # said once per group
+
+    # The next group resumed cleanly: the list is cleared (the status is a merge patch), then stays put.
+    clean = {"schema": PROGRESS_SCHEMA, "step": 201, "epoch": 2, "resumedFrom": 200}
+    moved = assess(job, pods, later.status, now=NOW + timedelta(seconds=20), live={"u0": clean})
+    assert moved.events == [] and moved.status["progress"]["tornCheckpoints"] == []
+    again = assess(job, pods, moved.status, now=NOW + timedelta(seconds=30), live={"u0": clean})
+    assert again.status["progress"] == moved.status["progress"]  # no churn: updateTime unchanged
+
+
 def test_progress_is_read_from_worker_zero_of_a_running_group_only() -> None:
     job = spec(workers={"replicas": 2})
     pods = [live_pod(1, "u1"), live_pod(0, "u0")]

@@ -24,13 +24,13 @@ the TrainingJob's ``spec.output.format`` (``LEPTON_OUTPUT_FORMAT``), see :data:`
 Either way the config is rendered by :mod:`lepton_workloads.triton_config` (Triton's
 own ``ModelConfig`` schema). With ``max_batch_size > 0`` Triton owns the leading batch
 dimension, so the config's dims leave it out (:func:`triton_dims`); with 0 they are the
-graph's whole shape. Files are written under a temporary name and renamed, model first,
-so a ``config.pbtxt`` is only ever next to a whole model.
+graph's whole shape. Files are published with :func:`lepton_workloads.durable.replace`
+(written under a temporary name, synced, renamed, the rename synced), model first, so a
+``config.pbtxt`` is only ever next to a whole model, after a node crash too.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -38,7 +38,7 @@ import onnx
 import torch
 from torch import nn
 
-from lepton_workloads import triton_config
+from lepton_workloads import durable, triton_config
 from lepton_workloads.triton_config import Tensor
 
 #: Export format (TrainingJob ``spec.output.format``) -> Triton model format (InferenceService ``model.format``).
@@ -97,19 +97,12 @@ def config_mismatches(config: triton_config.ModelConfig, model: onnx.ModelProto)
     return problems
 
 
-def _write(path: Path, save: Callable[[Path], object]) -> None:
-    """``save`` to a temporary name next to ``path``, then rename it over ``path``."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    save(temporary)
-    os.replace(temporary, path)
-
-
 def torchscript(model: nn.Module, example: torch.Tensor, path: Path, max_batch_size: int) -> Signature:
     """Trace ``model`` into ``path``; its tensors, shaped like the example's."""
     with torch.no_grad():
         traced = torch.jit.trace(model, example)  # type: ignore[no-untyped-call]
         result = model(example)
-    _write(path, lambda temporary: traced.save(str(temporary)))
+    durable.replace(path, lambda temporary: traced.save(str(temporary)))
     inputs = (Tensor(INPUT, "TYPE_FP32", triton_dims((-1, *example.shape[1:]), max_batch_size)),)
     outputs = (Tensor(OUTPUT, "TYPE_FP32", triton_dims((-1, *result.shape[1:]), max_batch_size)),)
     return inputs, outputs
@@ -126,7 +119,7 @@ def onnx_export(model: nn.Module, example: torch.Tensor, path: Path, max_batch_s
         program.save(temporary, external_data=False)
         onnx.checker.check_model(str(temporary), full_check=True)
 
-    _write(path, save)
+    durable.replace(path, save)
     return onnx_tensors(onnx.load(str(path)), max_batch_size)
 
 
@@ -143,10 +136,10 @@ def write(model: nn.Module, shape: Sequence[int], output_dir: Path, name: str, m
         raise ValueError(f"export format {export_format!r} is not one of {sorted(EXPORTERS)}")
     model = model.cpu().eval()
     version = output_dir / name / "1"
-    version.mkdir(parents=True, exist_ok=True)
+    durable.make_directories(version)
     example = torch.zeros(EXAMPLE_BATCH, *shape)
     model_file = version / triton_config.model_file(FORMATS[export_format])
     inputs, outputs = EXPORTERS[export_format](model, example, model_file, max_batch_size)
     text = triton_config.render(triton_config.ModelConfig(name, FORMATS[export_format], inputs, outputs, max_batch_size))
-    _write(output_dir / name / "config.pbtxt", lambda temporary: temporary.write_text(text))
+    durable.write_text(output_dir / name / "config.pbtxt", text)
     return output_dir / name

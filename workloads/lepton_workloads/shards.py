@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tarfile
 import zlib
 from collections.abc import Iterator, Mapping
@@ -30,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from lepton_workloads import durable
 from lepton_workloads.hashing_writer import HashingWriter
 
 SCHEMA_VERSION = 1
@@ -98,33 +98,19 @@ def digest_of(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def sync_directory(path: Path) -> None:
-    """Put ``path``'s entries (files created, renamed into it) on the disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_manifest(root: Path, manifest: Manifest) -> str:
     """Write ``manifest.json`` atomically and durably; returns its digest.
 
     The shards' bytes are on the disk already (their writers are durable); here
-    their directory entries are synced, then the manifest goes to a temporary
-    file that is synced and renamed into place, and the rename is synced: after
-    a crash there is either no manifest or one whose every shard is whole.
+    their directory entries are synced, then the manifest is published with
+    :func:`lepton_workloads.durable.replace` (written, synced, renamed, the
+    rename synced): after a crash there is either no manifest or one whose every
+    shard is whole.
     """
     text = manifest.to_json()
     if (root / SHARD_DIR).is_dir():
-        sync_directory(root / SHARD_DIR)
-    temporary = root / f".{MANIFEST}.tmp"
-    with temporary.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, root / MANIFEST)
-    sync_directory(root)
+        durable.sync_directory(root / SHARD_DIR)
+    durable.write_text(root / MANIFEST, text)
     return digest_of(text)
 
 

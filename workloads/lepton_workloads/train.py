@@ -22,12 +22,17 @@ sample.
   automatic mixed precision (bfloat16 autocast). Each rank reads its own shards
   (``shards_for_rank``); with fewer shards than ranks, ranks stride over samples
   instead. Uneven inputs are handled by DDP's ``Join``, so no rank hangs.
-* Checkpoints: every N steps rank 0 writes model, optimizer and position
-  (epoch, batch) to a temporary file and renames it over ``checkpoint.pt``, so
-  a crash never leaves a torn checkpoint. On start every rank loads it and
-  continues at the same step (a restarted group resumes, not restarts).
+* Checkpoints (:mod:`lepton_workloads.checkpoints`): every N steps rank 0
+  writes model, optimizer and position (epoch, batch) durably (written, synced,
+  renamed, the rename synced) with a sha256 sidecar, keeping the newest
+  ``--keep-checkpoints`` (2). On start every rank loads the newest good one
+  and continues at the same step (a restarted group resumes, not restarts); a
+  torn one (empty, truncated, failing its checksum) is skipped for the one
+  before it, and rank 0 says so on stdout and in its progress document
+  (``tornCheckpoints``), from which the operator posts a Warning event. The
+  ranks check that they all resumed from the same step (:func:`check_same_step`).
 * Progress: rank 0 prints one JSON line per log interval, keeps
-  ``progress.json`` in the checkpoint directory, serves its latest step on
+  ``progress.json`` in the checkpoint directory (durably, like the checkpoints), serves its latest step on
   ``GET /progress`` while it trains (:mod:`lepton_workloads.progress_server`,
   port ``LEPTON_PROGRESS_PORT``; the operator polls it), and writes the last
   report to the container's termination message (``/dev/termination-log``).
@@ -63,23 +68,16 @@ from torch import nn
 from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 
-from lepton_workloads import export, progress_server, shards
+from lepton_workloads import checkpoints, durable, export, progress_server, shards
+from lepton_workloads.checkpoints import Position
 
-CHECKPOINT = "checkpoint.pt"
 PROGRESS = "progress.json"
 TERMINATION_LOG = "/dev/termination-log"
 PROGRESS_SCHEMA = "lepton.ai/training-progress/v1"
 #: What the operator reads of a progress report (the rest stays in the logs and progress.json).
-REPORTED_FIELDS = ("step", "epoch", "loss", "resumedFrom")
-
-
-@dataclass(frozen=True)
-class Position:
-    """Where training stands: optimizer steps done, and where in which epoch."""
-
-    step: int = 0
-    epoch: int = 0
-    batch: int = 0
+REPORTED_FIELDS = ("step", "epoch", "loss", "resumedFrom", "tornCheckpoints")
+#: Torn checkpoint names a report carries at most: the termination message holds 4 KiB (the log has them all).
+MAX_REPORTED_TORN = 8
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -89,6 +87,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-dir", default=env("LEPTON_CHECKPOINT_DIR"))
     parser.add_argument("--output-dir", default=env("LEPTON_OUTPUT_DIR"))
     parser.add_argument("--checkpoint-every", type=int, default=int(env("LEPTON_CHECKPOINT_EVERY_STEPS", "100")))
+    parser.add_argument("--keep-checkpoints", type=int, default=checkpoints.KEEP,
+                        help="newest checkpoints kept (at least 2: a torn one falls back to the one before)")  # fmt: skip
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
     parser.add_argument("--model-name", default=env("LEPTON_JOB_NAME", "model"))
     parser.add_argument("--classes", type=int, default=None)
@@ -107,6 +107,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="fault injection: rank 1 (else 0) exits with 137 at this step, in a run that did not"
                              " resume from a checkpoint (so a restarted group goes on)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.keep_checkpoints < 2:
+        parser.error(f"--keep-checkpoints {args.keep_checkpoints}: keep at least 2,"
+                     " or a torn checkpoint has nothing to fall back to")  # fmt: skip
     if args.output_format not in export.FORMATS:  # argparse checks choices of given flags, not of defaults
         parser.error(f"LEPTON_OUTPUT_FORMAT {args.output_format!r} is not one of {sorted(export.FORMATS)}")
     return args
@@ -246,34 +249,13 @@ def dataset_shape(root: Path, manifest: shards.Manifest, split: str, classes: in
 # checkpoints and reports
 
 
-def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, position: Position) -> None:
-    """Write then rename: the checkpoint on disk is always a whole one."""
-    directory.mkdir(parents=True, exist_ok=True)
-    temporary = directory / f".{CHECKPOINT}.tmp"
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": position.step,
-             "epoch": position.epoch, "batch": position.batch}  # fmt: skip
-    torch.save(state, temporary)
-    os.replace(temporary, directory / CHECKPOINT)
-
-
-def load_checkpoint(directory: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer) -> Position:
-    if directory is None or not (directory / CHECKPOINT).is_file():
-        return Position()
-    state = torch.load(directory / CHECKPOINT, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return Position(int(state["step"]), int(state["epoch"]), int(state["batch"]))
-
-
 def report(progress: dict[str, Any], checkpoint_dir: Path | None) -> None:
     """One JSON progress line on stdout, and ``progress.json`` next to the checkpoints."""
     line = json.dumps(progress, sort_keys=True)
     print(line, flush=True)
     if checkpoint_dir is not None:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        temporary = checkpoint_dir / f".{PROGRESS}.tmp"
-        temporary.write_text(line)
-        os.replace(temporary, checkpoint_dir / PROGRESS)
+        durable.make_directories(checkpoint_dir)
+        durable.write_text(checkpoint_dir / PROGRESS, line)
 
 
 def progress_document(progress: dict[str, Any]) -> dict[str, Any]:
@@ -286,6 +268,21 @@ def write_termination_message(progress: dict[str, Any], path: str = TERMINATION_
     target = Path(os.environ.get("LEPTON_TERMINATION_LOG", path))
     if target.parent.is_dir() and os.access(target.parent if not target.exists() else target, os.W_OK):
         target.write_text(json.dumps(progress_document(progress), sort_keys=True))
+
+
+def check_same_step(step: int, device: torch.device) -> None:
+    """Raise on every rank unless all resumed from the same step.
+
+    Each rank picks its checkpoint itself; ranks that saw different bytes (a file system
+    that showed one of them an older version) would train with different optimizer states
+    and positions while DDP broadcast rank 0's weights, silently. One all-reduce of
+    (step, -step) gives every rank the highest and the lowest step.
+    """
+    bounds = torch.tensor([step, -step], dtype=torch.int64, device=device)
+    dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+    highest, lowest = int(bounds[0]), -int(bounds[1])
+    if highest != lowest:
+        raise RuntimeError(f"ranks resumed from different checkpoints (steps {lowest} to {highest}); this one from {step}")
 
 
 def serve_progress(rank: int) -> progress_server.ProgressServer | None:
@@ -322,13 +319,20 @@ def _train(args: argparse.Namespace, rank: int, world: int, server: progress_ser
     model = build_model(args.model, shape, args.hidden, classes).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
-    position = load_checkpoint(checkpoint_dir, model, optimizer)
-    resumed_from = position.step
+    resumed = checkpoints.resume(checkpoint_dir, model, optimizer)
+    position, resumed_from = resumed.position, resumed.position.step
+    check_same_step(resumed_from, device)
+    if rank == 0 and resumed.torn:
+        print(f"rank 0: {resumed.message()}", flush=True)
+    #: Fields every report of this run carries: where it resumed, and the torn checkpoints it skipped.
+    origin: dict[str, Any] = {"resumedFrom": resumed_from}
+    if resumed.torn:
+        origin["tornCheckpoints"] = [torn.name for torn in resumed.torn][:MAX_REPORTED_TORN]
     ddp = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     loss_fn = nn.CrossEntropyLoss()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     crash_rank = 1 if world > 1 else 0
-    progress: dict[str, Any] = {"step": position.step, "epoch": position.epoch, "resumedFrom": resumed_from}
+    progress: dict[str, Any] = {"step": position.step, "epoch": position.epoch, **origin}
     if server is not None:
         server.publish(progress_document(progress))
     first_loss: float | None = None
@@ -354,18 +358,19 @@ def _train(args: argparse.Namespace, rank: int, world: int, server: progress_ser
                 step += 1
                 value = float(loss.detach())
                 first_loss = value if first_loss is None else first_loss
-                progress = {"step": step, "epoch": epoch, "loss": round(value, 6), "resumedFrom": resumed_from}
+                progress = {"step": step, "epoch": epoch, "loss": round(value, 6), **origin}
                 if server is not None:
                     server.publish(progress_document(progress))
                 if rank == 0 and step % args.log_every == 0:
                     report(progress, checkpoint_dir)
                 if rank == 0 and checkpoint_dir is not None and step % args.checkpoint_every == 0:
-                    save_checkpoint(checkpoint_dir, model, optimizer, Position(step, epoch, index + 1))
+                    here = Position(step, epoch, index + 1)
+                    checkpoints.save(checkpoint_dir, model, optimizer, here, args.keep_checkpoints)
                 done = args.max_steps is not None and step >= args.max_steps
     if rank == 0:
         progress = {**progress, "firstLoss": first_loss, "seconds": round(time.monotonic() - started, 3)}
         if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, model, optimizer, Position(step, args.epochs, 0))
+            checkpoints.save(checkpoint_dir, model, optimizer, Position(step, args.epochs, 0), args.keep_checkpoints)
         if args.output_dir:
             export.write(model, shape, Path(args.output_dir), args.model_name, args.max_batch_size, args.output_format)
             progress["output"] = str(Path(args.output_dir) / args.model_name)

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 
 from lepton_workloads import export, train, triton_config
 from lepton_workloads.triton_config import Tensor
+from sync_recorder import record_syncs
 
 
 def session(path: Path) -> onnxruntime.InferenceSession:
@@ -69,6 +70,35 @@ def test_torchscript_export_keeps_the_backend_names_and_the_example_shapes(tmp_p
     assert config.format == "pytorch_libtorch"
     assert config.inputs == (Tensor("INPUT__0", "TYPE_FP32", (1, 8, 8)),)
     assert config.outputs == (Tensor("OUTPUT__0", "TYPE_FP32", (3,)),)
+
+
+def test_the_model_and_then_its_config_are_each_synced_renamed_and_the_rename_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a node crash a config.pbtxt is never next to an empty or missing model file."""
+    happened = record_syncs(monkeypatch, tmp_path)
+    export.write(torch.nn.Linear(4, 2), (4,), tmp_path, "lin", max_batch_size=4)
+    assert happened == [
+        ("sync", "."), ("sync", "lin"),  # the new directories lin/ and lin/1/ are in their parents
+        ("sync", "lin/1/.model.pt.tmp"), ("rename", "model.pt"), ("sync", "lin/1"),
+        ("sync", "lin/.config.pbtxt.tmp"), ("rename", "config.pbtxt"), ("sync", "lin"),
+    ]  # fmt: skip
+
+
+def test_a_failing_export_leaves_the_previous_model_and_no_temporary(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    export.write(torch.nn.Linear(4, 2), (4,), tmp_path, "lin", max_batch_size=4)
+    before = {p: p.read_bytes() for p in (tmp_path / "lin").rglob("*") if p.is_file()}
+
+    def save_half(module: object, path: str, **kwargs: object) -> None:
+        Path(path).write_bytes(b"PK half a model")
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(torch.jit.ScriptModule, "save", save_half)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        export.write(torch.nn.Linear(4, 2), (4,), tmp_path, "lin", max_batch_size=4)
+    assert {p: p.read_bytes() for p in (tmp_path / "lin").rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in before) == ["config.pbtxt", "model.pt"]
 
 
 def test_an_unknown_format_is_refused_before_anything_is_written(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lepton_workloads import hashing_writer, shards
+from lepton_workloads import shards
+from sync_recorder import record_syncs
 
 
 def write_split(root: Path, split: str, count: int, **rollover: int) -> list[shards.ShardInfo]:
@@ -157,15 +157,7 @@ def test_a_header_with_any_byte_changed_is_not_taken_for_a_plain_one() -> None:
 
 def test_the_manifest_is_published_only_after_every_shard_is_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """After a crash there is no manifest, or one whose shards are whole: syncs come before the rename, the rename is synced."""
-    happened: list[tuple[str, str]] = []
-
-    def named(fd: int) -> str:
-        return str(Path(os.readlink(f"/proc/self/fd/{fd}")).relative_to(tmp_path))
-
-    monkeypatch.setattr(shards.os, "fsync", lambda fd: happened.append(("sync", named(fd))))
-    monkeypatch.setattr(hashing_writer.os, "fdatasync", lambda fd: happened.append(("sync", named(fd))))
-    replace = os.replace
-    monkeypatch.setattr(shards.os, "replace", lambda a, b: (happened.append(("rename", Path(b).name)), replace(a, b)))
+    happened = record_syncs(monkeypatch, tmp_path)
     written = write_split(tmp_path, "train", 10, records_per_shard=4)
     shards.write_manifest(tmp_path, shards.Manifest(modality="text", source="https://example/x", shards=tuple(written)))
     published = happened.index(("rename", shards.MANIFEST))

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from lepton_workloads import demo_data, progress_server, shards, train, triton_config
+from lepton_workloads.checkpoints import candidates, name_of, read
 from localcluster.kube import wait_until
 from localcluster.lepton import free_port
 from sample_data import png, run_preparer
@@ -74,7 +75,8 @@ def test_two_process_ddp_trains_resumes_after_a_killed_rank_and_exports(tmp_path
     crashed = torchrun(2, *common, "--crash-at-step", "25", env=env)
     assert crashed.returncode != 0, crashed.stdout[-2000:]
     assert "crashing at step 25" in crashed.stdout + crashed.stderr
-    assert torch.load(checkpoints / "checkpoint.pt", weights_only=True)["step"] == 20  # every 10 steps
+    assert [p.name for p in candidates(checkpoints)] == [name_of(20), name_of(10)]  # every 10 steps, 2 kept
+    assert read(checkpoints / name_of(20))["step"] == 20
     assert not (output / "sep").exists()
 
     # The same command line again, as a restarted group runs it: resumed, it does not crash again.
@@ -92,6 +94,33 @@ def test_two_process_ddp_trains_resumes_after_a_killed_rank_and_exports(tmp_path
     config = triton_config.from_protobuf(triton_config.parse((output / "sep" / "config.pbtxt").read_text()))
     assert (config.name, config.format) == ("sep", "pytorch_libtorch")
     assert config.inputs[0].dims == (8,) and config.outputs[0].dims == (2,)
+
+
+def test_a_torn_checkpoint_is_skipped_and_the_steps_continue_from_the_one_before(tmp_path: Path) -> None:
+    """A checkpoint truncated as a crash before the fsync would leave it: the run resumes from the previous
+    one, says so in its log, its progress and its termination message, and overwrites the torn one."""
+    data, checkpoints, log = tmp_path / "data", tmp_path / "ckpt", tmp_path / "termination-log"
+    make_dataset(data, (8,), 128, 1)
+    env = {"LEPTON_DATASET_DIR": str(data), "LEPTON_CHECKPOINT_DIR": str(checkpoints),
+           "LEPTON_CHECKPOINT_EVERY_STEPS": "5", "LEPTON_TERMINATION_LOG": str(log)}  # fmt: skip
+    # 128 samples, batches of 16: 8 steps an epoch, 24 in 3; crashing at 12 leaves checkpoints 5 and 10.
+    common = ("--epochs", "3", "--batch-size", "16", "--log-every", "1", "--crash-at-step", "12")
+    crashed = torchrun(1, *common, env=env)
+    assert crashed.returncode != 0 and "crashing at step 12" in crashed.stdout, crashed.stdout[-2000:]
+    torn = checkpoints / name_of(10)
+    torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])
+
+    finished = torchrun(1, *common, env=env)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert f"{name_of(10)} is torn (sha256" in finished.stdout
+    assert f"resumed from {name_of(5)} (step 5)" in finished.stdout
+    reports = [json.loads(line) for line in finished.stdout.splitlines() if line.startswith("{")]
+    assert reports[0]["step"] == 6 and reports[-1]["step"] == 24  # on from step 5, not from 0 nor 10
+    assert all(r["resumedFrom"] == 5 and r["tornCheckpoints"] == [name_of(10)] for r in reports)
+    reported = json.loads(log.read_text())
+    assert (reported["step"], reported["resumedFrom"], reported["tornCheckpoints"]) == (24, 5, [name_of(10)])
+    assert [p.name for p in candidates(checkpoints)] == [name_of(24), name_of(20)]
+    assert read(checkpoints / name_of(24))["epoch"] == 3
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
@@ -117,7 +146,7 @@ def test_two_process_ddp_exports_onnx_that_onnx_runtime_runs_like_the_trained_to
     assert sorted(path.name for path in (output / "sep" / "1").iterdir()) == ["model.onnx"]
 
     # The trained weights (the final checkpoint) in the torch model, against the ONNX graph in ONNX Runtime.
-    state = torch.load(checkpoints / "checkpoint.pt", weights_only=True)
+    state = read(checkpoints / name_of(8))
     assert state["step"] == 8  # 128 samples, 2 ranks, batches of 16, 2 epochs
     model = train.build_model("mlp", (8,), 64, 2).eval()
     model.load_state_dict(state["model"])
@@ -143,6 +172,30 @@ def test_an_unknown_output_format_fails_before_training(monkeypatch: pytest.Monk
     monkeypatch.setenv("LEPTON_OUTPUT_FORMAT", "onnx")
     assert train.parse_args([]).output_format == "onnx"
     assert train.parse_args(["--output-format", "torchscript"]).output_format == "torchscript"
+
+
+@pytest.mark.parametrize(("mine", "peer"), [(20, 20), (20, 10), (10, 20), (0, 20)])
+def test_ranks_that_resumed_from_different_steps_all_stop(monkeypatch: pytest.MonkeyPatch, mine: int, peer: int) -> None:
+    """The all-reduce is simulated: this rank and one peer, whose (step, -step) it takes the maximum with."""
+
+    def all_reduce(tensor: torch.Tensor, op: object) -> None:
+        assert op == torch.distributed.ReduceOp.MAX
+        tensor.copy_(torch.maximum(tensor, torch.tensor([peer, -peer])))
+
+    monkeypatch.setattr(train.dist, "all_reduce", all_reduce)
+    if mine == peer:
+        assert train.check_same_step(mine, torch.device("cpu")) is None
+    else:
+        with pytest.raises(RuntimeError, match=rf"steps {min(mine, peer)} to {max(mine, peer)}\); this one from {mine}"):
+            train.check_same_step(mine, torch.device("cpu"))
+
+
+def test_fewer_than_two_kept_checkpoints_is_refused() -> None:
+    """With one kept, a torn newest checkpoint would have nothing to fall back to."""
+    with pytest.raises(SystemExit):
+        train.parse_args(["--keep-checkpoints", "1"])
+    assert train.parse_args([]).keep_checkpoints == 2
+    assert train.parse_args(["--keep-checkpoints", "5"]).keep_checkpoints == 5
 
 
 def test_rank_zero_serves_its_step_live_while_two_processes_train(tmp_path: Path) -> None:

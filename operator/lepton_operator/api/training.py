@@ -296,6 +296,9 @@ class TrainingProgress(ApiModel):
     """Last reported training loss."""
     resumed_from: int | None = Field(default=None, ge=0)
     """The checkpoint step this group started from (0: from scratch); after a restart, where it resumed."""
+    torn_checkpoints: list[str] | None = Field(default=None, max_length=8)
+    """Checkpoints this group's trainer found torn (empty, truncated, failing their checksum) and skipped,
+    newest first; it resumed from the one before them (``resumedFrom``). A Warning event says so once."""
     update_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     """When the trainer last reported."""
 

@@ -45,7 +45,9 @@ Progress: the trainer's reports (live from worker 0's ``GET /progress``, passed
 in ``Observed.live``, and in the termination messages) are parsed and ranked in
 ``training_progress``; ``status.progress`` keeps the last one when nothing new
 arrives (a failed poll clears nothing), and ``updateTime`` changes only when the
-values do.
+values do. A report that names torn checkpoints the status does not show yet
+(the trainer skipped them to resume from an older one) posts a Warning event
+``CheckpointTorn``.
 
 This module holds the decision only. What one pod says (its group, index, state,
 why it waits) is ``training_pods``; why a worker failed and whether that
@@ -92,7 +94,7 @@ from lepton_operator.status.training_pods import (
     terminating,
     unschedulable_message,
 )
-from lepton_operator.status.training_progress import progress_of
+from lepton_operator.status.training_progress import TORN_CHECKPOINT, cleared, progress_of, torn_checkpoint_message
 
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 
@@ -423,6 +425,11 @@ class _Builder:
         }
         progress = previous.progress.to_wire() if previous.progress else None
         reported = progress_of(current, self.live)
+        if reported is not None:
+            reported = cleared(reported, progress)
+            torn = torn_checkpoint_message(progress, reported)
+            if torn is not None:
+                self.plan.events.append(Event("Warning", TORN_CHECKPOINT, torn))
         if reported is not None and {k: v for k, v in (progress or {}).items() if k != "updateTime"} != reported:
             progress = {**reported, "updateTime": self.now}
         output = self.output_uri
