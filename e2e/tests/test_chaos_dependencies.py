@@ -1,6 +1,6 @@
-"""Chaos: the dependencies the operator reads go down, and what it does meanwhile is checked.
+"""Chaos: the dependencies Lepton reads go down, and what it does meanwhile is checked.
 
-Prometheus stopped under an autoscaled load. Invariant: the replicas are held,
+**Prometheus** stopped under an autoscaled load. Invariant: the replicas are held,
 never scaled down on missing data (an autoscaler that reads a failed query as
 zero, KEDA's trap, drops the replicas the load still needs); the
 ``ScalingActive`` condition says why (False, ``SignalUnknown``, Prometheus'
@@ -11,19 +11,37 @@ Real parts: the operator's autoscaler, a real Prometheus process (stopped with
 SIGTERM, started again on the same port and data), Triton-protocol simulators
 for the kwok replicas (``localcluster.serving.Replicas``) and an open-loop
 tritonclient load.
+
+**The S3 server** stopped under a dataset's preparation, on real pods: versitygw
+runs in the local cluster's network on the node's address (``localcluster.s3``),
+the in-cluster operator's prepare Job fetches from it over the pod network with
+the keys of a Secret. Invariant: the failed attempt is a reason on the dataset
+(``Retrying``, with the preparer's ``SourceUnreachable`` and its message), the
+Job retries (a retryable exit, never ``Failed``), and once the server is back the
+dataset is Ready with every record: nothing lost, nothing to do by hand.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from localcluster.kube import Kubectl, wait_until
+from incluster_fixtures import NAMESPACE_PREFIX, InClusterOperator
+from localcluster import nodeconfig
+from localcluster.cluster import Cluster
+from localcluster.images import Image
+from localcluster.kube import Kubectl, condition, wait_until
+from localcluster.lepton import free_port
+from localcluster.s3 import ACCESS, REGION, SECRET, Versitygw
 from localcluster.serving import Load, Prometheus, Replicas
 from operator_fixtures import RunningOperator
 from serving_fixtures import MODEL, SERVICE_TIME_MS, model_spec, replicas_of
@@ -95,3 +113,74 @@ def test_prometheus_down_under_load_holds_the_replicas_says_why_and_converges_on
     events = kubectl.get("events", None, "--field-selector", f"involvedObject.name={NAME},reason=ScaledDown")
     messages = [e["message"] for e in events]
     assert messages and all(m.startswith("3 -> ") and "SignalUnknown" not in m for m in messages), messages
+
+
+BUCKET, OBJECT, RECORDS = "chaos", "corpus.jsonl", 40
+UPLOAD = """
+import sys
+from minio import Minio
+client = Minio(sys.argv[1], access_key=sys.argv[2], secret_key=sys.argv[3], secure=False, region=sys.argv[4])
+if not client.bucket_exists(sys.argv[5]):
+    client.make_bucket(sys.argv[5])
+client.fput_object(sys.argv[5], sys.argv[6], sys.argv[7])
+"""
+
+
+@pytest.fixture
+def real_pods_namespace(cluster: Cluster, cluster_kubectl: Kubectl, built_images: dict[str, Image],
+                        incluster_operator: InClusterOperator) -> Iterator[Kubectl]:  # fmt: skip
+    """A namespace of the in-cluster operator whose pods run on the real node, deleted afterwards."""
+    if cluster.real_node is None or not cluster.network:
+        pytest.fail("the S3 outage is proven on the local cluster's real node")
+    namespace = f"{NAMESPACE_PREFIX}chaos-s3-{uuid.uuid4().hex[:6]}"
+    cluster_kubectl.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    kubectl = cluster_kubectl.in_namespace(namespace)
+    try:
+        wait_until(lambda: kubectl.get_or_none("serviceaccount", "default"), 30, "the namespace's ServiceAccount")
+        yield kubectl
+    finally:
+        cluster_kubectl.run("delete", "namespace", namespace, "--ignore-not-found", "--wait=false", check=False)
+
+
+def test_s3_down_under_a_preparation_is_retried_with_a_reason_and_ready_once_back(
+    cluster: Cluster, real_pods_namespace: Kubectl, tmp_path: Path
+) -> None:
+    kubectl = real_pods_namespace
+    server = Versitygw(tmp_path / "s3", nodeconfig.NODE_IP, free_port(), prefix=cluster.network)
+    corpus = tmp_path / OBJECT
+    corpus.write_text("".join(json.dumps({"id": i, "text": f"record {i}"}) + "\n" for i in range(RECORDS)))
+    upload = [sys.executable, "-c", UPLOAD, server.address, ACCESS, SECRET, REGION, BUCKET, OBJECT, str(corpus)]
+    server.start()
+    try:
+        wait_until(lambda: server.exited() is None and cluster.run_in_network(upload).returncode == 0, 60,
+                   "the corpus uploaded to S3 in the cluster's network")  # fmt: skip
+        server.stop()  # the outage
+        kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-keys"},
+                       "stringData": {"accessKeyId": ACCESS, "secretAccessKey": SECRET}})  # fmt: skip
+        source = {"uri": f"s3://{BUCKET}/{OBJECT}", "endpoint": server.endpoint, "region": REGION,
+                  "secretRef": {"name": "s3-keys"}}  # fmt: skip
+        kubectl.apply({"apiVersion": "lepton.ai/v1alpha1", "kind": "LeptonDataset", "metadata": {"name": "outage"},
+                       "spec": {"source": source, "modality": "text", "shards": {"count": 4},
+                                "storage": {"size": "100Mi"}, "prepare": {"backoffLimit": 6}}})  # fmt: skip
+
+        def retrying() -> dict[str, Any] | None:
+            status = kubectl.get("lds", "outage").get("status") or {}
+            ready = condition({"status": status}, "Ready") or {}
+            return ready if status.get("phase") == "Preparing" and ready.get("reason") == "Retrying" else None
+
+        why: dict[str, Any] = wait_until(retrying, 240, "the failed attempt shown as a reason while S3 is down")
+        assert "SourceUnreachable" in why["message"] and server.endpoint.split("://")[1] in why["message"], why
+        print(f"\nwhile S3 is down: {why['message']}")
+        server.start()
+        back = time.monotonic()
+        def prepared() -> dict[str, Any] | None:
+            status: dict[str, Any] = kubectl.get("lds", "outage").get("status") or {}
+            return status if status.get("phase") == "Ready" else None
+
+        ready: dict[str, Any] = wait_until(prepared, 240, "the dataset Ready once S3 is back")
+        print(f"S3 back -> dataset Ready {time.monotonic() - back:.1f} s")
+    finally:
+        server.stop()
+    assert ready["records"] == RECORDS
+    [job] = kubectl.get("jobs", None, "-l", "lepton.ai/leptondataset=outage")
+    assert job["status"].get("failed", 0) >= 1 and job["status"].get("succeeded") == 1  # retried, not recreated

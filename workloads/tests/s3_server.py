@@ -1,7 +1,7 @@
 """A real S3-compatible server for the workloads' tests: versitygw, built from the Go module proxy.
 
-versitygw (``localcluster.build.ensure_versitygw``, cached like the control plane's
-binaries; the first run compiles it) serves a local directory over the S3 API
+versitygw (``localcluster.s3.Versitygw``; the binary is cached like the control plane's,
+the first run compiles it) serves a local directory over the S3 API
 with SigV4 authentication, so wrong keys are refused the way AWS refuses them.
 One server per test session (the ``s3_server`` fixture in ``conftest.py``);
 each test module makes its own bucket. ``versitygw(root, tls=...)`` serves
@@ -11,7 +11,6 @@ https instead, with a certificate from a test CA (``--cert``/``--key``).
 from __future__ import annotations
 
 import ssl
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,12 +20,9 @@ import urllib3
 from minio import Minio
 
 from localcluster.certificates import Certificates
-from localcluster.build import ensure_versitygw
 from localcluster.lepton import free_port
+from localcluster.s3 import ACCESS, REGION, SECRET, Versitygw
 from sample_data import wait_until_serving
-
-ACCESS, SECRET = "lepton-test", "lepton-test-secret-key"
-REGION = "us-east-1"
 
 
 @dataclass(frozen=True)
@@ -51,21 +47,11 @@ class S3Server:
 @contextmanager
 def versitygw(root: Path, tls: Certificates | None = None) -> Iterator[S3Server]:
     """versitygw over ``root/backend`` on a free port until the block ends; over https with ``tls``'s server certificate."""
-    binary = ensure_versitygw()
-    (root / "backend").mkdir(parents=True)
-    port = free_port()
-    log = root / "versitygw.log"
-    certificate = ["--cert", str(tls.server_cert), "--key", str(tls.server_key)] if tls else []
-    server = subprocess.Popen(
-        [str(binary), "--access", ACCESS, "--secret", SECRET, "--port", f"127.0.0.1:{port}", *certificate,
-         "posix", str(root / "backend")],
-        stdout=subprocess.DEVNULL, stderr=log.open("w"),
-    )  # fmt: skip
-    endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    server = Versitygw(root, "127.0.0.1", free_port(), tls=tls)
+    process = server.start()
     context = ssl.create_default_context(cafile=tls.ca) if tls else None
     try:
-        wait_until_serving(server, endpoint, 30, log=log, context=context)
-        yield S3Server(endpoint, tls.ca if tls else None)
+        wait_until_serving(process, server.endpoint, 30, log=server.log, context=context)
+        yield S3Server(server.endpoint, tls.ca if tls else None)
     finally:
-        server.terminate()
-        server.wait(10)
+        server.stop()
