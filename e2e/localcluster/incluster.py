@@ -127,7 +127,7 @@ def crash(kubectl: Kubectl, pod: str) -> tuple[float, bool]:
     """Kill replica ``pod`` without a word and have the Deployment replace it; (wall time, hard).
 
     ``kubectl delete --grace-period=0 --force`` alone is no SIGKILL: the kubelet still sends
-    SIGTERM and waits its minimum of 2 s, long enough for kopf to remove its peering record. So,
+    SIGTERM and waits its minimum of 2 s, often long enough for kopf to remove its peering record. So,
     where the process is visible (the local cluster), it is frozen first (SIGSTOP: from then on it
     says nothing), the pod is force-deleted while it is frozen (so the kubelet replaces the pod
     rather than restarting the container), then SIGKILLed. ``hard`` says whether that happened;
