@@ -235,3 +235,20 @@ def test_chaos_acting_operator_killed_mid_reconcile_hands_over_within_the_peerin
     [standby] = {p["metadata"]["name"] for p in pods} - {acting}
     assert last_peering_decision(incluster_operator.logs(acting)) == "acting"
     assert last_peering_decision(incluster_operator.logs(standby)) in (None, "paused")
+
+
+def test_crash_finds_only_the_operator_process_of_that_replica(tmp_path: Path) -> None:
+    """The host process to kill is picked by its exact POD_ID, never a replica whose name extends it."""
+
+    def process(pid: int, pod: str, command: str) -> None:
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "environ").write_bytes(f"PATH=/usr/bin\0POD_ID={pod}\0HOME=/\0".encode())
+        (tmp_path / str(pid) / "cmdline").write_bytes(command.replace(" ", "\0").encode())
+
+    process(10, "lepton-operator-abc", "/usr/local/bin/python /usr/local/bin/lepton-operator run")
+    process(11, "lepton-operator-abcd", "/usr/local/bin/python /usr/local/bin/lepton-operator run")
+    process(12, "lepton-operator-abc", "/pause")  # another process of the pod
+    (tmp_path / "self").mkdir()
+    (tmp_path / "13").mkdir()  # a process without readable files (gone, or a kernel thread)
+    assert incluster.operator_pids("lepton-operator-abc", tmp_path) == [10]
+    assert incluster.operator_pids("lepton-operator-x", tmp_path) == []
