@@ -12,11 +12,16 @@ two replicas, the older acts, the other stands by.
 (kopf joins it only once a namespace it serves exists, which ``kube-system`` always is).
 :func:`uninstall` removes the Deployment and waits for its pods, so a replica still stopping
 cannot write itself into the next install's peering.
+
+:func:`crash` kills a replica as a crash does (the chaos suite, ``test_chaos_operator``): no
+goodbye in the peering object, the pod replaced by the Deployment.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -95,3 +100,47 @@ def uninstall(kubectl: Kubectl) -> None:
     system.delete("deployment", DEPLOYMENT)
     system("wait", "--for=delete", "pod", "-l", SELECTOR, "--timeout=90s", timeout=100)
     kubectl.delete("clusterkopfpeering", PEERING_NAME)
+
+
+def operator_pids(pod: str, proc: Path = Path("/proc")) -> list[int]:
+    """Host pids of the operator process of replica ``pod``: its ``POD_ID`` (the peering identity).
+
+    The local cluster's real node runs its containers in the host's pid namespace, so root sees
+    them here; elsewhere (kind, a remote cluster) nothing is found.
+    """
+    needle = f"POD_ID={pod}".encode()
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            command = (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if needle in environ and b"lepton-operator" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def crash(kubectl: Kubectl, pod: str) -> tuple[float, bool]:
+    """Kill replica ``pod`` without a word and have the Deployment replace it; (wall time, hard).
+
+    ``kubectl delete --grace-period=0 --force`` alone is no SIGKILL: the kubelet still sends
+    SIGTERM and waits its minimum of 2 s, often long enough for kopf to remove its peering record. So,
+    where the process is visible (the local cluster), it is frozen first (SIGSTOP: from then on it
+    says nothing), the pod is force-deleted while it is frozen (so the kubelet replaces the pod
+    rather than restarting the container), then SIGKILLed. ``hard`` says whether that happened;
+    the time returned is the moment the replica stopped. Elsewhere only the forced deletion.
+    """
+    pids = operator_pids(pod)
+    stopped = time.time()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    kubectl.in_namespace(OPERATOR_NAMESPACE)("delete", "pod", pod, "--grace-period=0", "--force", "--wait=false")
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # the kubelet was quicker
+            pass
+    return stopped, bool(pids)

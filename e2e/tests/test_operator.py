@@ -235,7 +235,7 @@ def test_second_operator_with_lower_priority_stays_idle_until_the_first_stops(
         first.process.stop()
         kubectl.apply(manifest(kind, "later", VALID[kind]), "--server-side")
         # Only the second one is left to write it: at once after the first's goodbye, at worst
-        # once the first's keep-alive expires (peering lifetime, 60 s).
+        # once the first's keep-alive expires (PEERING_LIFETIME).
         observed(kubectl, kind, "later", timeout=90)
         assert second.reconcile_counts()[kind] >= 1
         assert "Resuming operations after the pause" in second.log_path.read_text()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 from typing import Any
 
 import kopf
 import pytest
+from kopf._core.engines import peering as kopf_peering
 
 from lepton_operator.controllers import config, startup
 from lepton_operator.controllers.config import OperatorOptions, configure, retry_delay
@@ -88,6 +90,44 @@ def test_peering_is_mandatory_clusterwide_and_named() -> None:
     peering = settings.peering
     assert (peering.name, peering.priority, peering.mandatory, peering.standalone) == ("lepton-a", 42, True, False)
     assert peering.clusterwide  # one ClusterKopfPeering even for a namespaced operator
+
+
+def test_peering_lifetime_bounds_a_crash_handover_and_leaves_live_replicas_headroom(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kopf drops a dead peer's record after its lifetime; a live one renews 5-10 s before that."""
+    settings = configured(priority=3)
+    assert settings.peering.lifetime == config.PEERING_LIFETIME <= 30  # what a crash can cost
+    now = datetime.datetime.now(datetime.UTC)
+    lifetime = config.PEERING_LIFETIME
+
+    def record(age: float) -> kopf_peering.Peer:
+        lastseen = (now - datetime.timedelta(seconds=age)).isoformat()
+        return kopf_peering.Peer(identity=kopf_peering.Identity("p"), priority=1, lifetime=lifetime, lastseen=lastseen)
+
+    assert record(lifetime + 0.5).is_dead and not record(lifetime - 1).is_dead
+
+    # kopf's own keep-alive loop with these settings: how long it waits between two renewals.
+    waits: list[float] = []
+
+    class Enough(Exception):
+        pass
+
+    async def touch(**_: Any) -> None:
+        pass
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+        if len(waits) >= 50:
+            raise Enough
+
+    monkeypatch.setattr(kopf_peering, "touch", touch)
+    monkeypatch.setattr(kopf_peering.asyncio, "sleep", sleep)
+    keepalive = kopf_peering.keepalive(namespace=None, resource=None, identity="p", settings=settings)  # type: ignore[arg-type]
+    with pytest.raises(Enough):
+        asyncio.run(keepalive)
+    assert all(5 <= lifetime - wait <= 10 for wait in waits), waits  # a renewal's PATCH has 5 s at least
+    assert not record(max(waits) + 4.9).is_dead  # so a live replica never looks dead to its standby
 
 
 def test_standalone_skips_peering() -> None:

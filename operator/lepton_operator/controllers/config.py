@@ -82,9 +82,16 @@ FRAMEWORK_ERROR_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 # Handler retries: exponential from 5 s, capped at 5 minutes (see retry_delay).
 HANDLER_BACKOFF_BASE = 5.0
 HANDLER_BACKOFF_MAX = 300.0
-# Seconds a peer's keep-alive stays valid; a replica that dies without saying
-# goodbye blocks the others this long at most.
-PEERING_LIFETIME = 60
+# Seconds a peer's keep-alive stays valid. A replica that stops gracefully
+# removes its record at once; one that is SIGKILLed (OOM, node crash, a forced
+# pod deletion) leaves it behind, and the standby waits until it expires:
+# kopf keeps a dead peer's record until ``lastseen + lifetime`` and only then
+# drops it and resumes. So the lifetime bounds the handover after a crash
+# (e2e/tests/test_chaos_operator.py measures it). kopf renews the record every
+# ``lifetime - randint(5, 10)`` s, so a live replica has 5-10 s for its
+# keep-alive PATCH whatever the lifetime (above 10 s): 15 s keeps that headroom
+# and costs one small PATCH per replica every 5-10 s.
+PEERING_LIFETIME = 15
 # Seconds a stuck graceful shutdown may take before the process exits anyway;
 # above a pod's default terminationGracePeriodSeconds (30 s).
 EXIT_TIMEOUT = 60.0
