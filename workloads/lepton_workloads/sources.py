@@ -262,11 +262,14 @@ def token_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     return _setting(os.environ if environ is None else environ, "LEPTON_SOURCE_TOKEN")
 
 
+DEFAULT_S3_ENDPOINT = "https://s3.amazonaws.com"
+
+
 def _s3_client(options: S3Options, context: ssl.SSLContext) -> Any:
     import urllib3
     from minio import Minio
 
-    endpoint = urllib.parse.urlparse(options.endpoint or "https://s3.amazonaws.com")
+    endpoint = urllib.parse.urlparse(options.endpoint or DEFAULT_S3_ENDPOINT)
     # Few, quick retries: an unreachable store should fail the attempt in seconds and
     # leave retrying to the Job's backoff, not hang in the client.
     http = urllib3.PoolManager(
@@ -281,7 +284,22 @@ def _s3_client(options: S3Options, context: ssl.SSLContext) -> Any:
     )  # fmt: skip
 
 
-def _s3_errors(uri: str, trust: Trust) -> Any:
+def root_cause(error: BaseException) -> str:
+    """The innermost cause of a transport error, as people read it (``Connection refused``, not urllib3's wrappers)."""
+    seen: set[int] = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = getattr(error, "reason", None)
+        following = inner if isinstance(inner, BaseException) else (error.__cause__ or error.__context__)
+        if following is None:
+            break
+        error = following
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return f"{type(error).__name__}: {error}"
+
+
+def _s3_errors(uri: str, trust: Trust, endpoint: str) -> Any:
     """A context manager turning the SDK's and urllib3's errors into :class:`SourceError`."""
     import contextlib
 
@@ -298,7 +316,7 @@ def _s3_errors(uri: str, trust: Trust) -> Any:
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as error:
             if certificate_failure(error) is not None:
                 raise _unreachable_or_refused(uri, error, trust) from error
-            raise SourceError("SourceUnreachable", f"{uri}: {type(error).__name__}: {error}") from error
+            raise SourceError("SourceUnreachable", f"{uri}: the endpoint {endpoint} failed: {root_cause(error)}") from error
 
     return translate()
 
@@ -327,7 +345,7 @@ def _fetch_s3(uri: str, staging: Path, options: S3Options, trust: Trust, progres
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     client = _s3_client(options, tls_context(trust))
-    with _s3_errors(uri, trust):
+    with _s3_errors(uri, trust, options.endpoint or DEFAULT_S3_ENDPOINT):
         if key and not key.endswith("/"):
             name = Path(key).name
             size, sha = _s3_download(client, bucket, key, staging / name, 0, progress)

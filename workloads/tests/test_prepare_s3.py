@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lepton_workloads import prepare, shards
+from localcluster.lepton import free_port
 from s3_server import S3Server
 from sample_data import make_images, make_text, run_preparer
 
@@ -83,6 +84,14 @@ def test_missing_object_is_unreachable(s3: tuple[S3Server, Path], tmp_path: Path
     code, result, _ = run_preparer(tmp_path, **s3_env(server, f"s3://{BUCKET}/nothing.tar", "text"))
     assert code == prepare.EXIT_RETRYABLE and result["reason"] == "SourceUnreachable"
     assert "NoSuchKey" in result["message"]
+
+
+def test_an_endpoint_that_refuses_is_unreachable_and_the_message_says_which_and_why(tmp_path: Path) -> None:
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    server = S3Server(endpoint)
+    code, result, _ = run_preparer(tmp_path, **s3_env(server, f"s3://{BUCKET}/text.tar.gz", "text"))
+    assert code == prepare.EXIT_RETRYABLE and result["reason"] == "SourceUnreachable", result
+    assert result["message"] == f"s3://{BUCKET}/text.tar.gz: the endpoint {endpoint} failed: Connection refused"
 
 
 def test_wrong_checksum_from_s3_fails(s3: tuple[S3Server, Path], tmp_path: Path) -> None:
