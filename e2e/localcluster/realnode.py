@@ -364,6 +364,22 @@ def start(inst: netns.Instance, pki: Path, api_port: int, node_images: NodeImage
            "kube-proxy /healthz")
 
 
+def restart_kubelet(inst: netns.Instance) -> None:
+    """Stop the node's kubelet and start it again with the same arguments, as a node agent upgrade does.
+
+    SIGTERM, and no graceful node shutdown (that needs systemd's inhibitor): the kubelet
+    exits and its containers run on under containerd. The new kubelet finds them, as a
+    restarted kubelet does. Returns once it serves ``/healthz`` again.
+    """
+    pid = int(pid_file(inst, "kubelet").read_text())
+    # nsenter execs the kubelet, so the process's command line is the kubelet's own
+    argv = [arg.decode() for arg in Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")]
+    stop_process(inst, "kubelet")
+    kubelet = spawn(inst, "kubelet", [*inst.node_argv(), *argv])
+    await_ready(kubelet, inst, "kubelet", lambda: _http_ok_in(inst, "http://127.0.0.1:10248/healthz"),
+                "the restarted kubelet's /healthz")  # fmt: skip
+
+
 _GET = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)"
 
 

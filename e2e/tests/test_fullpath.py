@@ -38,7 +38,7 @@ import yaml
 from tritonclient.utils import InferenceServerException
 
 from incluster_fixtures import NAMESPACE_PREFIX, InClusterOperator
-from localcluster import monitoring, quickstart
+from localcluster import monitoring, netns, quickstart, realnode
 from localcluster.cluster import Cluster
 from localcluster.handle import ClusterError
 from localcluster.images import Image
@@ -204,6 +204,56 @@ def test_a_worker_exiting_with_a_retryable_code_restarts_its_group_on_real_pods(
     events = [e for e in run.kubectl.get("events", None, "--field-selector", "involvedObject.name=crashy")
               if e["reason"] == "Restarting"]  # fmt: skip
     assert events and "exit code 137" in events[0]["message"], events
+
+
+def test_the_real_node_kubelet_restarted_mid_training_keeps_the_group_and_its_steps(run: Quickstart) -> None:
+    """Chaos, node agent restart: the real node's kubelet stops and starts again while DDP trains.
+
+    Invariant: the workers survive it (same pods, no container restart, no group restart; the
+    kubelet's restart is shorter than the node's grace, so the node never turns NotReady) or, if
+    the group does restart, it resumes from its checkpoint; either way the job Succeeds and its
+    step reaches the end of the run, never going back past a checkpoint.
+    """
+    if run.cluster.real_node is None:
+        pytest.fail("the kubelet restart is proven on the local cluster's real node")
+    run.training_reaches(lambda s: s.get("phase") == "Succeeded", 600, "the quickstart's job to finish")
+    job = example("TrainingJob")
+    job["metadata"] = {"name": "steady"}
+    job["spec"]["image"] = run.images["workloads"].ref
+    job["spec"]["entrypoint"]["args"] = ["--model", "cnn", "--epochs", "2", "--batch-size", "16"]
+    job["spec"]["checkpoint"] = {**job["spec"]["checkpoint"], "size": "256Mi", "everySteps": 10}
+    run.kubectl.apply(job, "--server-side")
+    live = run.wait(lambda: (s := run.status("trainingjobs", "steady")).get("progress", {}).get("step", 0) >= 5 and s,
+                    600, "the job training, its step live")  # fmt: skip
+    selector = "lepton.ai/trainingjob=steady,lepton.ai/role=worker"
+    before = {p["metadata"]["uid"] for p in run.kubectl.get("pods", None, "-l", selector)}
+    started = time.monotonic()
+    realnode.restart_kubelet(netns.instance())
+    print(f"\nkubelet restarted at step {live['progress']['step']}, serving again in {time.monotonic() - started:.1f} s")
+
+    def moved_on() -> dict[str, Any] | None:  # the step moved on after the restart, or the job ended
+        status: dict[str, Any] = run.status("trainingjobs", "steady")
+        done = status.get("phase") in ("Succeeded", "Failed")
+        return status if done or status.get("progress", {}).get("step", 0) > live["progress"]["step"] + 2 else None
+
+    after = run.wait(moved_on, 600, "the job training on after the kubelet's restart")
+    if after["restarts"]["total"] == 0:  # the workers survived the restart
+        pods = run.kubectl.get("pods", None, "-l", selector)  # running, or succeeded and kept (cleanPodPolicy)
+        assert pods and {p["metadata"]["uid"] for p in pods} <= before
+        assert all(c["restartCount"] == 0 for p in pods for c in p["status"]["containerStatuses"])
+
+    def finished() -> dict[str, Any] | None:
+        status: dict[str, Any] = run.status("trainingjobs", "steady")
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    status = run.wait(finished, 600, "the job to finish after the kubelet's restart")
+    assert status["phase"] == "Succeeded", (status.get("reason"), [c["message"] for c in status["conditions"]])
+    assert status["progress"]["step"] > live["progress"]["step"]
+    if status["restarts"]["total"] > 0:  # the group restarted: from its checkpoint, not from scratch
+        assert status["progress"]["resumedFrom"] > 0, status["progress"]
+    print(f"restarts {status['restarts']}, final step {status['progress']['step']}")
+    node = run.kubectl.in_namespace(None).get("node", run.cluster.real_node)
+    assert next(c for c in node["status"]["conditions"] if c["type"] == "Ready")["status"] == "True"
 
 
 def test_a_checksum_mismatch_fails_the_dataset_with_a_reason_until_it_points_at_the_right_file(run: Quickstart) -> None:
