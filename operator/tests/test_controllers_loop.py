@@ -63,10 +63,12 @@ class Harness:
             raise self.live
         return self.live
 
-    def start(self, resync: float = 60.0) -> asyncio.Task[None]:
+    def start(self, resync: float = 60.0, body: Mapping[str, Any] = BODY,
+              write: loop.StatusWriter | None = None) -> asyncio.Task[None]:  # fmt: skip
+        """The loop of ``body`` (which the API server holds until a test sets ``live``)."""
         return asyncio.create_task(
-            loop.run_loop(TRAINING_JOB, self.reconciler, BODY, self.stopped, LOGGER, lambda r, m: None,
-                          write_status=self.write, read=self.read, wakeups=self.wakeups, resync=resync)  # fmt: skip
+            loop.run_loop(TRAINING_JOB, self.reconciler, body, self.stopped, LOGGER, lambda r, m: None,
+                          write_status=write or self.write, read=self.read, wakeups=self.wakeups, resync=resync)  # fmt: skip
         )
 
     async def next_pass(self) -> int:
@@ -217,25 +219,22 @@ def test_loops_put_no_finalizer_on_objects(info: Any) -> None:
     assert daemon.requires_finalizer is False
 
 
+def with_uid(uid: str) -> dict[str, Any]:
+    metadata: dict[str, Any] = dict(BODY["metadata"])  # type: ignore[call-overload]  # BODY's values are plain objects
+    return {**BODY, "metadata": {**metadata, "uid": uid}}
+
+
 def test_a_deleted_object_ends_its_loop_and_a_recreated_one_gets_a_fresh_loop() -> None:
     async def scenario() -> None:
         harness = Harness([None])
-        body = {**BODY, "metadata": {**BODY["metadata"], "uid": "old"}}
-        harness.live = body
-        task = asyncio.create_task(
-            loop.run_loop(TRAINING_JOB, harness.reconciler, body, harness.stopped, LOGGER, lambda r, m: None,
-                          write_status=harness.write, read=harness.read, wakeups=harness.wakeups)  # fmt: skip
-        )
+        harness.live = with_uid("old")
+        task = harness.start(body=with_uid("old"))
         await harness.next_pass()
         harness.wakeups.end(KEY, "old")
         await asyncio.wait_for(task, 5)  # ended without `stopped`
         assert not harness.wakeups.ended("old")  # forgotten: nothing leaks per deleted object
-        fresh = {**BODY, "metadata": {**BODY["metadata"], "uid": "new"}}
-        harness.live = fresh
-        task = asyncio.create_task(
-            loop.run_loop(TRAINING_JOB, harness.reconciler, fresh, harness.stopped, LOGGER, lambda r, m: None,
-                          write_status=harness.write, read=harness.read, wakeups=harness.wakeups)  # fmt: skip
-        )
+        harness.live = with_uid("new")
+        task = harness.start(body=with_uid("new"))
         await harness.next_pass()
         await harness.stop(task)
 
@@ -247,22 +246,15 @@ def test_a_loop_whose_object_went_unseen_ends_without_a_pass() -> None:
 
     async def scenario() -> None:
         harness = Harness([None])
-        body = {**BODY, "metadata": {**BODY["metadata"], "uid": "old"}}
-        harness.live = body
-        task = asyncio.create_task(
-            loop.run_loop(TRAINING_JOB, harness.reconciler, body, harness.stopped, LOGGER, lambda r, m: None,
-                          write_status=harness.write, read=harness.read, wakeups=harness.wakeups)  # fmt: skip
-        )
+        harness.live = with_uid("old")
+        task = harness.start(body=with_uid("old"))
         await harness.next_pass()
-        harness.live = {**BODY, "metadata": {**BODY["metadata"], "uid": "recreated"}}  # deleted, then made again
+        harness.live = with_uid("recreated")  # deleted, then made again
         harness.wakeups.wake(KEY)
         await asyncio.wait_for(task, 5)  # ended without `stopped`, and without a second pass
         assert len(harness.passes) == 1
         harness.live = None
-        task = asyncio.create_task(
-            loop.run_loop(TRAINING_JOB, harness.reconciler, body, harness.stopped, LOGGER, lambda r, m: None,
-                          write_status=harness.write, read=harness.read, wakeups=harness.wakeups)  # fmt: skip
-        )
+        task = harness.start(body=with_uid("old"))
         await asyncio.wait_for(task, 5)  # gone before its first pass: no pass at all
         assert len(harness.passes) == 1
 
@@ -282,10 +274,7 @@ def test_failed_reads_and_status_writes_are_retried_by_the_loop_not_by_kopf() ->
                 raise failures.pop()
             harness.writes.append(dict(status))
 
-        task = asyncio.create_task(
-            loop.run_loop(TRAINING_JOB, harness.reconciler, BODY, harness.stopped, LOGGER, lambda r, m: None,
-                          write_status=write, read=harness.read, wakeups=harness.wakeups)  # fmt: skip
-        )
+        task = harness.start(write=write)
         await asyncio.sleep(0.05)
         assert harness.passes == [] and not task.done()  # waiting out its backoff
         harness.live = BODY
