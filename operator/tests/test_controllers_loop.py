@@ -247,12 +247,17 @@ def test_a_loop_whose_object_went_unseen_ends_without_a_pass() -> None:
     async def scenario() -> None:
         harness = Harness([None])
         harness.live = with_uid("old")
-        task = harness.start(body=with_uid("old"))
+        gone: list[ObjectKey] = []
+        task = asyncio.create_task(
+            loop.run_loop(TRAINING_JOB, harness.reconciler, with_uid("old"), harness.stopped, LOGGER, lambda r, m: None,
+                          write_status=harness.write, read=harness.read, wakeups=harness.wakeups, on_gone=gone.append)  # fmt: skip
+        )
         await harness.next_pass()
+        assert gone == []
         harness.live = with_uid("recreated")  # deleted, then made again
         harness.wakeups.wake(KEY)
         await asyncio.wait_for(task, 5)  # ended without `stopped`, and without a second pass
-        assert len(harness.passes) == 1
+        assert len(harness.passes) == 1 and gone == [KEY]  # what its DELETED handler would have done, done
         harness.live = None
         task = harness.start(body=with_uid("old"))
         await asyncio.wait_for(task, 5)  # gone before its first pass: no pass at all
@@ -285,5 +290,27 @@ def test_failed_reads_and_status_writes_are_retried_by_the_loop_not_by_kopf() ->
         assert harness.passes == [1, 1]  # each pass after a failure (the read, then the write) is a retry
         await harness.stop(task)
         assert harness.writes and not task.exception()
+
+    asyncio.run(scenario())
+
+
+def test_a_pass_decides_from_the_object_as_stored_not_from_the_daemons_copy() -> None:
+    """kopf's body may predate the loop's own last status write; the pass gets the API server's."""
+
+    async def scenario() -> None:
+        harness = Harness([None])
+        seen: list[Mapping[str, Any]] = []
+        reconcile = harness.reconciler
+
+        def recording(body: Mapping[str, Any], status_patch: MutableMapping[str, Any], **kwargs: Any) -> float | None:
+            seen.append(body)
+            return reconcile(body, status_patch, **kwargs)
+
+        harness.reconciler = recording  # type: ignore[method-assign]
+        harness.live = {**BODY, "status": {"phase": "Suspended", "group": 1}}
+        task = harness.start(body={**BODY, "status": {"phase": "Running", "group": 0}})
+        await harness.next_pass()
+        await harness.stop(task)
+        assert seen[0]["status"] == {"phase": "Suspended", "group": 1}
 
     asyncio.run(scenario())

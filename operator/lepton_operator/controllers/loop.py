@@ -101,12 +101,14 @@ async def run_loop(
     wakeups: Wakeups = WAKEUPS,
     resync: float = RESYNC_SECONDS,
     on_stop: Callable[[ObjectKey], None] | None = None,
+    on_gone: Callable[[ObjectKey], None] | None = None,
 ) -> None:
     """Reconcile ``body`` until ``stopped``; see the module docstring.
 
     ``on_stop`` runs when the loop ends (the object is gone, or peering paused
     this replica), e.g. to drop the object from a process-wide loop such as the
-    autoscaler's.
+    autoscaler's. ``on_gone`` runs before it when a pass finds the object gone:
+    what a DELETED handler would have done, had its event not been lost.
     """
     key = object_key(info, body)
     uid = str((body.get("metadata") or {}).get("uid", ""))
@@ -123,6 +125,8 @@ async def run_loop(
                 continue
             if not same_object(uid, found):
                 logger.info(f"{info.kind} {key.namespace}/{key.name} ({uid}) is gone: its loop ends")
+                if on_gone is not None:
+                    on_gone(key)
                 break
             status_patch: dict[str, Any] = {}
             snapshot = to_plain(found)  # detached from the reader's object for the thread
@@ -153,7 +157,8 @@ async def run_loop(
             on_stop(key)
 
 
-def register(info: ResourceInfo, reconciler: Reconciler, *, on_stop: Callable[[ObjectKey], None] | None = None) -> None:
+def register(info: ResourceInfo, reconciler: Reconciler, *, on_stop: Callable[[ObjectKey], None] | None = None,
+             on_gone: Callable[[ObjectKey], None] | None = None) -> None:  # fmt: skip
     """Run ``reconciler`` in one loop per ``info`` object, woken by changes of its spec (see ``run_loop``).
 
     kopf puts a finalizer on every object that has a daemon, so that it can
@@ -167,7 +172,7 @@ def register(info: ResourceInfo, reconciler: Reconciler, *, on_stop: Callable[[O
 
     @kopf.daemon(GROUP, VERSION, info.plural, id="loop", cancellation_timeout=CANCELLATION_TIMEOUT)
     async def loop(body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
-        await run_loop(info, reconciler, body, stopped, logger, event_poster(body), on_stop=on_stop)
+        await run_loop(info, reconciler, body, stopped, logger, event_poster(body), on_stop=on_stop, on_gone=on_gone)
 
     without_finalizer(kopf.get_default_registry(), loop)
 
