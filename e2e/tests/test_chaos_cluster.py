@@ -2,9 +2,11 @@
 
 * kube-apiserver and etcd are killed (SIGKILL) and started again with the same
   arguments (``localcluster.components``) while TrainingJobs, LeptonDatasets and
-  InferenceServices are being created and deleted. The operator's watches break
-  (connection resets, 5xx, "too old resource version"), its passes fail and are
-  retried; it must reconnect and converge.
+  InferenceServices are being created and deleted. What the operator meets (seen in
+  its log): connections refused and reset mid-request, 429 "storage is (re)initializing",
+  403 for a moment after a restart (before the new API server has loaded RBAC), and watches
+  that resume with 410 Gone and re-list. Its requests and passes fail and are retried; it
+  must reconnect and converge.
 * A kwok GPU node is deleted under a running job, non-elastic and elastic.
 
 Every wait is on a condition with a deadline; the measured times are printed
@@ -27,14 +29,15 @@ import pytest
 import localcluster
 from localcluster import components, local, netns, nodes, realnode
 from localcluster.handle import MODE_LOCAL
-from localcluster.kube import Kubectl, KubectlError, condition, wait_until
+from localcluster.kube import Kubectl, condition, wait_until
 from localcluster.sharing import pid_alive
 from operator_fixtures import RunningOperator
+from test_dataset import SOURCE, dataset
+from test_inference import SPEC, service
 from test_training import env_of, job, status_of, wait_phase, workers
 
 pytestmark = pytest.mark.e2e
 
-API = "lepton.ai/v1alpha1"
 TIMEOUT = 120.0
 #: How long a stream's write may keep failing (the API is down) before the test gives up.
 WRITE_TIMEOUT = 120.0
@@ -50,31 +53,23 @@ SHORT = {"TrainingJob": "tj", "LeptonDataset": "lds", "InferenceService": "lis"}
 
 
 def training_job(name: str, product: str) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "TrainingJob", "metadata": {"name": name},
-            "spec": {"image": "ghcr.io/example/trainer:1",
-                     "workers": {"replicas": 2, "gpu": {"count": 1, "product": product}},
-                     "restartPolicy": {"backoff": {"initialSeconds": 0}}}}  # fmt: skip
+    return job(name, workers={"replicas": 2, "gpu": {"count": 1, "product": product}},
+               restartPolicy={"backoff": {"initialSeconds": 0}})  # fmt: skip
 
 
-def dataset(name: str, namespace: str) -> dict[str, Any]:
+def secretless_dataset(name: str, namespace: str) -> dict[str, Any]:
     """A dataset whose secret never comes: it stays Pending (SecretNotFound) with its claim and no Job.
 
     The claim's class exists nowhere, so no provisioner ever acts on it (LOCAL-CLUSTER.md: claims
     on kwok nodes jam the volume provisioner), while the dataset's reconcile still runs.
     """
-    return {"apiVersion": API, "kind": "LeptonDataset", "metadata": {"name": name},
-            "spec": {"source": {"uri": "https://data.example.com/corpus.tar",
-                                "secretRef": {"name": f"{name}-absent", "keys": {"token": "bearer"}}},
-                     "modality": "text", "shards": {"count": 2},
-                     "storage": {"size": "1Gi", "storageClassName": f"absent-{namespace}"}}}  # fmt: skip
+    secret = {"name": f"{name}-absent", "keys": {"token": "bearer"}}
+    return dataset(name, f"absent-{namespace}", {}, source={"uri": SOURCE, "secretRef": secret})
 
 
 def inference_service(name: str) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "InferenceService", "metadata": {"name": name},
-            "spec": {"model": {"name": "resnet", "source": {"uri": "https://models.example/resnet/"},
-                               "maxBatchSize": 8, "inputs": [{"name": "INPUT__0", "dims": [4]}],
-                               "outputs": [{"name": "OUTPUT__0", "dims": [2]}]},
-                     "replicas": 1}}  # fmt: skip
+    """test_inference's service at one replica and without a GPU (kwok CPU nodes host it)."""
+    return service(name, {**{k: v for k, v in SPEC.items() if k != "gpu"}, "replicas": 1})
 
 
 @dataclass
@@ -123,7 +118,7 @@ class Stream:
     def objects(self, step: int) -> list[tuple[str, str, dict[str, Any]]]:
         names = {kind: f"{short}-{step}" for kind, short in SHORT.items()}
         return [("TrainingJob", names["TrainingJob"], training_job(names["TrainingJob"], self.product)),
-                ("LeptonDataset", names["LeptonDataset"], dataset(names["LeptonDataset"], self.namespace)),
+                ("LeptonDataset", names["LeptonDataset"], secretless_dataset(names["LeptonDataset"], self.namespace)),
                 ("InferenceService", names["InferenceService"], inference_service(names["InferenceService"]))]  # fmt: skip
 
     def step(self, step: int) -> None:
