@@ -177,15 +177,13 @@ def problems(kubectl: Kubectl, ledger: Ledger) -> list[str]:
     * each object that must exist exists and is in the state its spec asks: a job Running
       with exactly its 2 workers (indices 0 and 1, of the group its status names, none
       terminating) and its Service; a dataset Pending on SecretNotFound, with its one claim
-      and no prepare Job;
-      a service Ready with its Deployment at 1 replica;
+      and no prepare Job; a service Ready with its Deployment at 1 replica;
     * each object the stream deleted is gone, and so is every child of it;
     * no child names an owner that does not exist (no orphan) and no owner has two children of
       one kind where it should have one (no duplicate).
     """
     with ledger.lock:
         present = {kind: set(names) for kind, names in ledger.present.items()}
-        deleted = {kind: set(names) for kind, names in ledger.deleted.items()}
     found: list[str] = []
     owners = {kind: {o["metadata"]["name"]: o for o in kubectl.get(SHORT[kind])} for kind in SHORT}
     for kind in SHORT:
@@ -285,8 +283,8 @@ def test_chaos_apiserver_and_etcd_restarted_during_reconciles_converge(
     """kube-apiserver, then etcd, then both are SIGKILLed and started again during a stream of writes.
 
     Invariant, after each round: every object converges to the state its spec asks (jobs
-    Running with exactly their workers, datasets Pending on their missing secret with no child,
-    services Ready at their replica count), objects deleted meanwhile leave no child, no child
+    Running with exactly their workers, datasets Pending on their missing secret with their
+    claim and no prepare Job, services Ready at their replica count), objects deleted meanwhile leave no child, no child
     is an orphan or a duplicate, the operator process stays up (no crash, no restart), and its
     log holds no traceback other than logged-and-retried ones. The time from the API answering
     again to convergence is printed; the control plane is whole again afterwards.
