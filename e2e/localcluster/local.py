@@ -54,10 +54,15 @@ def logs_dir() -> Path:
     return workdir() / "clusters" / CLUSTER_NAME / "logs"
 
 
-def _component_pids() -> dict[str, int]:
+def pids_dir() -> Path:
+    """Where kwokctl writes one ``<component>.pid`` per control-plane process."""
+    return workdir() / "clusters" / CLUSTER_NAME / "pids"
+
+
+def component_pids() -> dict[str, int]:
     """Component name -> pid, from the pid files kwokctl writes."""
     pids = {}
-    for pid_file in (workdir() / "clusters" / CLUSTER_NAME / "pids").glob("*.pid"):
+    for pid_file in pids_dir().glob("*.pid"):
         try:
             pids[pid_file.stem] = int(pid_file.read_text().strip())
         except ValueError:
@@ -67,7 +72,7 @@ def _component_pids() -> dict[str, int]:
 
 def dead_components() -> list[str]:
     """Components whose recorded process is gone (or a zombie)."""
-    return sorted(name for name, pid in _component_pids().items() if pid <= 0 or not pid_alive(pid))
+    return sorted(name for name, pid in component_pids().items() if pid <= 0 or not pid_alive(pid))
 
 
 def logs_tail(lines: int = 20, width: int = 400) -> str:
@@ -97,7 +102,7 @@ def exists() -> bool:
 def components_alive() -> bool:
     """Every process kwokctl recorded in ``pids/`` still exists (an API answering /readyz is not
     enough: a dead kwok-controller leaves nodes Ready until their leases expire)."""
-    return bool(_component_pids()) and not dead_components()
+    return bool(component_pids()) and not dead_components()
 
 
 def pki_dir() -> Path:

@@ -41,6 +41,7 @@ class Harness:
         self.started = asyncio.Event()
         self.pass_done = asyncio.Queue[int]()
         self.loop = asyncio.get_running_loop()
+        self.live: Mapping[str, Any] | Exception | None = BODY
 
     def reconciler(
         self, body: Mapping[str, Any], status_patch: MutableMapping[str, Any], *, retry: int, logger: Any, warn: Any
@@ -56,10 +57,18 @@ class Harness:
     def write(self, info: Any, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.writes.append(dict(status))
 
-    def start(self, resync: float = 60.0) -> asyncio.Task[None]:
+    def read(self, info: Any, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The object the API server has now: ``self.live`` (the loop's own body unless a test changes it)."""
+        if isinstance(self.live, Exception):
+            raise self.live
+        return self.live
+
+    def start(self, resync: float = 60.0, body: Mapping[str, Any] = BODY,
+              write: loop.StatusWriter | None = None) -> asyncio.Task[None]:  # fmt: skip
+        """The loop of ``body`` (which the API server holds until a test sets ``live``)."""
         return asyncio.create_task(
-            loop.run_loop(TRAINING_JOB, self.reconciler, BODY, self.stopped, LOGGER, lambda r, m: None,
-                          write_status=self.write, wakeups=self.wakeups, resync=resync)  # fmt: skip
+            loop.run_loop(TRAINING_JOB, self.reconciler, body, self.stopped, LOGGER, lambda r, m: None,
+                          write_status=write or self.write, read=self.read, wakeups=self.wakeups, resync=resync)  # fmt: skip
         )
 
     async def next_pass(self) -> int:
@@ -93,7 +102,7 @@ def test_on_stop_runs_when_the_loop_ends() -> None:
         stopped_keys: list[ObjectKey] = []
         task = asyncio.create_task(
             loop.run_loop(TRAINING_JOB, harness.reconciler, BODY, harness.stopped, LOGGER, lambda r, m: None,
-                          write_status=harness.write, wakeups=harness.wakeups, on_stop=stopped_keys.append)  # fmt: skip
+                          write_status=harness.write, read=harness.read, wakeups=harness.wakeups, on_stop=stopped_keys.append)  # fmt: skip
         )
         await harness.next_pass()
         assert stopped_keys == []
@@ -158,7 +167,7 @@ def test_validating_reconciler_reports_invalid_spec_through_the_loop() -> None:
         await asyncio.wait_for(
             loop.run_loop(TRAINING_JOB, validating("TrainingJob"), body, stopped, LOGGER,
                           lambda reason, message: warnings.append((reason, message)),
-                          write_status=write, wakeups=wakeups),  # fmt: skip
+                          write_status=write, read=lambda info, namespace, name: body, wakeups=wakeups),  # fmt: skip
             5,
         )
         assert writes[0]["phase"] == "Failed" and writes[0]["observedGeneration"] == 3
@@ -210,24 +219,98 @@ def test_loops_put_no_finalizer_on_objects(info: Any) -> None:
     assert daemon.requires_finalizer is False
 
 
+def with_uid(uid: str) -> dict[str, Any]:
+    metadata: dict[str, Any] = dict(BODY["metadata"])  # type: ignore[call-overload]  # BODY's values are plain objects
+    return {**BODY, "metadata": {**metadata, "uid": uid}}
+
+
 def test_a_deleted_object_ends_its_loop_and_a_recreated_one_gets_a_fresh_loop() -> None:
     async def scenario() -> None:
         harness = Harness([None])
-        body = {**BODY, "metadata": {**BODY["metadata"], "uid": "old"}}
-        task = asyncio.create_task(
-            loop.run_loop(TRAINING_JOB, harness.reconciler, body, harness.stopped, LOGGER, lambda r, m: None,
-                          write_status=harness.write, wakeups=harness.wakeups)  # fmt: skip
-        )
+        harness.live = with_uid("old")
+        task = harness.start(body=with_uid("old"))
         await harness.next_pass()
         harness.wakeups.end(KEY, "old")
         await asyncio.wait_for(task, 5)  # ended without `stopped`
         assert not harness.wakeups.ended("old")  # forgotten: nothing leaks per deleted object
-        fresh = {**BODY, "metadata": {**BODY["metadata"], "uid": "new"}}
-        task = asyncio.create_task(
-            loop.run_loop(TRAINING_JOB, harness.reconciler, fresh, harness.stopped, LOGGER, lambda r, m: None,
-                          write_status=harness.write, wakeups=harness.wakeups)  # fmt: skip
-        )
+        harness.live = with_uid("new")
+        task = harness.start(body=with_uid("new"))
         await harness.next_pass()
         await harness.stop(task)
+
+    asyncio.run(scenario())
+
+
+def test_a_loop_whose_object_went_unseen_ends_without_a_pass() -> None:
+    """After a watch gap (410 Gone, re-list) no DELETED event comes: the fresh read ends the loop."""
+
+    async def scenario() -> None:
+        harness = Harness([None])
+        harness.live = with_uid("old")
+        gone: list[ObjectKey] = []
+        task = asyncio.create_task(
+            loop.run_loop(TRAINING_JOB, harness.reconciler, with_uid("old"), harness.stopped, LOGGER, lambda r, m: None,
+                          write_status=harness.write, read=harness.read, wakeups=harness.wakeups, on_gone=gone.append)  # fmt: skip
+        )
+        await harness.next_pass()
+        assert gone == []
+        harness.live = with_uid("recreated")  # deleted, then made again
+        harness.wakeups.wake(KEY)
+        await asyncio.wait_for(task, 5)  # ended without `stopped`, and without a second pass
+        assert len(harness.passes) == 1 and gone == [KEY]  # what its DELETED handler would have done, done
+        harness.live = None
+        task = harness.start(body=with_uid("old"))
+        await asyncio.wait_for(task, 5)  # gone before its first pass: no pass at all
+        assert len(harness.passes) == 1
+
+    asyncio.run(scenario())
+
+
+def test_failed_reads_and_status_writes_are_retried_by_the_loop_not_by_kopf() -> None:
+    """An API server that is down fails the read, then the status write: the loop retries, it never raises."""
+
+    async def scenario() -> None:
+        harness = Harness([None])
+        harness.live = ConnectionError("connection refused")
+        failures = [ConnectionError("connection reset")]
+
+        def write(info: Any, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+            if failures:
+                raise failures.pop()
+            harness.writes.append(dict(status))
+
+        task = harness.start(write=write)
+        await asyncio.sleep(0.05)
+        assert harness.passes == [] and not task.done()  # waiting out its backoff
+        harness.live = BODY
+        harness.wakeups.wake(KEY)
+        assert await harness.next_pass() == 1
+        harness.wakeups.wake(KEY)  # the write of pass 1 failed: pass 2 writes again
+        assert await harness.next_pass() == 2
+        assert harness.passes == [1, 1]  # each pass after a failure (the read, then the write) is a retry
+        await harness.stop(task)
+        assert harness.writes and not task.exception()
+
+    asyncio.run(scenario())
+
+
+def test_a_pass_decides_from_the_object_as_stored_not_from_the_daemons_copy() -> None:
+    """kopf's body may predate the loop's own last status write; the pass gets the API server's."""
+
+    async def scenario() -> None:
+        harness = Harness([None])
+        seen: list[Mapping[str, Any]] = []
+        reconcile = harness.reconciler
+
+        def recording(body: Mapping[str, Any], status_patch: MutableMapping[str, Any], **kwargs: Any) -> float | None:
+            seen.append(body)
+            return reconcile(body, status_patch, **kwargs)
+
+        harness.reconciler = recording  # type: ignore[method-assign]
+        harness.live = {**BODY, "status": {"phase": "Suspended", "group": 1}}
+        task = harness.start(body={**BODY, "status": {"phase": "Running", "group": 0}})
+        await harness.next_pass()
+        await harness.stop(task)
+        assert seen[0]["status"] == {"phase": "Suspended", "group": 1}
 
     asyncio.run(scenario())

@@ -250,25 +250,6 @@ def test_ttl_deletes_a_finished_job(monkeypatch: pytest.MonkeyPatch) -> None:
     assert api.calls == [("delete", "TrainingJob/job")] and due is None
 
 
-def test_the_pass_decides_from_the_job_as_stored_not_from_a_stale_body(monkeypatch: pytest.MonkeyPatch) -> None:
-    """kopf's body may lag behind the loop's own status write: the group must never go back."""
-    api = FakeApi()
-    api.install(monkeypatch)
-    api.job = body({"workers": {"replicas": 1}}, {"phase": "Suspended", "group": 1})
-    stale = body({"workers": {"replicas": 1}}, {"phase": "Running", "group": 0})
-    patch: dict[str, Any] = {}
-    controller.reconcile_job(stale, patch, retry=0, logger=LOGGER, warn=lambda r, m: None, post=lambda *e: None, now=NOW)
-    assert api.calls[-1] == ("create", "Pod/job-worker-0-g1")
-
-
-def test_a_deleted_job_ends_the_pass_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
-    api = FakeApi()
-    api.install(monkeypatch)
-    patch: dict[str, Any] = {}
-    assert controller.reconcile_job(body({}), patch, retry=0, logger=LOGGER, warn=lambda r, m: None, now=NOW) is None
-    assert patch == {} and api.calls == []
-
-
 def test_node_watch_reports_deleted_and_long_not_ready_nodes_and_wakes_their_jobs() -> None:
     nodes = controller.NodeWatch()
     key = controller.ObjectKey("TrainingJob", "ml", "job")

@@ -185,6 +185,7 @@ def stopped(key: ObjectKey) -> None:
     network.POLICIES.forget(key)
 
 
-loop.register(LEPTON_DATASET, reconcile_dataset, on_stop=stopped)
+loop.register(LEPTON_DATASET, reconcile_dataset, on_stop=stopped,
+              on_gone=lambda key: metrics.forget_dataset(key.namespace, key.name))  # fmt: skip
 loop.wake_owner_on(LEPTON_DATASET, "batch", "v1", "jobs")
 kopf.on.event(GROUP, VERSION, LEPTON_DATASET.plural, id="forget-metrics")(forget_deleted)

@@ -1,7 +1,7 @@
 """One reconcile loop per object: a kopf daemon that runs a pass, then sleeps until woken.
 
 This is the operator's reconcile model, level-based as in controller-runtime:
-a pass reads the object as it is now (kopf keeps the daemon's ``body`` live),
+a pass reads the object as it is now (a GET, see below),
 runs the kind's reconciler in a worker thread (reconcilers use the synchronous
 API client), merge-patches the status it computed, and sleeps until the object's
 spec changes, a child changes (``wakeups``), the reconciler's requested
@@ -12,6 +12,18 @@ daemon while peering has paused this replica, so a standby replica never acts.
 A reconciler never crashes the loop: it reports bad input as status, and the
 loop turns an unexpected exception into a retry with exponential backoff (the
 reconciler records the ``ReconcileError`` condition itself, see ``reconcile``).
+A status write that fails (the API server is down) is retried the same way,
+never left to kopf, which would restart the whole daemon only after its own
+30 s backoff.
+
+Each pass starts from the object as the API server has it now (one GET), not
+from kopf's copy: after an API server or etcd restart kopf's watch may resume
+with "410 Gone" and re-list, and a re-list says nothing of the objects deleted
+in the gap, so no DELETED event ever ends their loops. A loop whose object is
+gone, or was re-created under the same name (another uid), ends there instead of
+applying children for an owner that no longer exists (which the garbage
+collector deletes, whose deletion wakes the loop, which applies them again:
+orphans forever, seen in ``e2e/tests/test_chaos_cluster.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ from typing import Any, Protocol
 import kopf
 
 from lepton_operator import metrics
-from lepton_operator.api.meta import GROUP, VERSION, ResourceInfo
+from lepton_operator.api.meta import API_VERSION, GROUP, VERSION, ResourceInfo
 from lepton_operator.controllers import kube
 from lepton_operator.controllers.config import retry_delay
 from lepton_operator.controllers.reconcile import Logger, Warn, event_poster
@@ -51,6 +63,24 @@ class Reconciler(Protocol):
 
 
 StatusWriter = Callable[[ResourceInfo, str, str, Mapping[str, Any]], None]
+#: Reads one object of a kind from the API server: ``None`` when it does not exist.
+Reader = Callable[[ResourceInfo, str, str], Mapping[str, Any] | None]
+
+
+def read_live(info: ResourceInfo, namespace: str, name: str) -> Mapping[str, Any] | None:
+    """The object as the API server has it now (a GET), ``None`` when it is gone."""
+    return kube.get(API_VERSION, info.kind, namespace, name)
+
+
+def same_object(uid: str, found: Mapping[str, Any] | None) -> bool:
+    """Whether ``found`` (a fresh read) is still the object of the loop of ``uid``.
+
+    ``False`` when it is gone or was re-created under its name: either way this loop's
+    object no longer exists. A loop with no uid (tests, odd bodies) accepts any object.
+    """
+    if found is None:
+        return False
+    return not uid or str((found.get("metadata") or {}).get("uid", "")) == uid
 
 
 def object_key(info: ResourceInfo, body: Mapping[str, Any]) -> ObjectKey:
@@ -67,23 +97,39 @@ async def run_loop(
     warn: Warn,
     *,
     write_status: StatusWriter = kube.patch_status,
+    read: Reader = read_live,
     wakeups: Wakeups = WAKEUPS,
     resync: float = RESYNC_SECONDS,
     on_stop: Callable[[ObjectKey], None] | None = None,
+    on_gone: Callable[[ObjectKey], None] | None = None,
 ) -> None:
     """Reconcile ``body`` until ``stopped``; see the module docstring.
 
     ``on_stop`` runs when the loop ends (the object is gone, or peering paused
     this replica), e.g. to drop the object from a process-wide loop such as the
-    autoscaler's.
+    autoscaler's. ``on_gone`` runs before it when a pass finds the object gone:
+    what a DELETED handler would have done, had its event not been lost.
     """
     key = object_key(info, body)
     uid = str((body.get("metadata") or {}).get("uid", ""))
     retry = 0
     try:
         while not stopped and not wakeups.ended(uid):
+            try:
+                found = await asyncio.to_thread(read, info, key.namespace, key.name)
+            except Exception as error:
+                retry += 1
+                delay = retry_delay(retry)
+                logger.warning(f"cannot read the object, retrying in {delay:.0f} s: {type(error).__name__}: {error}")
+                await wakeups.sleep(key, delay)
+                continue
+            if not same_object(uid, found):
+                logger.info(f"{info.kind} {key.namespace}/{key.name} ({uid}) is gone: its loop ends")
+                if on_gone is not None:
+                    on_gone(key)
+                break
             status_patch: dict[str, Any] = {}
-            snapshot = to_plain(body)  # detached from kopf's live body for the thread
+            snapshot = to_plain(found)  # detached from the reader's object for the thread
             try:
                 due = await asyncio.to_thread(
                     reconciler, snapshot, status_patch, retry=retry, logger=logger, warn=warn
@@ -95,7 +141,12 @@ async def run_loop(
                 delay = float(error.delay) if error.delay is not None else retry_delay(retry)
                 logger.warning(f"pass failed, retrying in {delay:.0f} s: {error}")
             if status_patch:
-                await asyncio.to_thread(write_status, info, key.namespace, key.name, status_patch)
+                try:
+                    await asyncio.to_thread(write_status, info, key.namespace, key.name, status_patch)
+                except Exception as error:
+                    retry += 1
+                    delay = min(delay, retry_delay(retry))
+                    logger.warning(f"status write failed, retrying in {delay:.0f} s: {type(error).__name__}: {error}")
             phase = status_patch.get("phase", (snapshot.get("status") or {}).get("phase"))
             metrics.record_phase(info.kind, key.namespace, key.name, phase or "Unknown")
             await wakeups.sleep(key, delay)
@@ -106,7 +157,8 @@ async def run_loop(
             on_stop(key)
 
 
-def register(info: ResourceInfo, reconciler: Reconciler, *, on_stop: Callable[[ObjectKey], None] | None = None) -> None:
+def register(info: ResourceInfo, reconciler: Reconciler, *, on_stop: Callable[[ObjectKey], None] | None = None,
+             on_gone: Callable[[ObjectKey], None] | None = None) -> None:  # fmt: skip
     """Run ``reconciler`` in one loop per ``info`` object, woken by changes of its spec (see ``run_loop``).
 
     kopf puts a finalizer on every object that has a daemon, so that it can
@@ -120,7 +172,7 @@ def register(info: ResourceInfo, reconciler: Reconciler, *, on_stop: Callable[[O
 
     @kopf.daemon(GROUP, VERSION, info.plural, id="loop", cancellation_timeout=CANCELLATION_TIMEOUT)
     async def loop(body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
-        await run_loop(info, reconciler, body, stopped, logger, event_poster(body), on_stop=on_stop)
+        await run_loop(info, reconciler, body, stopped, logger, event_poster(body), on_stop=on_stop, on_gone=on_gone)
 
     without_finalizer(kopf.get_default_registry(), loop)
 

@@ -181,20 +181,11 @@ def reconcile_job(
 ) -> float | None:
     """One pass over a TrainingJob (fits ``loop.Reconciler``); returns the requeue delay.
 
-    The job is read again from the API server first: kopf's ``body`` is updated
-    by the watch, which may not have delivered this loop's own last status
-    write yet, and decisions (the group generation, restart budgets) must start
-    from the status as written, never from an older copy.
+    ``body`` is the job as the API server has it now (``loop.read_live``): kopf's copy is
+    updated by the watch, which may not have delivered this loop's own last status write yet,
+    and decisions (the group generation, restart budgets) must start from the status as
+    written, never from an older copy.
     """
-    metadata = body.get("metadata") or {}
-    try:
-        fresh = kube.get(API_VERSION, KIND, str(metadata.get("namespace", "")), str(metadata.get("name", "")))
-    except Exception as error:
-        raise kopf.TemporaryError(f"cannot read the job: {type(error).__name__}: {error}", delay=retry_delay(retry)) from error
-    if fresh is None:  # deleted meanwhile
-        forget_job(str(metadata.get("namespace", "")), str(metadata.get("name", "")))
-        return None
-    body = fresh
     parsed = validation.parse_spec(KIND, validation.to_plain(body.get("spec")))
     if isinstance(parsed, ValidationError) or not isinstance(parsed, TrainingJobSpec):
         reconcile.reconcile(KIND, body, status_patch, retry=retry, logger=logger, warn=warn, now=now)
@@ -394,7 +385,7 @@ def stopped(key: ObjectKey) -> None:
 
 def register() -> None:
     """Register the loop, its wake-ups and the metric clean-up with kopf."""
-    loop.register(TRAINING_JOB, reconcile_job, on_stop=stopped)
+    loop.register(TRAINING_JOB, reconcile_job, on_stop=stopped, on_gone=lambda key: forget_job(key.namespace, key.name))
     loop.wake_owner_on(TRAINING_JOB, "", "v1", "pods")
     loop.wake_on("", "v1", "pods", groups_waiting_for, labels={common.owner_label(KIND): kopf.PRESENT},
                  handler_id="wake-trainingjob-gangs")  # fmt: skip
