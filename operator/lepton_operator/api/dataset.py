@@ -32,6 +32,8 @@ from lepton_operator.api.common import (
     SecretReference,
     StorageClassName,
     Tolerations,
+    name_rules,
+    positive_size_rule,
 )
 from lepton_operator.api.network import NetworkPolicySpec
 from lepton_operator.api.quantity import Quantity
@@ -122,6 +124,7 @@ class StorageSpec(ApiModel):
     """Access modes of the claim; ReadWriteMany lets jobs on several nodes share it."""
 
     __rules__ = (
+        positive_size_rule("storage"),
         Rule(
             "quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) >= 0",
             "storage.size may grow but not shrink (a PVC cannot shrink)",
@@ -220,12 +223,21 @@ class LeptonDatasetStatus(ApiModel):
     """When preparation finished."""
 
 
+#: The claim, the prepare Job and the NetworkPolicy carry the label ``lepton.ai/leptondataset=<name>``:
+#: a label value, at most 63 characters. (The claim is named ``<name>``; the Job's name is cut to fit.)
+MAX_DATASET_NAME_LENGTH = 63
+
+
 class LeptonDataset(Resource):
     """Data declared once, prepared into verified shards on a PVC, shared read-only with jobs."""
 
     kind: Literal["LeptonDataset"] = "LeptonDataset"
     spec: LeptonDatasetSpec
     status: LeptonDatasetStatus | None = None
+
+    __rules__ = name_rules(
+        "LeptonDataset", MAX_DATASET_NAME_LENGTH, "its children carry the label lepton.ai/leptondataset=<name>", service=False
+    )
 
 
 __all__ = ["LeptonDataset", "LeptonDatasetSpec", "LeptonDatasetStatus", "ObjectName"]

@@ -33,6 +33,7 @@ from lepton_operator.api.common import (
     S3Region,
     SecretReference,
     Tolerations,
+    name_rules,
 )
 from lepton_operator.api.inference_security import AUTH_ARGS_RULE, TLS_ARGS_RULE, GrpcTLS, InferenceAuth
 from lepton_operator.api.network import NetworkPolicySpec
@@ -302,6 +303,10 @@ class InferenceServiceStatus(ApiModel):
     """The autoscaler's view."""
 
 
+#: The Service ``<name>`` and the label ``lepton.ai/inferenceservice=<name>`` of every child: an RFC 1035
+#: label (a letter first), at most 63 characters. (The ConfigMap ``<name>-model-config``, Deployment
+#: ``<name>-activator`` and NetworkPolicy ``<name>-serving`` are object names, 253 characters.)
+MAX_SERVICE_NAME_LENGTH = 63
 #: A scale-to-zero service's Triton pods are behind Service ``<name>-triton`` (a 63-character DNS label).
 MAX_SCALE_TO_ZERO_NAME_LENGTH = 63 - len("-triton")
 
@@ -319,6 +324,9 @@ class InferenceService(Resource):
     status: InferenceServiceStatus | None = None
 
     __rules__ = (
+        *name_rules(
+            "InferenceService", MAX_SERVICE_NAME_LENGTH, "it names a Service and is the value of a label", service=True
+        ),
         Rule(
             "!has(self.spec.autoscaling) || self.spec.autoscaling.minReplicas > 0"
             f" || self.metadata.name.size() <= {MAX_SCALE_TO_ZERO_NAME_LENGTH}",
