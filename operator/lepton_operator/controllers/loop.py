@@ -12,6 +12,8 @@ daemon while peering has paused this replica, so a standby replica never acts.
 A reconciler never crashes the loop: it reports bad input as status, and the
 loop turns an unexpected exception into a retry with exponential backoff (the
 reconciler records the ``ReconcileError`` condition itself, see ``reconcile``).
+A ``kopf.PermanentError`` (the API server refused a child as invalid: the spec's
+fault, recorded as ``InvalidSpec``) is not retried until something wakes the loop.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class Reconciler(Protocol):
     """One pass over one object: fill ``status_patch``; return seconds until the next pass is due.
 
     Runs in a worker thread. Returns ``None`` when only a change should wake it
-    again. Raises ``kopf.TemporaryError`` (with a delay) for unexpected failures.
+    again. Raises ``kopf.TemporaryError`` (with a delay) for unexpected failures, ``kopf.PermanentError``
+    for ones that only a spec change can fix.
     """
 
     def __call__(
@@ -94,6 +97,10 @@ async def run_loop(
                 retry += 1
                 delay = float(error.delay) if error.delay is not None else retry_delay(retry)
                 logger.warning(f"pass failed, retrying in {delay:.0f} s: {error}")
+            except kopf.PermanentError as error:  # retrying cannot help: wait for a change (or the resync)
+                retry = 0
+                delay = resync
+                logger.warning(f"pass refused, waiting for the spec to change: {error}")
             if status_patch:
                 await asyncio.to_thread(write_status, info, key.namespace, key.name, status_patch)
             phase = status_patch.get("phase", (snapshot.get("status") or {}).get("phase"))

@@ -228,13 +228,8 @@ def reconcile_job(
         reporter = assessing.progress_pod(plan, pods)
         PROGRESS.watch(key, None if reporter is None else target_of(reporter))
     except Exception as error:
-        delay = retry_delay(retry)
-        try:
-            status_patch.update(validation.error_status(KIND, generation, error, existing, moment, delay))
-        except Exception:
-            logger.exception("could not record the ReconcileError condition")
-        metrics.record_reconcile(KIND, "error", time.perf_counter() - started)
-        raise kopf.TemporaryError(f"reconcile failed: {type(error).__name__}: {error}", delay=delay) from error
+        raise reconcile.failed_pass(KIND, generation, error, existing, status_patch, retry=retry, logger=logger,
+                                    moment=moment, started=started, warn=warn) from error  # fmt: skip
     if validation.needs_patch(existing, plan.status):
         status_patch.update(plan.status)
     poster = post or kopf_poster(body)
