@@ -10,7 +10,10 @@ never an operator crash: it becomes ``Validated=False`` with reason
 (``spec.workers.replicas: ...``, camelCase, list indices in brackets), plus
 ``Stalled=True`` (nothing will happen until the spec changes), ``Ready=False``
 and phase ``Failed``. The Failed state is recomputed from the spec on every
-reconcile, so fixing the spec clears it (Fluid #6160).
+reconcile, so fixing the spec clears it (Fluid #6160). A child that the API
+server refuses as ``422 Invalid`` (:func:`api_refusal`) gets the same terminal
+status with the server's message (:func:`refused_status`): retrying the same
+write cannot succeed, so it must not loop as a ``ReconcileError``.
 
 A valid spec, in this version, is accepted and waits for its kind's controller:
 ``Validated=True``, ``Reconciling=True`` and ``Ready=False`` with reason
