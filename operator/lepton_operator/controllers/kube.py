@@ -84,10 +84,22 @@ def _call(api_version: str, kind: str, verb: str, **params: Any) -> dict[str, An
     return document
 
 
+def apply_body(manifest: Mapping[str, Any]) -> bytes:
+    """The body of a server-side apply: JSON in UTF-8, with no ``\\u`` escapes.
+
+    An apply is sent as ``application/apply-patch+yaml``, and the API server's
+    YAML parser refuses the surrogate-pair escapes (``\\ud83d\\ude00``) that
+    ``json.dumps`` writes by default for a character outside the BMP: an emoji in
+    an env value or an annotation made every apply of that child a 400, retried
+    forever (found by spec fuzzing, issue #19). Literal UTF-8 is valid YAML.
+    """
+    return json.dumps(dict(manifest), ensure_ascii=False).encode()
+
+
 def apply(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """Server-side apply ``manifest`` (create or update to match); returns the object."""
     metadata = manifest["metadata"]
-    return _call(manifest["apiVersion"], manifest["kind"], "server_side_apply", body=dict(manifest),
+    return _call(manifest["apiVersion"], manifest["kind"], "server_side_apply", body=apply_body(manifest),
                  name=metadata["name"], namespace=metadata.get("namespace"), field_manager=FIELD_MANAGER,
                  force_conflicts=True)  # fmt: skip
 
