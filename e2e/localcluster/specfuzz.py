@@ -34,6 +34,7 @@ for this module's use only.
 from __future__ import annotations
 
 import copy
+import json
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -205,7 +206,7 @@ def mutate(spec: Any, rng: random.Random) -> Any:
 
 
 def hostile_name(index: int, rng: random.Random) -> str:
-    """A name the kinds' name rules refuse (or, for datasets, a dot-free one that is fine)."""
+    """A name the name rules refuse: too long, with a dot, or a digit first (which only a dataset may have)."""
     return rng.choice((f"{index}-fuzz", f"fuzz-{index}." + "x" * 60, f"fuzz.{index}", f"fuzz-{index}-" + "y" * 60))
 
 
@@ -261,12 +262,10 @@ def objects(count: int, fuzz_seed: int = 19, schemas: Mapping[str, dict[str, Any
 
 def refusal_message(body: Any) -> str:
     """The ``message`` of the API server's ``Status`` answer to a refused create ("" when none)."""
-    if isinstance(body, bytes):
-        body = body.decode(errors="replace")
-    if isinstance(body, str):
+    if isinstance(body, (str, bytes)):
         try:
-            body = yaml.safe_load(body)
-        except yaml.YAMLError:
+            body = json.loads(body)
+        except ValueError:
             return ""
     return str(body.get("message") or "") if isinstance(body, dict) else ""
 
