@@ -16,7 +16,9 @@ counts as JSON (``--out``):
     PYTHONPATH=operator:workloads:e2e python bench/spec_fuzz.py --count 10000
 
 Objects are created and settled in batches (``--batch``), each deleted before the next, so the
-cluster holds at most one batch at a time. Not a test: report the real N with the counts.
+cluster holds at most one batch at a time; the JSON is rewritten after every batch
+(``objects_done``), so a run stopped early still reports its real N. Not a test: report the real N
+with the counts.
 """
 
 from __future__ import annotations
@@ -59,32 +61,35 @@ def main() -> None:
     operator = start_operator(cluster.kubeconfig, log, extra_args=("--namespace", namespace))
     client = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
     campaign = specfuzz.Campaign(kubernetes.client.CustomObjectsApi(client), namespace)
+
+    def write(done: int) -> None:
+        """The counts so far (rewritten after every batch, so a stopped run still reports its real N)."""
+        campaign.counts.operator_exceptions = len(specfuzz.operator_exceptions(log.read_text(errors="replace")))
+        result: dict[str, Any] = {
+            "shape": {"count": args.count, "seed": args.seed, "batch": args.batch, "settle_s": args.settle},
+            "objects_done": done,
+            **dataclasses.asdict(campaign.counts),
+            "operator_alive": operator.alive(),
+            "generation_s": round(generated, 1),
+            "total_s": round(time.time() - started, 1),
+            "operator_log": str(log),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}), flush=True)
+
     try:
         for first in range(0, len(objects), args.batch):
             campaign.accepted.clear()
-            for item in objects[first : first + args.batch]:
+            batch = objects[first : first + args.batch]
+            for item in batch:
                 campaign.create(item)
             campaign.settle(args.settle)
             campaign.delete_all(300)
-            print(f"{first + args.batch} done after {time.time() - started:.0f} s: "
-                  f"{json.dumps({k: v for k, v in dataclasses.asdict(campaign.counts).items() if isinstance(v, int)})}",
-                  flush=True)  # fmt: skip
-        alive = operator.alive()
+            write(first + len(batch))
     finally:
         operator.stop()
         kubectl("delete", "namespace", namespace, "--wait=false")
-    campaign.counts.operator_exceptions = len(specfuzz.operator_exceptions(log.read_text(errors="replace")))
-    result: dict[str, Any] = {
-        "shape": {"count": args.count, "seed": args.seed, "batch": args.batch, "settle_s": args.settle},
-        **dataclasses.asdict(campaign.counts),
-        "operator_alive_at_end": alive,
-        "generation_s": round(generated, 1),
-        "total_s": round(time.time() - started, 1),
-        "operator_log": str(log),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -144,3 +144,8 @@ def test_a_child_the_api_server_refuses_as_invalid_is_terminal_not_retried(monke
     assert refused in conditions["Ready"]["message"] and "retrying" not in conditions["Ready"]["message"]
     assert warn.events == [("InvalidSpec", f"the API server refused a child object: {refused}")]
     assert total("LeptonDataset", "invalid") == before + 1
+    again: dict[str, Any] = {}
+    with pytest.raises(kopf.PermanentError):  # the resync, refused the same way: no write, no second event
+        reconcile.reconcile("LeptonDataset", body_of("LeptonDataset", SPECS["LeptonDataset"], 2, status=patch), again,
+                            retry=0, logger=LOGGER, warn=warn, now=NOW)  # fmt: skip
+    assert again == {} and len(warn.events) == 1

@@ -99,10 +99,12 @@ def failed_pass(
     """
     refusal = validation.api_refusal(error)
     if refusal is not None:
-        status_patch.update(validation.refused_status(kind, generation, refusal, existing, moment))
-        logger.warning(f"the API server refused a child of generation {generation}: {refusal}")
-        if warn is not None:
-            warn(validation.INVALID_SPEC, f"the API server refused a child object: {refusal}")
+        new = validation.refused_status(kind, generation, refusal, existing, moment)
+        if validation.needs_patch(existing, new):  # a resync that is refused the same way writes and says nothing
+            status_patch.update(new)
+            logger.warning(f"the API server refused a child of generation {generation}: {refusal}")
+            if warn is not None:
+                warn(validation.INVALID_SPEC, f"the API server refused a child object: {refusal}")
         metrics.record_reconcile(kind, "invalid", time.perf_counter() - started)
         return kopf.PermanentError(f"the API server refused a child: {refusal}")
     delay = retry_delay(retry)
