@@ -381,8 +381,18 @@ class EnvVar(ApiModel):
 
 AccessMode = Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]
 AccessModes = Annotated[list[AccessMode], Field(min_length=1, max_length=4)]
-StorageClassName = Annotated[str, StringConstraints(max_length=253)]
-NodeSelector = Annotated[dict[str, Annotated[str, StringConstraints(max_length=63)]], Field(max_length=32)]
+# The shapes below are what the API server checks on the children (a claim's class, a pod's node
+# selector and image): checked here too, a bad value is refused at apply, not by the child's create.
+StorageClassName = Annotated[
+    str, StringConstraints(max_length=253, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$")
+]
+"""A StorageClass name (an RFC 1123 subdomain), or "" for a claim bound to a volume without a class."""
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+NodeSelector = Annotated[
+    dict[str, Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE)]], Field(max_length=32)
+]
+ImageReference = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^\S(.*\S)?$")]
+"""A container image, with no leading or trailing whitespace (the API server refuses such a Pod)."""
 Tolerations = Annotated[list[Toleration], Field(max_length=32)]
 EnvVars = Annotated[list[EnvVar], Field(max_length=128)]
 Args = Annotated[list[Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=256)]

@@ -18,6 +18,7 @@ from lepton_operator.api.common import (
     CA_BUNDLE_RULE,
     S3_SETTINGS_RULE,
     CABundle,
+    ImageReference,
     AccessModes,
     ApiModel,
     Conditions,
@@ -144,7 +145,7 @@ class StorageSpec(ApiModel):
 class PrepareSpec(ApiModel):
     """The Job that fetches, validates and shards the data."""
 
-    image: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
+    image: ImageReference | None = None
     """Preparer image; the operator's configured workloads image when unset."""
     resources: ResourceRequirements | None = None
     """Resources of the preparer container."""

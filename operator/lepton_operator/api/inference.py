@@ -22,6 +22,7 @@ from lepton_operator.api.common import (
     Args,
     Conditions,
     GPUSpec,
+    ImageReference,
     LocalObjectReference,
     NodeSelector,
     ObjectName,
@@ -160,7 +161,7 @@ class ModelSpec(ApiModel):
 class TritonSpec(ApiModel):
     """The Triton Inference Server container."""
 
-    image: Annotated[str, StringConstraints(min_length=1, max_length=1024)] = DEFAULT_TRITON_IMAGE
+    image: ImageReference = DEFAULT_TRITON_IMAGE
     """Triton image (NGC tritonserver)."""
     args: Args | None = None
     """Extra tritonserver arguments."""

@@ -21,6 +21,7 @@ from lepton_operator.api.common import (
     Conditions,
     EnvVars,
     GPUSpec,
+    ImageReference,
     LocalObjectReference,
     NodeSelector,
     ObjectName,
@@ -214,7 +215,7 @@ class OutputSpec(ApiModel):
 class TrainingJobSpec(ApiModel):
     """Desired state of a TrainingJob."""
 
-    image: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    image: ImageReference
     """Container image of the workers."""
     command: Args | None = None
     """Full command of the workers, replacing torchrun; not with entrypoint."""
