@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from localcluster.kube import Kubectl, KubectlError
+from localcluster.kube import Kubectl, KubectlError, condition, wait_until
+from operator_fixtures import RunningOperator
 
 CATALOGUE = Path(__file__).resolve().parents[2] / "operator" / "tests" / "data" / "invalid_objects.yaml"
 CASES: list[dict[str, Any]] = yaml.safe_load(CATALOGUE.read_text())
@@ -38,6 +39,7 @@ def test_api_server_rejects_invalid_object(case: dict[str, Any], kubectl: Kubect
         kubectl.apply(manifest(case), "--server-side")
     message = refused.value.stderr
     assert case["field"] in message, f"{case['rule']}: the error does not name {case['field']}:\n{message}"
+    assert case.get("message", "") in message, f"{case['rule']}: the error does not say {case['message']!r}:\n{message}"
 
 
 def test_valid_object_next_to_each_rule_is_accepted(kubectl: Kubectl) -> None:
@@ -70,3 +72,27 @@ def test_storage_may_grow(kubectl: Kubectl) -> None:
     base["spec"]["storage"]["size"] = "2Gi"
     kubectl.apply(base, "--server-side")
     assert kubectl.get("lds", "grows")["spec"]["storage"]["size"] == "2Gi"
+
+
+def test_a_child_the_api_server_refuses_ends_in_invalid_spec_not_a_retry_loop(
+    lepton_operator: RunningOperator, kubectl: Kubectl
+) -> None:
+    """What admission cannot know (issue #19): a Pod-only rule (an extended resource needs a limit equal to
+    its request) refuses the worker pods; the job ends Failed/Stalled with the API server's message."""
+    job = {"apiVersion": "lepton.ai/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "refused-pods"},
+           "spec": {"image": "trainer:1", "workers": {"resources": {"requests": {"example.com/widget": 1}}}}}  # fmt: skip
+    kubectl.apply(job, "--server-side")
+
+    def stalled() -> dict[str, Any]:
+        found = condition(kubectl.get("trainingjob", "refused-pods"), "Stalled") or {}
+        return found if found.get("status") == "True" else {}
+
+    found = wait_until(stalled, 60, "tj/refused-pods Stalled")
+    assert found["reason"] == "InvalidSpec"
+    assert "Limit must be set for non overcommitable resources" in found["message"]  # the API server's words
+    assert "refused a child" in found["message"]
+    obj = kubectl.get("trainingjob", "refused-pods")
+    assert obj["status"]["phase"] == "Failed"
+    ready = condition(obj, "Ready")
+    assert ready is not None and ready["reason"] == "InvalidSpec"
+    assert kubectl.get("pods") == []

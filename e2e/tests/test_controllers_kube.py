@@ -53,6 +53,14 @@ def test_apply_creates_then_updates_and_lists_by_label(namespace: str, kubectl: 
     assert kube.delete("v1", "ConfigMap", namespace, "two") is False
 
 
+def test_apply_carries_characters_outside_the_bmp(namespace: str, kubectl: Kubectl) -> None:
+    """An apply is YAML to the API server, whose parser refused JSON's surrogate-pair escapes (issue #19's fuzzing)."""
+    text = "emoji 😀, right-to-left \u202e, CJK 名前, controls \x85\x9f\x7f\x00\t\n, separators \u2028\u2029"
+    kube.apply(config_map(namespace, "unicode", {"text": text}))
+    assert kubectl.get("configmap", "unicode")["data"] == {"text": text}
+    assert "😀".encode() in kube.apply_body(config_map(namespace, "unicode", {"text": text}))  # UTF-8, not escaped
+
+
 def test_patch_status_writes_the_status_subresource(namespace: str, kubectl: Kubectl) -> None:
     kubectl.apply({"apiVersion": "lepton.ai/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "job"},
                    "spec": {"image": "t:1"}}, "--server-side")  # fmt: skip

@@ -52,6 +52,8 @@ def test_model_rejects_invalid_object(case: dict[str, Any]) -> None:
         if dotted_field.startswith(loc) and (leaf in loc.split(".") or leaf in error["msg"]):
             explained = True
     assert explained, f"no error names {field}: {caught.value.errors()}"
+    if "message" in case:
+        assert any(case["message"] in error["msg"] for error in caught.value.errors()), caught.value.errors()
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.get("transition")], ids=lambda c: c["name"])

@@ -6,6 +6,7 @@ The real API server path is covered by e2e/tests/test_dataset.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -225,3 +226,28 @@ def test_a_refused_policy_fails_the_pass_before_any_job(fake: FakeKube, monkeypa
     monkeypatch.setattr(kube, "apply", applied)
     run(body(OPEN_SOURCE))  # the retry writes the policy it could not write before
     assert ("NetworkPolicy", "ns", "d-prepare") in fake.objects and [key for key in fake.objects if key[0] == "Job"]
+
+
+def test_a_claim_the_api_server_refuses_as_invalid_is_terminal_and_no_job_is_made(
+    fake: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #19: a 70-character dataset stored before its name rule made a 64-byte label, retried forever."""
+    refused = 'PersistentVolumeClaim "d" is invalid: metadata.labels: Invalid value: "d": must be no more than 63 characters'
+
+    def refuse(manifest: dict[str, Any]) -> dict[str, Any]:
+        if manifest["kind"] == "PersistentVolumeClaim":
+            error = ApiException(status=422, reason="Unprocessable Entity")
+            error.body = json.dumps({"kind": "Status", "reason": "Invalid", "code": 422, "message": refused})
+            raise DynamicApiError(error)
+        return fake.apply(manifest)
+
+    monkeypatch.setattr(kube, "apply", refuse)
+    patch: dict[str, Any] = {}
+    warnings: list[tuple[str, str]] = []
+    with pytest.raises(kopf.PermanentError):
+        controller.reconcile_dataset(body(OPEN_SOURCE), patch, retry=3, logger=logging.getLogger("test"),
+                                     warn=lambda r, m: warnings.append((r, m)))  # fmt: skip
+    stalled = next(c for c in patch["conditions"] if c["type"] == "Stalled")
+    assert patch["phase"] == "Failed" and (stalled["status"], stalled["reason"]) == ("True", "InvalidSpec")
+    assert refused in stalled["message"] and [reason for reason, _ in warnings] == ["InvalidSpec"]
+    assert not [key for key in fake.objects if key[0] == "Job"]

@@ -314,3 +314,18 @@ def test_a_pass_decides_from_the_object_as_stored_not_from_the_daemons_copy() ->
         assert seen[0]["status"] == {"phase": "Suspended", "group": 1}
 
     asyncio.run(scenario())
+
+
+def test_a_permanent_error_waits_for_a_wakeup_instead_of_retrying() -> None:
+    async def scenario() -> None:
+        harness = Harness([kopf.PermanentError("refused"), None])
+        task = harness.start(resync=60.0)
+        assert await harness.next_pass() == 1
+        await asyncio.sleep(0.05)
+        assert len(harness.passes) == 1  # no retry on its own
+        harness.wakeups.wake(KEY)  # e.g. the spec changed
+        assert await harness.next_pass() == 2
+        await harness.stop(task)
+        assert harness.passes[:2] == [0, 0]  # a refusal is not counted as a retry
+
+    asyncio.run(scenario())

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
 import pytest
+from kubernetes.client import ApiException
 
 from lepton_operator import controllers, metrics
 from lepton_operator.api import RESOURCES
@@ -117,3 +119,33 @@ def test_error_while_recording_the_error_still_retries(monkeypatch: pytest.Monke
     with pytest.raises(kopf.TemporaryError):
         reconcile.reconcile("TrainingJob", body_of("TrainingJob", {}), patch, retry=0, logger=LOGGER, warn=Recorder())
     assert patch == {}
+
+
+def test_a_child_the_api_server_refuses_as_invalid_is_terminal_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #19: a 422 Invalid child create looped forever in ReconcileError."""
+    refused = 'PersistentVolumeClaim "x" is invalid: spec.resources.requests[storage]: Invalid value: "0": must be greater than zero'
+    error = ApiException(status=422, reason="Unprocessable Entity")
+    error.body = json.dumps({"kind": "Status", "reason": "Invalid", "code": 422, "message": refused})
+
+    def refuse(*_: Any, **__: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(validation, "foundation_status", refuse)
+    before = total("LeptonDataset", "invalid")
+    patch: dict[str, Any] = {}
+    warn = Recorder()
+    with pytest.raises(kopf.PermanentError) as raised:
+        reconcile.reconcile("LeptonDataset", body_of("LeptonDataset", SPECS["LeptonDataset"], 2), patch, retry=5,
+                            logger=LOGGER, warn=warn, now=NOW)  # fmt: skip
+    assert refused in str(raised.value)
+    conditions = {c["type"]: c for c in patch["conditions"]}
+    assert patch["phase"] == "Failed"
+    assert (conditions["Stalled"]["status"], conditions["Stalled"]["reason"]) == ("True", "InvalidSpec")
+    assert refused in conditions["Ready"]["message"] and "retrying" not in conditions["Ready"]["message"]
+    assert warn.events == [("InvalidSpec", f"the API server refused a child object: {refused}")]
+    assert total("LeptonDataset", "invalid") == before + 1
+    again: dict[str, Any] = {}
+    with pytest.raises(kopf.PermanentError):  # the resync, refused the same way: no write, no second event
+        reconcile.reconcile("LeptonDataset", body_of("LeptonDataset", SPECS["LeptonDataset"], 2, status=patch), again,
+                            retry=0, logger=LOGGER, warn=warn, now=NOW)  # fmt: skip
+    assert again == {} and len(warn.events) == 1

@@ -39,6 +39,7 @@ class FakeApi:
     def __init__(self, pods: list[dict[str, Any]] | None = None) -> None:
         self.pods = pods or []
         self.datasets: dict[str, dict[str, Any]] = {}
+        self.service_accounts: set[str] = set()
         self.calls: list[tuple[str, str]] = []
         self.policies: list[tuple[str, str, int]] = []
         """NetworkPolicy writes, kept apart from ``calls``: (verb, object, how many other writes came before)."""
@@ -96,6 +97,8 @@ class FakeApi:
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         if kind == "TrainingJob":
             return self.job
+        if kind == "ServiceAccount":
+            return {"metadata": {"name": name}} if name in self.service_accounts else None
         return self.datasets.get(name)
 
     def patch_status(self, info: Any, namespace: str, name: str, status: Mapping[str, Any]) -> None:
@@ -219,6 +222,16 @@ def test_job_waits_for_its_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
     assert controller.DATASET_USERS.jobs_of({"metadata": {"namespace": "ml", "name": "images"}}) == [
         ("TrainingJob", "ml", "job")
     ]
+
+
+def test_job_waits_for_its_service_account_instead_of_retrying_refused_pods(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = FakeApi()
+    due, patch, _ = run(api, monkeypatch, body({"serviceAccountName": "trainer"}))
+    assert patch["reason"] == "ServiceAccountNotFound" and not [c for c in api.calls if c[0] == "create"]
+    assert due is not None and due <= 10  # nothing wakes it when the account appears: it looks again
+    api.service_accounts.add("trainer")
+    _, patch, _ = run(api, monkeypatch, body({"serviceAccountName": "trainer"}))
+    assert patch["phase"] == "Starting" and ("create", "Pod/job-worker-0-g0") in api.calls
 
 
 def test_invalid_spec_is_reported_and_nothing_is_created(monkeypatch: pytest.MonkeyPatch) -> None:

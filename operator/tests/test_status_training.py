@@ -281,6 +281,15 @@ def test_dataset_not_ready_keeps_the_job_pending() -> None:
     assert plan.phase == "Pending" and plan.status["reason"] == "DatasetNotReady" and not plan.create_workers
 
 
+def test_a_missing_service_account_keeps_the_job_pending_and_looks_again() -> None:
+    """Issue #19's fuzzing: pods naming a missing ServiceAccount were refused (403) in a ReconcileError loop."""
+    plan = assess(spec(serviceAccountName="trainer"), [], service_account_missing="waiting for ServiceAccount trainer")
+    assert plan.phase == "Pending" and plan.status["reason"] == "ServiceAccountNotFound" and not plan.create_workers
+    assert plan.requeue == t.SERVICE_ACCOUNT_RECHECK_SECONDS
+    assert "ServiceAccount trainer" in next(c["message"] for c in plan.status["conditions"] if c["type"] == "Ready")
+    assert assess(spec(serviceAccountName="trainer"), []).create_workers  # once it exists
+
+
 def test_an_unchanged_status_keeps_transition_times() -> None:
     job = spec(workers={"replicas": 1})
     first = assess(job, [pod(0)])

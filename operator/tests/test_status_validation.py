@@ -278,3 +278,35 @@ def test_a_refused_request_is_described_by_the_api_servers_message() -> None:
     assert ready["message"].startswith("reconcile failed: ApiException 403 Forbidden: pods")
     error.body = "<html>bad gateway</html>"
     assert v.describe_error(error).startswith("ApiException: (403)")
+
+
+def refusal(code: int, reason: str, message: str) -> ApiException:
+    error = ApiException(status=code, reason=reason)
+    error.body = json.dumps({"kind": "Status", "status": "Failure", "reason": reason, "code": code, "message": message})
+    return error
+
+
+POD_REFUSED = 'Pod "w-0" is invalid: spec.containers[0].resources.requests: Invalid value: "2": must be less than or equal to cpu limit of 1'
+
+
+def test_only_a_422_invalid_is_a_refusal_of_the_spec() -> None:
+    assert v.api_refusal(refusal(422, "Invalid", POD_REFUSED)) == POD_REFUSED
+    assert v.api_refusal(refusal(422, "Invalid", POD_REFUSED).__class__(status=422)) is None  # no body
+    for code, reason in ((409, "Conflict"), (403, "Forbidden"), (429, "TooManyRequests"), (500, "InternalError"),
+                         (422, "Unprocessable")):  # fmt: skip
+        assert v.api_refusal(refusal(code, reason, "no")) is None, (code, reason)
+    garbled = refusal(422, "Invalid", "x")
+    garbled.body = b"<html>"
+    assert v.api_refusal(garbled) is None
+    assert v.api_refusal(RuntimeError("boom")) is None
+
+
+@pytest.mark.parametrize("kind", sorted(v.KINDS))
+def test_a_refused_child_is_a_terminal_invalid_spec_with_the_servers_message(kind: str) -> None:
+    before = {"phase": "Pending", "conditions": [{"type": "Validated", "status": "True", "reason": "Valid"}]}
+    status = v.refused_status(kind, 3, POD_REFUSED, before, NOW)
+    assert status["phase"] == "Failed" and status["observedGeneration"] == 3
+    conditions = by_type(status)
+    for ctype, flag in (("Validated", "False"), ("Ready", "False"), ("Reconciling", "False"), ("Stalled", "True")):
+        assert (conditions[ctype]["status"], conditions[ctype]["reason"]) == (flag, "InvalidSpec"), ctype
+    assert POD_REFUSED in conditions["Stalled"]["message"] and "refused a child" in conditions["Ready"]["message"]

@@ -8,6 +8,7 @@ field the user did not set never appears as ``null`` in a manifest we write.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Self
@@ -17,10 +18,12 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from lepton_operator.api.quantity import Quantity
+from lepton_operator.api.quantity import Quantity, parse_quantity
 
-# RFC 1123 label: the shape of names that become hostnames and Service names.
+# RFC 1123 label: the shape of names that become hostnames and label values.
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# RFC 1035 label: Service names (a letter first).
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 # RFC 1123 subdomain: the shape of object names (Secrets, claims, datasets).
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
@@ -206,13 +209,97 @@ def over_tls(uri: str | None, endpoint: str | None) -> bool:
     return uri.startswith("https://") or (uri.startswith("s3://") and (endpoint is None or endpoint.startswith("https://")))
 
 
-class ResourceRequirements(ApiModel):
-    """CPU, memory and other resources for a container, as in a Pod spec."""
+#: Resource names a container may ask for without a domain (the API server's standard container resources).
+STANDARD_CONTAINER_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+_RESOURCE_NAMES_CEL = "k in ['cpu', 'memory', 'ephemeral-storage'] || k.startsWith('hugepages-') || k.contains('/')"
+# The maps hold at most 16 entries (maxProperties), which keeps the rules' CEL cost bounded.
+MAX_RESOURCES = 16
 
-    requests: dict[str, Quantity] | None = Field(default=None, max_length=16)
+
+def _resource_name_ok(name: str) -> bool:
+    return name in STANDARD_CONTAINER_RESOURCES or name.startswith("hugepages-") or "/" in name
+
+
+def _requests_within_limits(requests: dict[str, int | str] | None, limits: dict[str, int | str] | None) -> bool:
+    bounds = limits or {}
+    return all(parse_quantity(value) <= parse_quantity(bounds[name]) for name, value in (requests or {}).items() if name in bounds)
+
+
+class ResourceRequirements(ApiModel):
+    """CPU, memory and other resources for a container, as in a Pod spec.
+
+    The API server refuses a Pod whose request exceeds its limit (``memory:
+    256Gi`` over a ``1m`` limit, anything over a limit of ``0``), a negative
+    quantity, or a resource name it does not know; those rules are here too, so
+    such a spec is refused at ``kubectl apply`` rather than by every Pod create
+    the operator would try.
+    """
+
+    requests: dict[str, Quantity] | None = Field(default=None, max_length=MAX_RESOURCES)
     """Minimum resources the scheduler reserves (e.g. cpu: 2, memory: 8Gi)."""
-    limits: dict[str, Quantity] | None = Field(default=None, max_length=16)
+    limits: dict[str, Quantity] | None = Field(default=None, max_length=MAX_RESOURCES)
     """Maximum resources the container may use."""
+
+    __rules__ = (
+        Rule(
+            "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits)"
+            " || quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)",
+            "resources: a request must not exceed the limit of the same resource (nothing fits under a limit of 0)",
+            lambda r: _requests_within_limits(r.requests, r.limits),
+            ".requests",
+        ),
+        Rule(
+            "(!has(self.requests) || self.requests.all(k, !quantity(string(self.requests[k])).isLessThan(quantity('0'))))"
+            " && (!has(self.limits) || self.limits.all(k, !quantity(string(self.limits[k])).isLessThan(quantity('0'))))",
+            "resources: requests and limits must not be negative",
+            lambda r: all(parse_quantity(v) >= 0 for v in [*(r.requests or {}).values(), *(r.limits or {}).values()]),
+        ),
+        Rule(
+            f"(!has(self.requests) || self.requests.all(k, {_RESOURCE_NAMES_CEL}))"
+            f" && (!has(self.limits) || self.limits.all(k, {_RESOURCE_NAMES_CEL}))",
+            "resources: a resource is cpu, memory, ephemeral-storage, hugepages-<size> or a domain-qualified"
+            " name such as nvidia.com/gpu",
+            lambda r: all(_resource_name_ok(k) for k in [*(r.requests or {}), *(r.limits or {})]),
+        ),
+    )
+
+
+def positive_size_rule(what: str, optional: bool = False) -> Rule:
+    """``self.size`` is a quantity above zero: a claim of ``0`` (or less) is refused by the API server."""
+    cel = "quantity(string(self.size)).isGreaterThan(quantity('0'))"
+    return Rule(
+        f"!has(self.size) || {cel}" if optional else cel,
+        f"{what}.size must be greater than 0",
+        lambda s: s.size is None or parse_quantity(s.size) > 0,
+        ".size",
+    )
+
+
+def name_rules(kind: str, max_length: int, why_length: str, *, service: bool) -> tuple[Rule, Rule]:
+    """The rules on ``metadata.name`` of a kind whose children are named and labelled after it.
+
+    ``max_length`` comes from the longest child name or label value the kind
+    renders (``why_length`` says which). ``service``: the name is also a
+    Service's, an RFC 1035 label (a letter first); otherwise an RFC 1123 label.
+    The API server only holds custom objects' names to the 253-character
+    subdomain shape, so without these a child create is refused later.
+    """
+    pattern = DNS_1035_LABEL if service else DNS_LABEL
+    shape = "start with a letter" if service else "start with a letter or digit"
+    return (
+        Rule(
+            f"self.metadata.name.size() <= {max_length}",
+            f"metadata.name: a {kind} name is at most {max_length} characters ({why_length})",
+            lambda obj: len(str(obj.metadata.get("name", ""))) <= max_length,
+        ),
+        Rule(
+            f"self.metadata.name.size() > {max_length} || self.metadata.name.matches('{pattern}')",
+            f"metadata.name: a {kind} name holds only lowercase letters, digits and '-', and must {shape}"
+            " and end with a letter or digit (no dots: it becomes a hostname)",
+            lambda obj: len(str(obj.metadata.get("name", ""))) > max_length
+            or re.fullmatch(pattern, str(obj.metadata.get("name", ""))) is not None,
+        ),
+    )
 
 
 class Toleration(ApiModel):
@@ -294,8 +381,18 @@ class EnvVar(ApiModel):
 
 AccessMode = Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]
 AccessModes = Annotated[list[AccessMode], Field(min_length=1, max_length=4)]
-StorageClassName = Annotated[str, StringConstraints(max_length=253)]
-NodeSelector = Annotated[dict[str, Annotated[str, StringConstraints(max_length=63)]], Field(max_length=32)]
+# The shapes below are what the API server checks on the children (a claim's class, a pod's node
+# selector and image): checked here too, a bad value is refused at apply, not by the child's create.
+StorageClassName = Annotated[
+    str, StringConstraints(max_length=253, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$")
+]
+"""A StorageClass name (an RFC 1123 subdomain), or "" for a claim bound to a volume without a class."""
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+NodeSelector = Annotated[
+    dict[str, Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE)]], Field(max_length=32)
+]
+ImageReference = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^\S(.*\S)?$")]
+"""A container image, with no leading or trailing whitespace (the API server refuses such a Pod)."""
 Tolerations = Annotated[list[Toleration], Field(max_length=32)]
 EnvVars = Annotated[list[EnvVar], Field(max_length=128)]
 Args = Annotated[list[Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=256)]

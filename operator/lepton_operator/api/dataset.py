@@ -18,6 +18,7 @@ from lepton_operator.api.common import (
     CA_BUNDLE_RULE,
     S3_SETTINGS_RULE,
     CABundle,
+    ImageReference,
     AccessModes,
     ApiModel,
     Conditions,
@@ -32,6 +33,8 @@ from lepton_operator.api.common import (
     SecretReference,
     StorageClassName,
     Tolerations,
+    name_rules,
+    positive_size_rule,
 )
 from lepton_operator.api.network import NetworkPolicySpec
 from lepton_operator.api.quantity import Quantity
@@ -122,6 +125,7 @@ class StorageSpec(ApiModel):
     """Access modes of the claim; ReadWriteMany lets jobs on several nodes share it."""
 
     __rules__ = (
+        positive_size_rule("storage"),
         Rule(
             "quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) >= 0",
             "storage.size may grow but not shrink (a PVC cannot shrink)",
@@ -141,7 +145,7 @@ class StorageSpec(ApiModel):
 class PrepareSpec(ApiModel):
     """The Job that fetches, validates and shards the data."""
 
-    image: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
+    image: ImageReference | None = None
     """Preparer image; the operator's configured workloads image when unset."""
     resources: ResourceRequirements | None = None
     """Resources of the preparer container."""
@@ -220,12 +224,21 @@ class LeptonDatasetStatus(ApiModel):
     """When preparation finished."""
 
 
+#: The claim, the prepare Job and the NetworkPolicy carry the label ``lepton.ai/leptondataset=<name>``:
+#: a label value, at most 63 characters. (The claim is named ``<name>``; the Job's name is cut to fit.)
+MAX_DATASET_NAME_LENGTH = 63
+
+
 class LeptonDataset(Resource):
     """Data declared once, prepared into verified shards on a PVC, shared read-only with jobs."""
 
     kind: Literal["LeptonDataset"] = "LeptonDataset"
     spec: LeptonDatasetSpec
     status: LeptonDatasetStatus | None = None
+
+    __rules__ = name_rules(
+        "LeptonDataset", MAX_DATASET_NAME_LENGTH, "its children carry the label lepton.ai/leptondataset=<name>", service=False
+    )
 
 
 __all__ = ["LeptonDataset", "LeptonDatasetSpec", "LeptonDatasetStatus", "ObjectName"]

@@ -22,6 +22,7 @@ from lepton_operator.api.common import (
     Args,
     Conditions,
     GPUSpec,
+    ImageReference,
     LocalObjectReference,
     NodeSelector,
     ObjectName,
@@ -33,6 +34,7 @@ from lepton_operator.api.common import (
     S3Region,
     SecretReference,
     Tolerations,
+    name_rules,
 )
 from lepton_operator.api.inference_security import AUTH_ARGS_RULE, TLS_ARGS_RULE, GrpcTLS, InferenceAuth
 from lepton_operator.api.network import NetworkPolicySpec
@@ -159,7 +161,7 @@ class ModelSpec(ApiModel):
 class TritonSpec(ApiModel):
     """The Triton Inference Server container."""
 
-    image: Annotated[str, StringConstraints(min_length=1, max_length=1024)] = DEFAULT_TRITON_IMAGE
+    image: ImageReference = DEFAULT_TRITON_IMAGE
     """Triton image (NGC tritonserver)."""
     args: Args | None = None
     """Extra tritonserver arguments."""
@@ -302,6 +304,10 @@ class InferenceServiceStatus(ApiModel):
     """The autoscaler's view."""
 
 
+#: The Service ``<name>`` and the label ``lepton.ai/inferenceservice=<name>`` of every child: an RFC 1035
+#: label (a letter first), at most 63 characters. (The ConfigMap ``<name>-model-config``, Deployment
+#: ``<name>-activator`` and NetworkPolicy ``<name>-serving`` are object names, 253 characters.)
+MAX_SERVICE_NAME_LENGTH = 63
 #: A scale-to-zero service's Triton pods are behind Service ``<name>-triton`` (a 63-character DNS label).
 MAX_SCALE_TO_ZERO_NAME_LENGTH = 63 - len("-triton")
 
@@ -319,6 +325,9 @@ class InferenceService(Resource):
     status: InferenceServiceStatus | None = None
 
     __rules__ = (
+        *name_rules(
+            "InferenceService", MAX_SERVICE_NAME_LENGTH, "it names a Service and is the value of a label", service=True
+        ),
         Rule(
             "!has(self.spec.autoscaling) || self.spec.autoscaling.minReplicas > 0"
             f" || self.metadata.name.size() <= {MAX_SCALE_TO_ZERO_NAME_LENGTH}",

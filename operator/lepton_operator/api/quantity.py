@@ -57,13 +57,20 @@ def parse_quantity(value: int | str) -> Decimal:
 def _check_quantity(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError("a quantity is an integer or a string such as 10Gi or 500m")
+    if isinstance(value, str) and len(value) > MAX_QUANTITY_LENGTH:
+        raise ValueError(f"a quantity is at most {MAX_QUANTITY_LENGTH} characters")
     parse_quantity(value)
     return value
 
 
+#: The longest quantity string: it bounds the CEL cost of the rules that parse quantities
+#: (``quantity(...)`` costs by length; unbounded, the API server refuses the CRD).
+MAX_QUANTITY_LENGTH = 64
+
 QUANTITY_SCHEMA: dict[str, Any] = {
     "anyOf": [{"type": "integer"}, {"type": "string"}],
     "pattern": QUANTITY_PATTERN,
+    "maxLength": MAX_QUANTITY_LENGTH,
     "x-kubernetes-int-or-string": True,
 }
 

@@ -21,6 +21,7 @@ from lepton_operator.api.common import (
     Conditions,
     EnvVars,
     GPUSpec,
+    ImageReference,
     LocalObjectReference,
     NodeSelector,
     ObjectName,
@@ -30,6 +31,8 @@ from lepton_operator.api.common import (
     Rule,
     StorageClassName,
     Tolerations,
+    name_rules,
+    positive_size_rule,
 )
 from lepton_operator.api.network import NetworkPolicySpec
 from lepton_operator.api.quantity import Quantity
@@ -37,7 +40,10 @@ from lepton_operator.api.quantity import Quantity
 #: Labels of every worker pod: its index and its group generation (see render.training).
 WORKER_INDEX_LABEL = "lepton.ai/worker-index"
 WORKER_GROUP_LABEL = "lepton.ai/group"
-MAX_JOB_NAME_LENGTH = 50  # "<name>-worker-<index>" must stay a 63-character hostname
+#: The longest child name is worker ``index``'s hostname ``<name>-worker-<index>``, a 63-character DNS label;
+#: ``-worker-1023`` (at most MAX_WORKERS workers) takes 12, and 50 leaves one spare. The headless Service is
+#: named ``<name>`` too, so the name is an RFC 1035 label (a letter first).
+MAX_JOB_NAME_LENGTH = 50
 MAX_WORKERS = 1024
 AbsolutePath = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^/\S*$")]
 TrainingPhase = Literal["Pending", "Starting", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
@@ -167,6 +173,7 @@ class CheckpointSpec(ApiModel):
     """Checkpoint interval in optimizer steps."""
 
     __rules__ = (
+        positive_size_rule("checkpoint", optional=True),
         Rule(
             "!(has(self.claimName) && has(self.size))",
             "checkpoint: set claimName (existing PVC) or size (new PVC), not both",
@@ -208,7 +215,7 @@ class OutputSpec(ApiModel):
 class TrainingJobSpec(ApiModel):
     """Desired state of a TrainingJob."""
 
-    image: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    image: ImageReference
     """Container image of the workers."""
     command: Args | None = None
     """Full command of the workers, replacing torchrun; not with entrypoint."""
@@ -337,11 +344,8 @@ class TrainingJobStatus(ApiModel):
     """The exported model."""
 
 
-JOB_NAME_RULE = Rule(
-    f"self.metadata.name.size() <= {MAX_JOB_NAME_LENGTH}",
-    f"metadata.name: a TrainingJob name is at most {MAX_JOB_NAME_LENGTH} characters"
-    " (worker pod names derived from it are hostnames)",
-    lambda job: len(str(job.metadata.get("name", ""))) <= MAX_JOB_NAME_LENGTH,
+JOB_NAME_RULES = name_rules(
+    "TrainingJob", MAX_JOB_NAME_LENGTH, "worker pod names derived from it are hostnames", service=True
 )
 
 
@@ -352,4 +356,4 @@ class TrainingJob(Resource):
     spec: TrainingJobSpec
     status: TrainingJobStatus | None = None
 
-    __rules__ = (JOB_NAME_RULE,)
+    __rules__ = JOB_NAME_RULES

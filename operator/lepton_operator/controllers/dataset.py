@@ -163,7 +163,7 @@ def reconcile_dataset(
         _record_metrics(namespace, name, existing, new)
     except Exception as error:
         raise failed_pass(KIND, generation, error, existing, status_patch, retry=retry, logger=logger,
-                          moment=moment, started=started) from error  # fmt: skip
+                          moment=moment, started=started, warn=warn) from error  # fmt: skip
     metrics.record_reconcile(KIND, "accepted", time.perf_counter() - started)
     if stale:
         return STALE_JOB_RECHECK_SECONDS

@@ -60,7 +60,7 @@ from lepton_operator.api.inference import InferenceServiceSpec
 from lepton_operator.api.meta import API_VERSION, GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION
 from lepton_operator.controllers import kube, loop, network, reconcile, secrets
 from lepton_operator.controllers.autoscaler import AUTOSCALER, REPLICAS_LOCK
-from lepton_operator.controllers.config import activator_image, retry_delay, workloads_image
+from lepton_operator.controllers.config import activator_image, workloads_image
 from lepton_operator.controllers.startup import options_of, spawn
 from lepton_operator.controllers.reconcile import Logger, Warn
 from lepton_operator.controllers.secret_versions import POLL_SECONDS, SECRET_VERSIONS
@@ -206,10 +206,8 @@ def reconcile_service(
     try:
         new, problem = converge(body, parsed, now)
     except Exception as error:
-        delay = retry_delay(retry)
-        status_patch.update(validation.error_status(KIND, generation, error, existing, now, delay))
-        metrics.record_reconcile(KIND, "error", time.perf_counter() - started)
-        raise kopf.TemporaryError(f"reconcile failed: {type(error).__name__}: {error}", delay=delay) from error
+        raise reconcile.failed_pass(KIND, generation, error, existing, status_patch, retry=retry, logger=logger,
+                                    moment=now, started=started, warn=warn) from error  # fmt: skip
     if existing.get("observedGeneration") != generation:
         logger.info(f"spec of generation {generation} accepted")
     if validation.needs_patch(existing, new):

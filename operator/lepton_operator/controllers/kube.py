@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -84,10 +85,31 @@ def _call(api_version: str, kind: str, verb: str, **params: Any) -> dict[str, An
     return document
 
 
+#: Characters YAML does not allow literally in a stream (C0 and C1 controls but tab, newline and
+#: CR; DEL; U+FFFE, U+FFFF) or reads as a line break that folds a quoted string (NEL, U+2028,
+#: U+2029). In JSON they only occur inside strings, where a ``\uXXXX`` escape means the same.
+_NOT_YAML_PRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ufffe\uffff]")
+
+
+def apply_body(manifest: Mapping[str, Any]) -> bytes:
+    """The body of a server-side apply: JSON that the API server's YAML parser reads as the same object.
+
+    An apply is sent as ``application/apply-patch+yaml``. JSON is YAML, except
+    that the parser refuses the surrogate-pair escapes (``\\ud83d\\ude00``)
+    ``json.dumps`` writes by default for a character outside the BMP, and a C1
+    control character or DEL written literally: an emoji or a stray ``\\x85``
+    in an env value or an annotation made every apply of that child a 400,
+    retried forever (found by spec fuzzing, issue #19). So characters go as
+    UTF-8, and those YAML cannot carry literally as BMP ``\\u`` escapes.
+    """
+    text = json.dumps(dict(manifest), ensure_ascii=False)
+    return _NOT_YAML_PRINTABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", text).encode()
+
+
 def apply(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """Server-side apply ``manifest`` (create or update to match); returns the object."""
     metadata = manifest["metadata"]
-    return _call(manifest["apiVersion"], manifest["kind"], "server_side_apply", body=dict(manifest),
+    return _call(manifest["apiVersion"], manifest["kind"], "server_side_apply", body=apply_body(manifest),
                  name=metadata["name"], namespace=metadata.get("namespace"), field_manager=FIELD_MANAGER,
                  force_conflicts=True)  # fmt: skip
 

@@ -24,6 +24,8 @@ gone, or was re-created under the same name (another uid), ends there instead of
 applying children for an owner that no longer exists (which the garbage
 collector deletes, whose deletion wakes the loop, which applies them again:
 orphans forever, seen in ``e2e/tests/test_chaos_cluster.py``).
+A ``kopf.PermanentError`` (the API server refused a child as invalid: the spec's
+fault, recorded as ``InvalidSpec``) is not retried until something wakes the loop.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class Reconciler(Protocol):
     """One pass over one object: fill ``status_patch``; return seconds until the next pass is due.
 
     Runs in a worker thread. Returns ``None`` when only a change should wake it
-    again. Raises ``kopf.TemporaryError`` (with a delay) for unexpected failures.
+    again. Raises ``kopf.TemporaryError`` (with a delay) for unexpected failures, ``kopf.PermanentError``
+    for ones that only a spec change can fix.
     """
 
     def __call__(
@@ -140,6 +143,10 @@ async def run_loop(
                 retry += 1
                 delay = float(error.delay) if error.delay is not None else retry_delay(retry)
                 logger.warning(f"pass failed, retrying in {delay:.0f} s: {error}")
+            except kopf.PermanentError as error:  # retrying cannot help: wait for a change (or the resync)
+                retry = 0
+                delay = resync
+                logger.warning(f"pass refused, waiting for the spec to change: {error}")
             if status_patch:
                 try:
                     await asyncio.to_thread(write_status, info, key.namespace, key.name, status_patch)

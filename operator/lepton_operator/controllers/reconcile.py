@@ -6,7 +6,9 @@ not from which event arrived. It never raises for bad input: an invalid spec is
 a status (``Validated=False``, ``Stalled=True``), see ``status.validation``.
 An *unexpected* exception is recorded as a ``ReconcileError`` condition and
 re-raised as ``kopf.TemporaryError`` with an exponential, capped delay, so kopf
-retries it and the object shows why it is not progressing meanwhile.
+retries it and the object shows why it is not progressing meanwhile. The API
+server's ``422 Invalid`` refusal of a child is not unexpected: it is the spec's
+fault, recorded as terminal ``InvalidSpec`` and raised as ``kopf.PermanentError``.
 
 ``loop.py`` runs a reconciler per object; importing this module registers
 nothing, so a test can call :func:`reconcile` with a plain body and patch.
@@ -67,7 +69,7 @@ def reconcile(
                 logger.info(f"spec of generation {generation} accepted")
     except Exception as error:
         raise failed_pass(kind, generation, error, existing, status_patch, retry=retry, logger=logger,
-                          moment=moment, started=started) from error  # fmt: skip
+                          moment=moment, started=started, warn=warn) from error  # fmt: skip
     metrics.record_reconcile(kind, outcome, time.perf_counter() - started)
     return outcome
 
@@ -83,13 +85,28 @@ def failed_pass(
     logger: Logger,
     moment: datetime,
     started: float,
-) -> kopf.TemporaryError:
-    """What every reconciler does with an unexpected exception, in one place.
+    warn: Warn | None = None,
+) -> kopf.TemporaryError | kopf.PermanentError:
+    """What every reconciler does with an exception from its pass, in one place; returns what to raise.
 
-    Records the ``ReconcileError`` condition in ``status_patch`` (the loop still
-    writes it), counts the error, and returns the ``kopf.TemporaryError`` to
-    raise, whose delay grows with ``retry``.
+    The API server's ``422 Invalid`` refusal of a child (``validation.api_refusal``)
+    is the spec's fault and would be refused again: it becomes the terminal
+    ``InvalidSpec`` status with the server's message and a Warning event, and a
+    ``kopf.PermanentError`` (the loop then waits for a spec change). Anything
+    else records the ``ReconcileError`` condition in ``status_patch`` (the loop
+    still writes it), counts the error, and returns the ``kopf.TemporaryError``
+    whose delay grows with ``retry``.
     """
+    refusal = validation.api_refusal(error)
+    if refusal is not None:
+        new = validation.refused_status(kind, generation, refusal, existing, moment)
+        if validation.needs_patch(existing, new):  # a resync that is refused the same way writes and says nothing
+            status_patch.update(new)
+            logger.warning(f"the API server refused a child of generation {generation}: {refusal}")
+            if warn is not None:
+                warn(validation.INVALID_SPEC, f"the API server refused a child object: {refusal}")
+        metrics.record_reconcile(kind, "invalid", time.perf_counter() - started)
+        return kopf.PermanentError(f"the API server refused a child: {refusal}")
     delay = retry_delay(retry)
     try:
         status_patch.update(validation.error_status(kind, generation, error, existing, moment, delay))

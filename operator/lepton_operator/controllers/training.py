@@ -85,6 +85,19 @@ def dataset_readiness(namespace: str, spec: TrainingJobSpec) -> tuple[bool, str]
     return True, ""
 
 
+def service_account_missing(namespace: str, spec: TrainingJobSpec, pods: list[dict[str, Any]]) -> str:
+    """Why the workers cannot be created yet: the ServiceAccount they name is missing ("" if not).
+
+    The API server refuses (403) every pod that names a missing ServiceAccount;
+    one created later lets them in, so this is a wait, not an error. Read only
+    while the job has no pods (existing pods were admitted already).
+    """
+    name = spec.service_account_name
+    if name is None or pods or kube.get("v1", "ServiceAccount", namespace, name) is not None:
+        return ""
+    return f"waiting for ServiceAccount {name}, which does not exist (the API server refuses pods that name it)"
+
+
 def elastic_capacity(key: ObjectKey, uid: str, spec: TrainingJobSpec) -> int | None:
     """Workers of an elastic GPU job the cluster can host now, counting what the job holds as its own.
 
@@ -210,7 +223,8 @@ def reconcile_job(
         lost_nodes, recheck = NODES.lost(pods, grace, moment)
         observed = assessing.Observed(pods=pods, now=moment, dataset_ready=ready, dataset_message=why,
                                       output_uri=render.output_uri(name, parsed), lost_nodes=lost_nodes, capacity=fits,
-                                      live=PROGRESS.live(key), claims=claims_waited_on(namespace, name, parsed, pods))  # fmt: skip
+                                      live=PROGRESS.live(key), claims=claims_waited_on(namespace, name, parsed, pods),
+                                      service_account_missing=service_account_missing(namespace, parsed, pods))  # fmt: skip
         plan = assessing.assess(parsed, generation, existing, observed)
         held = carry_out(plan, key, uid, parsed, pods, lost_nodes)
         if held is not None:  # the same pass, with the admission's answer (no more writes)
@@ -219,13 +233,8 @@ def reconcile_job(
         reporter = assessing.progress_pod(plan, pods)
         PROGRESS.watch(key, None if reporter is None else target_of(reporter))
     except Exception as error:
-        delay = retry_delay(retry)
-        try:
-            status_patch.update(validation.error_status(KIND, generation, error, existing, moment, delay))
-        except Exception:
-            logger.exception("could not record the ReconcileError condition")
-        metrics.record_reconcile(KIND, "error", time.perf_counter() - started)
-        raise kopf.TemporaryError(f"reconcile failed: {type(error).__name__}: {error}", delay=delay) from error
+        raise reconcile.failed_pass(KIND, generation, error, existing, status_patch, retry=retry, logger=logger,
+                                    moment=moment, started=started, warn=warn) from error  # fmt: skip
     if validation.needs_patch(existing, plan.status):
         status_patch.update(plan.status)
     poster = post or kopf_poster(body)

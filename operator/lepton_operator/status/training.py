@@ -105,6 +105,10 @@ WAITING_FOR_CAPACITY = capacity.WAITING_FOR_CAPACITY
 CONTAINER_BLOCKED = "ContainerBlocked"
 
 FINAL: tuple[TrainingPhase, ...] = ("Succeeded", "Failed")
+#: The job names a ServiceAccount that does not exist; the workers are created once it does.
+SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
+#: How often a job waiting for its ServiceAccount looks again (nothing wakes it when one appears).
+SERVICE_ACCOUNT_RECHECK_SECONDS = 10.0
 #: How long a fresh non-retryable failure waits for its peers' exits while they still show running.
 PEER_SETTLE_SECONDS = 5.0
 
@@ -160,6 +164,9 @@ class Observed:
     """The claims the workers mount, as read while some worker has no node yet (else empty)."""
     held: Held | None = None
     """Why the group is not admitted to the scheduler yet (gang admission), or ``None``."""
+    service_account_missing: str = ""
+    """Why the workers cannot be created yet: their ServiceAccount does not exist (the API server
+    refuses a pod naming a missing one). Empty when it exists, or when the job names none."""
 
 
 def assess(
@@ -276,6 +283,10 @@ def _assess(
 
     if not current and not observed.dataset_ready:
         return builder.set("Pending", "DatasetNotReady", observed.dataset_message or "waiting for the dataset")
+
+    if not current and observed.service_account_missing:
+        plan.requeue = _sooner(plan.requeue, SERVICE_ACCOUNT_RECHECK_SECONDS)
+        return builder.set("Pending", SERVICE_ACCOUNT_NOT_FOUND, observed.service_account_missing)
 
     if going or stale:
         phase: TrainingPhase = "Restarting" if restarts.total > 0 else "Starting"

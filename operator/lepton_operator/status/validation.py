@@ -10,7 +10,10 @@ never an operator crash: it becomes ``Validated=False`` with reason
 (``spec.workers.replicas: ...``, camelCase, list indices in brackets), plus
 ``Stalled=True`` (nothing will happen until the spec changes), ``Ready=False``
 and phase ``Failed``. The Failed state is recomputed from the spec on every
-reconcile, so fixing the spec clears it (Fluid #6160).
+reconcile, so fixing the spec clears it (Fluid #6160). A child that the API
+server refuses as ``422 Invalid`` (:func:`api_refusal`) gets the same terminal
+status with the server's message (:func:`refused_status`): retrying the same
+write cannot succeed, so it must not loop as a ``ReconcileError``.
 
 A valid spec, in this version, is accepted and waits for its kind's controller:
 ``Validated=True``, ``Reconciling=True`` and ``Ready=False`` with reason
@@ -154,14 +157,7 @@ def foundation_status(
     models = KINDS[kind]
     when = cond.format_time(now)
     if isinstance(parsed, ValidationError):
-        message = error_message(parsed, spec)
-        phase = PHASE_FAILED
-        new = [
-            cond.make(cond.VALIDATED, False, INVALID_SPEC, message, generation),
-            cond.ready(False, INVALID_SPEC, message, generation),
-            cond.reconciling(False, INVALID_SPEC, "waiting for the spec to be fixed", generation),
-            cond.stalled(True, INVALID_SPEC, message, generation),
-        ]
+        phase, new = PHASE_FAILED, _invalid(error_message(parsed, spec), generation)
     else:
         waiting = (
             f"spec accepted; waiting for the {kind} controller, which this operator version does not run yet"
@@ -174,6 +170,53 @@ def foundation_status(
             cond.stalled(False, VALID, "spec is valid", generation),
         ]
     return _status(models, phase, generation, existing, new, when)
+
+
+def _invalid(message: str, generation: int) -> list[Condition]:
+    """The terminal conditions of a spec that nothing will come of until it changes."""
+    return [
+        cond.make(cond.VALIDATED, False, INVALID_SPEC, message, generation),
+        cond.ready(False, INVALID_SPEC, message, generation),
+        cond.reconciling(False, INVALID_SPEC, "waiting for the spec to be fixed", generation),
+        cond.stalled(True, INVALID_SPEC, message, generation),
+    ]
+
+
+def api_refusal(error: BaseException) -> str | None:
+    """The API server's message when ``error`` is its ``422 Invalid`` answer to a write, else ``None``.
+
+    A child rendered from a spec that admission accepted can still break a rule
+    only the child's own kind checks (a Pod's resource names, a label value a
+    stored object's name makes too long): the server answers 422 with reason
+    ``Invalid``, and writing the same child again gets the same answer. That is
+    a property of the spec, so it becomes a terminal ``InvalidSpec`` status
+    (:func:`refused_status`), never an endless ``ReconcileError`` retry.
+    Every other failure (409, 429, 5xx, a quota's 403, a dropped connection)
+    may pass and stays a retry.
+    """
+    body, code = getattr(error, "body", None), getattr(error, "status", None)
+    if code != 422 or not isinstance(body, (str, bytes)):
+        return None
+    try:
+        server = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(server, dict) or server.get("reason") != "Invalid" or not server.get("message"):
+        return None
+    return str(server["message"])
+
+
+def refused_status(
+    kind: str, generation: int, refusal: str, existing: Mapping[str, Any] | None, now: datetime
+) -> dict[str, Any]:
+    """The status of an object whose child the API server refused as invalid (see :func:`api_refusal`).
+
+    The same terminal conditions as an invalid spec (phase ``Failed``,
+    ``Stalled=True``, reason ``InvalidSpec``) with the server's own message,
+    which names the child's field and the rule it breaks.
+    """
+    message = cond.truncate(f"the API server refused a child object rendered from this spec: {refusal}")
+    return _status(KINDS[kind], PHASE_FAILED, generation, existing, _invalid(message, generation), cond.format_time(now))
 
 
 def describe_error(error: BaseException) -> str:
