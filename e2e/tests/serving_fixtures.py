@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from lepton_workloads import triton_config
-from localcluster.kube import Kubectl
+from localcluster.kube import Kubectl, wait_until
 from localcluster.serving import Prometheus
 
 MODEL = "double"
@@ -66,3 +66,12 @@ def promql(prometheus: Prometheus, query: str) -> list[Any]:
 
 def replicas_of(kubectl: Kubectl, name: str) -> int:
     return int(kubectl.get("deployment", name)["spec"]["replicas"])
+
+
+def apply_autoscaled(kubectl: Kubectl, name: str, prometheus: Prometheus, **autoscaling: Any) -> str:
+    """Apply an InferenceService ``name`` serving the doubler, autoscaled on ``prometheus``; its pods' selector."""
+    spec = {"model": model_spec(), "autoscaling": {**autoscaling, "prometheus": {"url": prometheus.url}}}
+    kubectl.apply({"apiVersion": "lepton.ai/v1alpha1", "kind": "InferenceService", "metadata": {"name": name},
+                   "spec": spec}, "--server-side")  # fmt: skip
+    selector: str = wait_until(lambda: kubectl.get("lis", name).get("status", {}).get("selector"), 60, "status.selector")
+    return selector

@@ -44,7 +44,7 @@ from localcluster.lepton import free_port
 from localcluster.s3 import ACCESS, REGION, SECRET, Versitygw
 from localcluster.serving import Load, Prometheus, Replicas
 from operator_fixtures import RunningOperator
-from serving_fixtures import MODEL, SERVICE_TIME_MS, model_spec, replicas_of
+from serving_fixtures import MODEL, SERVICE_TIME_MS, apply_autoscaled, replicas_of
 
 pytestmark = pytest.mark.e2e
 
@@ -60,15 +60,9 @@ def scaling_active(kubectl: Kubectl) -> dict[str, Any]:
 def test_prometheus_down_under_load_holds_the_replicas_says_why_and_converges_once_back(
     lepton_operator: RunningOperator, kubectl: Kubectl, namespace: str, repository: Path, prometheus: Prometheus
 ) -> None:
-    spec = {
-        "model": model_spec(),
-        "autoscaling": {"minReplicas": 1, "maxReplicas": 3, "signal": "concurrency", "target": 0.5,
-                        "windowSeconds": 6, "scaleDownStabilizationSeconds": STABILIZATION_SECONDS,
-                        "prometheus": {"url": prometheus.url}},
-    }  # fmt: skip
-    kubectl.apply({"apiVersion": "lepton.ai/v1alpha1", "kind": "InferenceService", "metadata": {"name": NAME},
-                   "spec": spec}, "--server-side")  # fmt: skip
-    selector = wait_until(lambda: kubectl.get("lis", NAME).get("status", {}).get("selector"), 60, "status.selector")
+    selector = apply_autoscaled(kubectl, NAME, prometheus, minReplicas=1, maxReplicas=3, signal="concurrency",
+                                target=0.5, windowSeconds=6,
+                                scaleDownStabilizationSeconds=STABILIZATION_SECONDS)  # fmt: skip
     load = Load(MODEL, lambda: np.ones((1, 4), dtype=np.float32))
     harness = Replicas(lambda: kubectl.get("pods", None, "-l", selector), namespace=namespace, service=NAME,
                        model=MODEL, repository=repository, prometheus=prometheus, load=load,

@@ -268,6 +268,44 @@ def test_the_real_node_kubelet_restarted_mid_training_keeps_the_group_and_its_st
     assert next(c for c in node["status"]["conditions"] if c["type"] == "Ready")["status"] == "True"
 
 
+def test_a_job_whose_progress_port_is_unreachable_trains_and_succeeds_all_the_same(run: Quickstart) -> None:
+    """Chaos, progress endpoint unreachable: a NetworkPolicy of the namespace's own admits only the job's pods.
+
+    The job's policy is off (``networkPolicy.enabled: false``) and a policy the test writes, as a
+    platform team's would, admits the workers' peers only: the in-cluster operator's 10 s progress
+    polls cannot connect. Invariant: training is unaffected (no restart, every step run, the job
+    Succeeds with its export) and the progress arrives with the workers' termination message; while
+    the job runs, no live progress is shown (which is how the test knows the port was closed).
+    """
+    run.training_reaches(lambda s: s.get("phase") == "Succeeded", 600, "the quickstart's job to finish")
+    selector = {"lepton.ai/trainingjob": "unpolled"}
+    run.kubectl.apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "only-peers"},
+                       "spec": {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
+                                "ingress": [{"from": [{"podSelector": {"matchLabels": selector}}]}]}})  # fmt: skip
+    job = example("TrainingJob")
+    job["metadata"] = {"name": "unpolled"}
+    job["spec"]["image"] = run.images["workloads"].ref
+    job["spec"]["entrypoint"]["args"] = ["--model", "cnn", "--epochs", "20", "--batch-size", "8"]
+    job["spec"]["checkpoint"] = {**job["spec"]["checkpoint"], "size": "256Mi", "everySteps": 100}
+    job["spec"]["networkPolicy"] = {"enabled": False}
+    run.kubectl.apply(job, "--server-side")
+    live_steps: set[int] = set()
+
+    def finished() -> dict[str, Any] | None:
+        status: dict[str, Any] = run.status("trainingjobs", "unpolled")
+        if status.get("phase") == "Running" and "step" in (status.get("progress") or {}):
+            live_steps.add(status["progress"]["step"])
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    status = run.wait(finished, 600, "the job to finish with its progress port closed to the operator")
+    assert status["phase"] == "Succeeded", (status.get("reason"), [c["message"] for c in status["conditions"]])
+    assert status["restarts"]["total"] == 0
+    assert live_steps == set(), f"the operator read live progress through the closed port: {sorted(live_steps)}"
+    # every step ran: 20 epochs of 38 (the quickstart's train split over 2 workers, batches of 8)
+    assert status["progress"]["step"] == 760, status["progress"]
+    run.kubectl.delete("networkpolicy", "only-peers")
+
+
 def test_a_checksum_mismatch_fails_the_dataset_with_a_reason_until_it_points_at_the_right_file(run: Quickstart) -> None:
     args = example("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     with tempfile.TemporaryDirectory() as scratch:  # the server's data is a pure function of its arguments

@@ -24,7 +24,7 @@ from localcluster.activation import ServiceStandIn, start_activator
 from localcluster.kube import Kubectl, wait_until
 from localcluster.serving import Load, Prometheus, Replicas, infer
 from operator_fixtures import RunningOperator
-from serving_fixtures import MODEL, SERVICE_TIME_MS, model_spec, promql
+from serving_fixtures import MODEL, SERVICE_TIME_MS, apply_autoscaled, promql
 
 pytestmark = pytest.mark.e2e
 
@@ -39,15 +39,8 @@ def replicas_of(kubectl: Kubectl, name: str = "auto") -> int:
 def test_operator_inference_scales_up_and_down_on_a_load_step(
     lepton_operator: RunningOperator, kubectl: Kubectl, namespace: str, repository: Path, prometheus: Prometheus
 ) -> None:
-    spec = {
-        "model": model_spec(),
-        "autoscaling": {"minReplicas": 1, "maxReplicas": 4, "signal": "concurrency", "target": 0.5,
-                        "windowSeconds": 10, "scaleDownStabilizationSeconds": 15,
-                        "prometheus": {"url": prometheus.url}},
-    }  # fmt: skip
-    kubectl.apply({"apiVersion": "lepton.ai/v1alpha1", "kind": "InferenceService", "metadata": {"name": "auto"},
-                   "spec": spec}, "--server-side")  # fmt: skip
-    selector = wait_until(lambda: kubectl.get("lis", "auto").get("status", {}).get("selector"), 60, "status.selector")
+    selector = apply_autoscaled(kubectl, "auto", prometheus, minReplicas=1, maxReplicas=4, signal="concurrency",
+                                target=0.5, windowSeconds=10, scaleDownStabilizationSeconds=15)  # fmt: skip
 
     load = Load(MODEL, lambda: np.ones((1, 4), dtype=np.float32))
     harness = Replicas(lambda: kubectl.get("pods", None, "-l", selector), namespace=namespace, service="auto",
@@ -100,14 +93,8 @@ def test_operator_inference_scales_from_zero_on_a_request_the_activator_holds(
     lepton_operator: RunningOperator, kubectl: Kubectl, namespace: str, repository: Path, prometheus: Prometheus,
     tmp_path: Path,
 ) -> None:
-    spec = {
-        "model": model_spec(),
-        "autoscaling": {"minReplicas": 0, "maxReplicas": 2, "signal": "pendingRequests", "target": 4,
-                        "windowSeconds": 5, "scaleToZeroAfterSeconds": 5, "prometheus": {"url": prometheus.url}},
-    }  # fmt: skip
-    kubectl.apply({"apiVersion": "lepton.ai/v1alpha1", "kind": "InferenceService", "metadata": {"name": "zero"},
-                   "spec": spec}, "--server-side")  # fmt: skip
-    selector = wait_until(lambda: kubectl.get("lis", "zero").get("status", {}).get("selector"), 60, "status.selector")
+    selector = apply_autoscaled(kubectl, "zero", prometheus, minReplicas=0, maxReplicas=2, signal="pendingRequests",
+                                target=4, windowSeconds=5, scaleToZeroAfterSeconds=5)  # fmt: skip
     # In the cluster: the public Service turns to the activator pods once one is Ready; Triton's is behind it.
     wait_until(lambda: kubectl.get("service", "zero")["spec"]["selector"]["lepton.ai/role"] == "activator", 90,
                "the Service in front of the activator")  # fmt: skip
