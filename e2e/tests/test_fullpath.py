@@ -275,7 +275,7 @@ def test_a_job_whose_progress_port_is_unreachable_trains_and_succeeds_all_the_sa
     platform team's would, admits the workers' peers only: the in-cluster operator's 10 s progress
     polls cannot connect. Invariant: training is unaffected (no restart, every step run, the job
     Succeeds with its export) and the progress arrives with the workers' termination message; while
-    the job runs, no live progress is shown (which is how the test knows the port was closed).
+    the job runs, no step short of the last is shown (which is how the test knows the port was closed).
     """
     run.training_reaches(lambda s: s.get("phase") == "Succeeded", 600, "the quickstart's job to finish")
     selector = {"lepton.ai/trainingjob": "unpolled"}
@@ -300,7 +300,10 @@ def test_a_job_whose_progress_port_is_unreachable_trains_and_succeeds_all_the_sa
     status = run.wait(finished, 600, "the job to finish with its progress port closed to the operator")
     assert status["phase"] == "Succeeded", (status.get("reason"), [c["message"] for c in status["conditions"]])
     assert status["restarts"]["total"] == 0
-    assert live_steps == set(), f"the operator read live progress through the closed port: {sorted(live_steps)}"
+    # The first worker to finish reports its last step by termination message while the job still
+    # runs; a poll through the port would have shown earlier steps (about 3 in a 30 s run).
+    assert not [step for step in live_steps if step < status["progress"]["step"]], (
+        f"the operator read live progress through the closed port: {sorted(live_steps)}")
     # every step ran: 20 epochs of 38 (the quickstart's train split over 2 workers, batches of 8)
     assert status["progress"]["step"] == 760, status["progress"]
     run.kubectl.delete("networkpolicy", "only-peers")
