@@ -251,3 +251,16 @@ def test_a_claim_the_api_server_refuses_as_invalid_is_terminal_and_no_job_is_mad
     assert patch["phase"] == "Failed" and (stalled["status"], stalled["reason"]) == ("True", "InvalidSpec")
     assert refused in stalled["message"] and [reason for reason, _ in warnings] == ["InvalidSpec"]
     assert not [key for key in fake.objects if key[0] == "Job"]
+
+
+def test_a_pass_in_flight_when_its_dataset_is_deleted_does_not_bring_its_gauges_back(fake: FakeKube) -> None:
+    """The pass runs in a thread the deletion does not stop; its late record must not resurrect the series."""
+    ready = {"phase": "Ready", "sizeBytes": 2048, "records": 9}
+    controller._record_metrics("ns", "late", "uid-late", {"phase": "Ready"}, ready)
+    assert metrics.REGISTRY.get_sample_value("lepton_dataset_records", {"namespace": "ns", "dataset": "late"}) == 9
+    asyncio.run(controller.forget_deleted({"metadata": {"namespace": "ns", "name": "late", "uid": "uid-late"}},
+                                          "DELETED"))  # fmt: skip
+    controller._record_metrics("ns", "late", "uid-late", {"phase": "Ready"}, ready)  # the pass ends after
+    assert metrics.REGISTRY.get_sample_value("lepton_dataset_records", {"namespace": "ns", "dataset": "late"}) is None
+    controller._record_metrics("ns", "late", "uid-again", {}, {**ready, "records": 3})  # made again, same name
+    assert metrics.REGISTRY.get_sample_value("lepton_dataset_records", {"namespace": "ns", "dataset": "late"}) == 3

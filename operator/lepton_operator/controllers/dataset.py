@@ -25,7 +25,9 @@ garbage collector removes them, and nothing blocks when they are already gone.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
@@ -91,7 +93,20 @@ def _current_job(namespace: str, name: str, uid: str, spec: LeptonDatasetSpec) -
     return current, bool(stale)
 
 
-def _record_metrics(namespace: str, name: str, existing: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+#: uids of deleted datasets, newest last: a pass in flight when its dataset is deleted (it runs in a
+#: thread the deletion does not stop) must not bring back the gauges the DELETED event removed.
+#: Checked and updated under one lock, so a record either lands before the removal or not at all.
+_DELETED: deque[str] = deque(maxlen=4096)
+_DELETED_LOCK = threading.Lock()
+
+
+def _record_metrics(namespace: str, name: str, uid: str, existing: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    with _DELETED_LOCK:
+        if uid not in _DELETED:
+            _record_live_metrics(namespace, name, existing, new)
+
+
+def _record_live_metrics(namespace: str, name: str, existing: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     phase, before = new.get("phase"), existing.get("phase")
     metrics.record_dataset_progress(namespace, name, new.get("progress"))
     if phase == "Ready":
@@ -160,7 +175,7 @@ def reconcile_dataset(
             if new["phase"] == "Failed" or problem is not None:
                 prepared = next(c for c in new["conditions"] if c["type"] == dataset_status.PREPARED)
                 warn(prepared["reason"], prepared["message"])
-        _record_metrics(namespace, name, existing, new)
+        _record_metrics(namespace, name, uid, existing, new)
     except Exception as error:
         raise failed_pass(KIND, generation, error, existing, status_patch, retry=retry, logger=logger,
                           moment=moment, started=started, warn=warn) from error  # fmt: skip
@@ -176,7 +191,10 @@ async def forget_deleted(body: Mapping[str, Any], type: str | None, **_: Any) ->
     """A deleted dataset's gauges go with it."""
     if type == "DELETED":
         metadata = body.get("metadata") or {}
-        metrics.forget_dataset(str(metadata.get("namespace")), str(metadata.get("name")))
+        with _DELETED_LOCK:
+            if metadata.get("uid"):
+                _DELETED.append(str(metadata["uid"]))
+            metrics.forget_dataset(str(metadata.get("namespace")), str(metadata.get("name")))
 
 
 def stopped(key: ObjectKey) -> None:
