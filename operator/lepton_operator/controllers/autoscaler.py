@@ -95,14 +95,6 @@ def cluster_io() -> Io:
     )
 
 
-def _known(io: Io, url: str, promql: str) -> float | None:
-    """A query whose failure reads as unknown (the policy holds on unknown)."""
-    try:
-        return io.query(url, promql)
-    except signals.PrometheusError:
-        return None
-
-
 @dataclass
 class Tracked:
     """One autoscaled service: its identity, current spec and the policy's memory."""
@@ -176,8 +168,8 @@ class Autoscaler:
                 unknown_because = f"no ready replica to share {scaling.signal} among"
             else:
                 value, unknown_because = (raw / ready if query.total else raw), None
-        activity = _known(io, url, signals.activity_query(series, scaling.window_seconds))
-        demand = _known(io, url, signals.demand_query(series))
+        activity = signals.known(url, signals.activity_query(series, scaling.window_seconds), io.query)
+        demand = signals.known(url, signals.demand_query(series), io.query)
         observation = Observation(now, replicas, ready, value, demand, None if activity is None else activity > 0)
         return observation, unknown_because
 

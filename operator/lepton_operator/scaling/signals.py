@@ -39,6 +39,7 @@ import math
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,9 +206,9 @@ def by_pod(base_url: str, promql: str, timeout: float = QUERY_TIMEOUT) -> dict[s
         return {}
 
 
-def known(base_url: str, promql: str) -> float | None:
-    """:func:`instant_query`, with a failed query read as unknown (the policy holds on unknown)."""
+def known(base_url: str, promql: str, query: Callable[[str, str], float | None] | None = None) -> float | None:
+    """``query`` (:func:`instant_query` by default), with a failed query read as unknown (the policy holds on unknown)."""
     try:
-        return instant_query(base_url, promql)
+        return (query or instant_query)(base_url, promql)
     except PrometheusError:
         return None
