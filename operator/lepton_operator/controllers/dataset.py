@@ -25,9 +25,7 @@ garbage collector removes them, and nothing blocks when they are already gone.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import deque
 from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +39,7 @@ from lepton_operator.api.dataset import LeptonDatasetSpec
 from lepton_operator.api.meta import GROUP, LEPTON_DATASET, VERSION
 from lepton_operator.controllers import kube, loop, network, secrets
 from lepton_operator.controllers.config import workloads_image
+from lepton_operator.controllers.deleted import DELETED
 from lepton_operator.controllers.progress import PROGRESS, target_of
 from lepton_operator.controllers.reconcile import Logger, Warn, failed_pass
 from lepton_operator.controllers.wakeups import ObjectKey
@@ -93,17 +92,8 @@ def _current_job(namespace: str, name: str, uid: str, spec: LeptonDatasetSpec) -
     return current, bool(stale)
 
 
-#: uids of deleted datasets, newest last: a pass in flight when its dataset is deleted (it runs in a
-#: thread the deletion does not stop) must not bring back the gauges the DELETED event removed.
-#: Checked and updated under one lock, so a record either lands before the removal or not at all.
-_DELETED: deque[str] = deque(maxlen=4096)
-_DELETED_LOCK = threading.Lock()
-
-
 def _record_metrics(namespace: str, name: str, uid: str, existing: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-    with _DELETED_LOCK:
-        if uid not in _DELETED:
-            _record_live_metrics(namespace, name, existing, new)
+    DELETED.record(uid, lambda: _record_live_metrics(namespace, name, existing, new))
 
 
 def _record_live_metrics(namespace: str, name: str, existing: Mapping[str, Any], new: Mapping[str, Any]) -> None:
@@ -191,10 +181,8 @@ async def forget_deleted(body: Mapping[str, Any], type: str | None, **_: Any) ->
     """A deleted dataset's gauges go with it."""
     if type == "DELETED":
         metadata = body.get("metadata") or {}
-        with _DELETED_LOCK:
-            if metadata.get("uid"):
-                _DELETED.append(str(metadata["uid"]))
-            metrics.forget_dataset(str(metadata.get("namespace")), str(metadata.get("name")))
+        DELETED.forget(str(metadata.get("uid") or ""),
+                       lambda: metrics.forget_dataset(str(metadata.get("namespace")), str(metadata.get("name"))))
 
 
 def stopped(key: ObjectKey) -> None:

@@ -42,6 +42,7 @@ from lepton_operator.api.training import TrainingJobSpec
 from lepton_operator.controllers import admission, kube, loop, network, reconcile
 from lepton_operator.controllers.admission import ADMISSION
 from lepton_operator.controllers.config import retry_delay
+from lepton_operator.controllers.deleted import DELETED
 from lepton_operator.controllers.progress import PROGRESS, target_of
 from lepton_operator.controllers.reconcile import Logger, Warn
 from lepton_operator.controllers.wakeups import WAKEUPS, ObjectKey
@@ -121,7 +122,7 @@ def carry_out(plan: assessing.Plan, key: ObjectKey, uid: str, spec: TrainingJobS
     name, namespace = key.name, key.namespace
     if plan.restarted is not None:
         kube.patch_status(TRAINING_JOB, namespace, name, plan.status)
-        metrics.record_training_restarts(namespace, name, restarts_by_reason(plan.status))
+        DELETED.record(uid, lambda: metrics.record_training_restarts(namespace, name, restarts_by_reason(plan.status)))
     stranded = {pod_name(p) for p in pods if (p.get("spec") or {}).get("nodeName") in lost_nodes}
     doomed = list(plan.delete_pods) + [pod_name(p) for p in pods
                                        if terminating(p) and pod_name(p) in stranded]  # fmt: skip
@@ -208,7 +209,7 @@ def reconcile_job(
     name, namespace = str(metadata.get("name", "")), str(metadata.get("namespace", ""))
     uid, generation = str(metadata.get("uid", "")), int(metadata.get("generation") or 0)
     existing = validation.to_plain(body.get("status") or {})
-    metrics.record_training_restarts(namespace, name, restarts_by_reason(existing))
+    DELETED.record(uid, lambda: metrics.record_training_restarts(namespace, name, restarts_by_reason(existing)))
     moment = now or datetime.now(UTC)
     DATASET_USERS.note(namespace, name, parsed.dataset.name if parsed.dataset else None)
     key = ObjectKey(KIND, namespace, name)
@@ -245,8 +246,11 @@ def reconcile_job(
     if plan.delete_job:
         forget_job(namespace, name)
     else:
-        metrics.record_training_workers(namespace, name, counts)
-        metrics.record_training_progress(namespace, name, plan.status.get("progress"))
+        def record() -> None:
+            metrics.record_training_workers(namespace, name, counts)
+            metrics.record_training_progress(namespace, name, plan.status.get("progress"))
+
+        DELETED.record(uid, record)
     metrics.record_reconcile(KIND, "accepted", time.perf_counter() - started)
     if fits is not None and plan.phase in ("Running", "Starting", "Pending"):
         # Capacity freed by other pods wakes nobody: look again now and then.
@@ -409,7 +413,8 @@ def register() -> None:
     async def forget_deleted(body: kopf.Body, type: str | None, **_: Any) -> None:
         if type == "DELETED":
             metadata = body.get("metadata", {})
-            forget_job(str(metadata.get("namespace")), str(metadata.get("name")))
+            DELETED.forget(str(metadata.get("uid") or ""),
+                           lambda: forget_job(str(metadata.get("namespace")), str(metadata.get("name"))))
 
 
 register()
